@@ -1,0 +1,1 @@
+"""Shared library of the finpredict services: settings, gRPC server skeleton, telemetry, logs."""

@@ -1,0 +1,1 @@
+"""finpredict model_server service."""

@@ -1,0 +1,1 @@
+"""finpredict monitor service."""

@@ -1,0 +1,1 @@
+"""finpredict registry service."""

@@ -1,0 +1,17 @@
+"""Registry settings, read once from ``FINPREDICT_REGISTRY_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from finpredict.common.config import ServiceSettings
+
+
+class RegistrySettings(ServiceSettings):
+    """Settings of the registry service."""
+
+    model_config = SettingsConfigDict(env_prefix="FINPREDICT_REGISTRY_", extra="ignore", frozen=True)
+
+    port: int = Field(default=50052, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
+    metrics_port: int = Field(default=9452, ge=-1, le=65535, description="Prometheus port; -1 disables.")
