@@ -1,0 +1,1 @@
+"""The ``finpredict`` command line."""

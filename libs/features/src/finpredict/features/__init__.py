@@ -1,0 +1,1 @@
+"""Shared feature computation: one code path for training and serving."""

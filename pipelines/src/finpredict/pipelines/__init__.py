@@ -1,0 +1,1 @@
+"""The finpredict training pipeline (DVC stages)."""
