@@ -23,6 +23,18 @@ def build_app() -> typer.Typer:
     """The root app with every installed sub-command mounted."""
     app = typer.Typer(help="finpredict: train, version, gate, deploy, canary and monitor credit-risk models.",
                       no_args_is_help=True)
+
+    @app.callback()
+    def root() -> None:
+        """finpredict command line."""
+
+    @app.command()
+    def version() -> None:
+        """Print the installed finpredict version."""
+        from importlib.metadata import version as dist_version
+
+        typer.echo(f"finpredict {dist_version('finpredict-cli')}")
+
     for name, (module, attr, help_text) in SUBCOMMANDS.items():
         try:
             sub = getattr(importlib.import_module(module), attr)
