@@ -1,0 +1,102 @@
+"""Polars feature transforms shared by training and serving.
+
+One code path turns input columns into the model input matrix:
+
+* numeric and integer inputs are cast to ``Float64`` (missing -> NaN in the matrix);
+* categorical inputs become the index of the value in the schema's category list (``Float64``);
+  a value outside the list becomes missing (validation refuses it before it gets here);
+* derived features: ``ratio`` = a / b (missing when b is 0 or missing), ``log1p`` = log(1 + max(a, 0)).
+
+The same functions accept a DataFrame of any size (one row included) and a list of request
+records, so the model server and the training pipeline compute identical matrices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from finpredict.features.schema import CREDIT_SCHEMA, FeatureSchema, SchemaError
+
+
+def input_polars_schema(schema: FeatureSchema = CREDIT_SCHEMA) -> dict[str, pl.DataType]:
+    """The polars dtypes of the input columns (numbers as Float64, categories as String)."""
+    return {
+        f.name: (pl.String() if f.kind == "categorical" else pl.Float64()) for f in schema.features
+    }
+
+
+def feature_exprs(schema: FeatureSchema = CREDIT_SCHEMA) -> list[pl.Expr]:
+    """The polars expressions that compute the model features, in model input order."""
+    exprs: list[pl.Expr] = []
+    for spec in schema.features:
+        col = pl.col(spec.name)
+        if spec.kind == "categorical":
+            mapping = {c: float(i) for i, c in enumerate(spec.categories)}
+            expr = col.cast(pl.String).replace_strict(mapping, default=None, return_dtype=pl.Float64)
+        else:
+            expr = col.cast(pl.Float64)
+        exprs.append(expr.fill_nan(None).alias(spec.name))
+    for d in schema.derived:
+        if d.op == "ratio":
+            num = pl.col(d.inputs[0]).cast(pl.Float64)
+            den = pl.col(d.inputs[1]).cast(pl.Float64)
+            expr = pl.when(den != 0).then(num / den).otherwise(None)
+        else:  # log1p
+            expr = pl.col(d.inputs[0]).cast(pl.Float64).clip(lower_bound=0.0).log1p()
+        exprs.append(expr.fill_nan(None).alias(d.name))
+    return exprs
+
+
+def transform(df: pl.DataFrame, schema: FeatureSchema = CREDIT_SCHEMA) -> pl.DataFrame:
+    """Model features of ``df`` (extra columns are ignored; a missing input column is an error)."""
+    missing = [n for n in schema.input_names if n not in df.columns]
+    if missing:
+        raise SchemaError(f"missing input feature column(s): {missing}")
+    return df.select(feature_exprs(schema))
+
+
+def to_matrix(df: pl.DataFrame, schema: FeatureSchema = CREDIT_SCHEMA) -> npt.NDArray[np.float32]:
+    """The model input matrix (float32, C order, NaN for missing) of the rows of ``df``."""
+    feats = transform(df, schema)
+    mat = feats.to_numpy(order="c", allow_copy=True).astype(np.float32, copy=False)
+    return np.ascontiguousarray(mat)
+
+
+def records_to_frame(
+    records: Sequence[Mapping[str, object]], schema: FeatureSchema = CREDIT_SCHEMA, *, check: bool = True
+) -> pl.DataFrame:
+    """Builds the input DataFrame of request records (feature name -> number, string or None).
+
+    With ``check`` each record is first checked against the schema (types, ranges, categories,
+    nullability); the error names the record index and the feature.
+    """
+    if check:
+        for i, rec in enumerate(records):
+            schema.check_record(rec, where=f"record {i}")
+    columns: dict[str, list[object]] = {n: [] for n in schema.input_names}
+    for rec in records:
+        for name in schema.input_names:
+            value = rec.get(name)
+            columns[name].append(value)
+    pl_schema = input_polars_schema(schema)
+    data: dict[str, pl.Series] = {}
+    for name, values in columns.items():
+        dtype = pl_schema[name]
+        if isinstance(dtype, pl.String):
+            data[name] = pl.Series(name, values, dtype=pl.String)
+        else:
+            data[name] = pl.Series(
+                name, [None if v is None else float(v) for v in values], dtype=pl.Float64  # type: ignore[arg-type]
+            )
+    return pl.DataFrame(data)
+
+
+def records_to_matrix(
+    records: Sequence[Mapping[str, object]], schema: FeatureSchema = CREDIT_SCHEMA, *, check: bool = True
+) -> npt.NDArray[np.float32]:
+    """The exact model input matrix of request records (what the model server feeds XGBoost)."""
+    return to_matrix(records_to_frame(records, schema, check=check), schema)

@@ -1,0 +1,1 @@
+"""Cross-service tests: fixtures shared by the tests in this folder."""
