@@ -25,7 +25,7 @@ from finpredict.api.inference import grpc_predict_v2_pb2 as oip
 from finpredict.api.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import stack  # noqa: E402
+import stack
 
 console = Console()
 
@@ -71,7 +71,9 @@ def step_open_inference_protocol(summary: Summary, ctx: dict[str, str]) -> None:
             infer = f"{err.code().name}: {err.details()}"
     console.print(f"  Open Inference Protocol: live={live} ready={ready} server={meta.name} {meta.version}")
     console.print(f"  ModelInfer: {infer}")
-    summary.add("Open Inference Protocol on the gateway", f"live={live}, ready={ready}", f"{rtt_ms:.1f} ms RTT")
+    summary.add(
+        "Open Inference Protocol on the gateway", f"live={live}, ready={ready}", f"{rtt_ms:.1f} ms RTT"
+    )
 
 
 def step_drift_histogram(summary: Summary, ctx: dict[str, str]) -> None:
@@ -87,9 +89,13 @@ def step_drift_histogram(summary: Summary, ctx: dict[str, str]) -> None:
     e = np.append(ref_counts, 0) / reference.size
     a = np.append(cur_counts, missing) / current.size
     eps = 1e-4
-    psi = float(np.sum((np.maximum(a, eps) - np.maximum(e, eps)) * np.log(np.maximum(a, eps) / np.maximum(e, eps))))
-    console.print(f"  reference deciles vs a recession batch: PSI={psi:.3f} (alert threshold 0.25), "
-                  f"{missing} missing values counted in their own bucket")
+    psi = float(
+        np.sum((np.maximum(a, eps) - np.maximum(e, eps)) * np.log(np.maximum(a, eps) / np.maximum(e, eps)))
+    )
+    console.print(
+        f"  reference deciles vs a recession batch: PSI={psi:.3f} (alert threshold 0.25), "
+        f"{missing} missing values counted in their own bucket"
+    )
     summary.add("drift_core histogram (Rust)", f"PSI {psi:.3f}", f"{ms:.1f} ms for 2 x 200k values")
 
 

@@ -69,7 +69,10 @@ def generate(out_dir: Path) -> None:
             f"--mypy_grpc_out={raw_dir}",
             *[str(p) for p in _proto_files()],
         ]
-        subprocess.run(cmd, check=True, cwd=ROOT)
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.stderr.write(done.stdout + done.stderr)
+            raise SystemExit(f"protoc failed with exit code {done.returncode}")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)

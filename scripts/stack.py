@@ -56,7 +56,9 @@ def _running_pid(service: str) -> int | None:
 def _healthy(target: str) -> bool:
     try:
         with grpc.insecure_channel(target) as channel:
-            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+            status = (
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+            )
             return bool(status == health_pb2.HealthCheckResponse.SERVING)
     except grpc.RpcError:
         return False
@@ -76,7 +78,10 @@ def start(service: str, env: dict[str, str] | None = None, timeout: float = 60.0
     with log_file.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", _module(service)],
-            env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     pid_file.write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
@@ -87,8 +92,11 @@ def start(service: str, env: dict[str, str] | None = None, timeout: float = 60.0
         if ready_file.exists():
             info = json.loads(ready_file.read_text())
             if _healthy(f"127.0.0.1:{info['port']}"):
-                print(f"  {service:<13} serving on 127.0.0.1:{info['port']} (metrics :{info['metrics_port']}, "
-                      f"pid {proc.pid}, log {log_file.relative_to(ROOT) if log_file.is_relative_to(ROOT) else log_file})")
+                shown = log_file.relative_to(ROOT) if log_file.is_relative_to(ROOT) else log_file
+                print(
+                    f"  {service:<13} serving on 127.0.0.1:{info['port']} "
+                    f"(metrics :{info['metrics_port']}, pid {proc.pid}, log {shown})"
+                )
                 return info
         time.sleep(0.1)
     raise TimeoutError(f"{service} did not become healthy within {timeout:.0f}s (log: {log_file})")
@@ -123,7 +131,9 @@ def targets() -> dict[str, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--only", default="", help="comma-separated services (default: all)")
     args = parser.parse_args()

@@ -78,13 +78,17 @@ def _unavailable(target: str) -> bool:
 
 def _health_status(target: str) -> int:
     with grpc.insecure_channel(target) as channel:
-        return int(health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status)
+        return int(
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+        )
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_sigterm_finishes_in_flight_rpc_before_exit(service: str, tmp_path: Path) -> None:
     prefix = f"FINPREDICT_{service.replace('-', '_').upper()}_"
-    proc = start_service(service, tmp_path, env={prefix + "DRAIN_DELAY_S": "1.0", prefix + "SHUTDOWN_GRACE_S": "20"})
+    proc = start_service(
+        service, tmp_path, env={prefix + "DRAIN_DELAY_S": "1.0", prefix + "SHUTDOWN_GRACE_S": "20"}
+    )
     channel = grpc.insecure_channel(proc.target)
     try:
         stream = _Stream(channel)
@@ -93,13 +97,18 @@ def test_sigterm_finishes_in_flight_rpc_before_exit(service: str, tmp_path: Path
 
         proc.terminate()
         # 1. drain delay: health says NOT_SERVING while the server still answers.
-        wait_for(lambda: _health_status(proc.target) == health_pb2.HealthCheckResponse.NOT_SERVING,
-                 15, "health NOT_SERVING after SIGTERM")
+        wait_for(
+            lambda: _health_status(proc.target) == health_pb2.HealthCheckResponse.NOT_SERVING,
+            15,
+            "health NOT_SERVING after SIGTERM",
+        )
         # 2. then the server stops accepting new RPCs ...
         wait_for(lambda: _unavailable(proc.target), 15, "new RPCs refused while draining")
         assert proc.proc.poll() is None, "process must wait for the in-flight RPC"
         # 3. ... but the in-flight RPC still gets its answers and completes normally.
-        second = stream.ask(reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.health.v1.Health"))
+        second = stream.ask(
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.health.v1.Health")
+        )
         assert second.file_descriptor_response.file_descriptor_proto
         stream.close()
         assert proc.wait(timeout=20) == 0, proc.logs()
@@ -107,7 +116,8 @@ def test_sigterm_finishes_in_flight_rpc_before_exit(service: str, tmp_path: Path
         channel.close()
         proc.stop()
     logs = proc.logs()
-    assert '"event": "draining"' in logs and '"event": "stopped"' in logs, logs
+    assert '"event": "draining"' in logs, logs
+    assert '"event": "stopped"' in logs, logs
 
 
 def test_stop_closes_streams_that_outlive_the_grace_period(tmp_path: Path) -> None:

@@ -20,7 +20,10 @@ class DemoSettings(ServiceSettings):
         ({"FINPREDICT_DEMO_DRAIN_DELAY_S": "-1"}, "FINPREDICT_DEMO_DRAIN_DELAY_S"),
         ({"FINPREDICT_DEMO_LOG_LEVEL": "LOUD"}, "FINPREDICT_DEMO_LOG_LEVEL='LOUD'"),
         ({"FINPREDICT_DEMO_MAX_MESSAGE_BYTES": "0"}, "FINPREDICT_DEMO_MAX_MESSAGE_BYTES"),
-        ({"FINPREDICT_DEMO_TLS_CERT_FILE": "/tmp/c.pem"}, "FINPREDICT_DEMO_TLS_KEY_FILE must be set together"),
+        (
+            {"FINPREDICT_DEMO_TLS_CERT_FILE": "/tmp/c.pem"},
+            "FINPREDICT_DEMO_TLS_KEY_FILE must be set together",
+        ),
         ({"FINPREDICT_DEMO_TLS_CLIENT_CA_FILE": "/tmp/ca.pem"}, "mutual TLS requires TLS"),
     ],
 )

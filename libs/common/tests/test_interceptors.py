@@ -40,7 +40,8 @@ def _sample(name: str, **labels: str) -> float:
 async def test_continues_the_callers_trace_and_echoes_request_id(health_target: str) -> None:
     async with grpc.aio.insecure_channel(health_target) as channel:
         call = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), metadata=(("traceparent", TRACEPARENT), (REQUEST_ID_KEY, "req-42"))
+            health_pb2.HealthCheckRequest(),
+            metadata=(("traceparent", TRACEPARENT), (REQUEST_ID_KEY, "req-42")),
         )
         await call
         trailers = dict(await call.trailing_metadata())
@@ -54,26 +55,58 @@ async def test_generates_request_and_trace_ids_when_absent(health_target: str) -
         await call
         trailers = dict(await call.trailing_metadata())
     assert len(trailers[REQUEST_ID_KEY]) == 32
-    assert len(trailers[TRACE_ID_KEY]) == 32 and int(trailers[TRACE_ID_KEY], 16) != 0
+    assert len(trailers[TRACE_ID_KEY]) == 32
+    assert int(trailers[TRACE_ID_KEY], 16) != 0
 
 
 async def test_counts_by_status_code_and_records_exemplar(health_target: str) -> None:
-    ok_before = _sample("finpredict_grpc_server_handled_total", service="unit", grpc_method=HEALTH_CHECK,
-                        grpc_code="OK")
-    nf_before = _sample("finpredict_grpc_server_handled_total", service="unit", grpc_method=HEALTH_CHECK,
-                        grpc_code="NOT_FOUND")
+    ok_before = _sample(
+        "finpredict_grpc_server_handled_total",
+        service="unit",
+        grpc_method=HEALTH_CHECK,
+        grpc_type="unary",
+        grpc_code="OK",
+    )
+    nf_before = _sample(
+        "finpredict_grpc_server_handled_total",
+        service="unit",
+        grpc_method=HEALTH_CHECK,
+        grpc_type="unary",
+        grpc_code="NOT_FOUND",
+    )
     async with grpc.aio.insecure_channel(health_target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         await stub.Check(health_pb2.HealthCheckRequest(), metadata=(("traceparent", TRACEPARENT),))
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    assert _sample("finpredict_grpc_server_handled_total", service="unit", grpc_method=HEALTH_CHECK,
-                   grpc_code="OK") == ok_before + 1
-    assert _sample("finpredict_grpc_server_handled_total", service="unit", grpc_method=HEALTH_CHECK,
-                   grpc_code="NOT_FOUND") == nf_before + 1
+    assert (
+        _sample(
+            "finpredict_grpc_server_handled_total",
+            service="unit",
+            grpc_method=HEALTH_CHECK,
+            grpc_type="unary",
+            grpc_code="OK",
+        )
+        == ok_before + 1
+    )
+    assert (
+        _sample(
+            "finpredict_grpc_server_handled_total",
+            service="unit",
+            grpc_method=HEALTH_CHECK,
+            grpc_type="unary",
+            grpc_code="NOT_FOUND",
+        )
+        == nf_before + 1
+    )
     exposition = openmetrics_latest(REGISTRY).decode()
-    bucket_lines = [line for line in exposition.splitlines()
-                    if line.startswith("finpredict_grpc_server_handling_seconds_bucket")
-                    and 'service="unit"' in line and 'grpc_code="OK"' in line]
+    bucket_lines = [
+        line
+        for line in exposition.splitlines()
+        if line.startswith("finpredict_grpc_server_handling_seconds_bucket")
+        and 'service="unit"' in line
+        and 'grpc_type="unary"' in line
+        and 'grpc_code="OK"' in line
+    ]
     assert any(f'trace_id="{TRACE_ID}"' in line for line in bucket_lines), bucket_lines

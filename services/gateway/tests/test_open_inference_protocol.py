@@ -55,12 +55,16 @@ def test_model_rpcs_say_they_are_not_available_yet(
     assert "not available" in (err.value.details() or "")
 
 
-def test_metrics_endpoint_counts_oip_calls(gateway: ServiceProcess, stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+def test_metrics_endpoint_counts_oip_calls(
+    gateway: ServiceProcess, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
     stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
     url = f"http://127.0.0.1:{gateway.metrics_port}/metrics"
     body = urllib.request.urlopen(url, timeout=5).read().decode()
-    assert ('finpredict_grpc_server_handled_total{grpc_code="OK",'
-            'grpc_method="/inference.GRPCInferenceService/ServerLive",service="gateway"}') in body
+    assert (
+        'finpredict_grpc_server_handled_total{grpc_code="OK",'
+        'grpc_method="/inference.GRPCInferenceService/ServerLive",grpc_type="unary",service="gateway"}'
+    ) in body
 
 
 def test_bad_setting_fails_fast_naming_the_variable(tmp_path: Path) -> None:

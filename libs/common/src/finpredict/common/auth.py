@@ -229,11 +229,13 @@ _KINDS = (
 )
 
 
-def _rebuild(handler: grpc.RpcMethodHandler[Any, Any], make: Callable[[Any], Any]) -> Any:
+def _rebuild(
+    handler: grpc.RpcMethodHandler[Any, Any], make: Callable[[Any], Any]
+) -> grpc.RpcMethodHandler[Any, Any]:
     for attr, factory in _KINDS:
         behavior = getattr(handler, attr)
         if behavior is not None:
-            return factory(
+            return factory(  # type: ignore[no-any-return]
                 make(behavior),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
@@ -241,7 +243,9 @@ def _rebuild(handler: grpc.RpcMethodHandler[Any, Any], make: Callable[[Any], Any
     return handler
 
 
-def _refusal(handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str) -> Any:
+def _refusal(
+    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler[Any, Any]:
     def make(behavior: Any) -> Any:
         if inspect.isasyncgenfunction(behavior) or handler.response_streaming:
 
@@ -259,7 +263,9 @@ def _refusal(handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, me
     return _rebuild(handler, make)
 
 
-def _with_principal(handler: grpc.RpcMethodHandler[Any, Any], principal: Principal) -> Any:
+def _with_principal(
+    handler: grpc.RpcMethodHandler[Any, Any], principal: Principal
+) -> grpc.RpcMethodHandler[Any, Any]:
     def make(behavior: Any) -> Any:
         if inspect.isasyncgenfunction(behavior):
 

@@ -44,9 +44,10 @@ def _metadata_value(metadata: Any, key: str) -> str:
 class _Call:
     """Book-keeping of one RPC: span, timer, request id, outcome."""
 
-    def __init__(self, service: str, method: str, metadata: Any) -> None:
+    def __init__(self, service: str, method: str, grpc_type: str, metadata: Any) -> None:
         self.service = service
         self.method = method
+        self.grpc_type = grpc_type
         self.metadata = metadata
         self.code = grpc.StatusCode.OK
 
@@ -64,7 +65,7 @@ class _Call:
         self._rid_token = request_id_var.set(rid)
         self.trace_id = current_trace_id()
         self._t0 = time.perf_counter()
-        GRPC_SERVER_STARTED_TOTAL.labels(self.service, self.method).inc()
+        GRPC_SERVER_STARTED_TOTAL.labels(self.service, self.method, self.grpc_type).inc()
         return self
 
     def set_trailers(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -81,8 +82,10 @@ class _Call:
         elapsed = time.perf_counter() - self._t0
         code = self.code.name
         exemplar = {"trace_id": self.trace_id} if self.trace_id else None
-        GRPC_SERVER_HANDLING_SECONDS.labels(self.service, self.method, code).observe(elapsed, exemplar)
-        GRPC_SERVER_HANDLED_TOTAL.labels(self.service, self.method, code).inc()
+        GRPC_SERVER_HANDLING_SECONDS.labels(self.service, self.method, self.grpc_type, code).observe(
+            elapsed, exemplar
+        )
+        GRPC_SERVER_HANDLED_TOTAL.labels(self.service, self.method, self.grpc_type, code).inc()
         self.span.set_attribute("rpc.grpc.status_code", self.code.value[0])
         if self.code in _SERVER_FAULTS:
             self.span.set_status(Status(StatusCode.ERROR, code))
@@ -130,15 +133,15 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
         method = handler_call_details.method
         metadata = handler_call_details.invocation_metadata
         kinds = (
-            ("unary_unary", grpc.unary_unary_rpc_method_handler),
-            ("unary_stream", grpc.unary_stream_rpc_method_handler),
-            ("stream_unary", grpc.stream_unary_rpc_method_handler),
-            ("stream_stream", grpc.stream_stream_rpc_method_handler),
+            ("unary_unary", "unary", grpc.unary_unary_rpc_method_handler),
+            ("unary_stream", "server_stream", grpc.unary_stream_rpc_method_handler),
+            ("stream_unary", "client_stream", grpc.stream_unary_rpc_method_handler),
+            ("stream_stream", "bidi_stream", grpc.stream_stream_rpc_method_handler),
         )
-        for attr, factory in kinds:
+        for attr, grpc_type, factory in kinds:
             behavior = getattr(handler, attr)
             if behavior is not None:
-                wrapped = self._wrap(behavior, method, metadata)
+                wrapped = self._wrap(behavior, method, grpc_type, metadata)
                 return factory(  # type: ignore[no-any-return]
                     wrapped,
                     request_deserializer=handler.request_deserializer,
@@ -146,14 +149,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
                 )
         return handler
 
-    def _wrap(self, behavior: Any, method: str, metadata: Any) -> Any:
+    def _wrap(self, behavior: Any, method: str, grpc_type: str, metadata: Any) -> Any:
         service = self.service
         if inspect.isasyncgenfunction(behavior):
 
             async def gen_wrapper(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                with _Call(service, method, metadata) as call:
+                with _Call(service, method, grpc_type, metadata) as call:
                     call.set_trailers(context)
                     exc: BaseException | None = None
                     try:
@@ -168,7 +171,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
             return gen_wrapper
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            with _Call(service, method, metadata) as call:
+            with _Call(service, method, grpc_type, metadata) as call:
                 call.set_trailers(context)
                 exc: BaseException | None = None
                 try:

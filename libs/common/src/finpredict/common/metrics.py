@@ -10,18 +10,18 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.1
 GRPC_SERVER_HANDLING_SECONDS = Histogram(
     "finpredict_grpc_server_handling_seconds",
     "Server-side latency of gRPC calls, by service, method and status code.",
-    ["service", "grpc_method", "grpc_code"],
+    ["service", "grpc_method", "grpc_type", "grpc_code"],
     buckets=LATENCY_BUCKETS,
 )
 GRPC_SERVER_HANDLED_TOTAL = Counter(
     "finpredict_grpc_server_handled_total",
-    "gRPC calls completed by the server, by service, method and status code.",
-    ["service", "grpc_method", "grpc_code"],
+    "gRPC calls completed by the server, by service, method, kind and status code.",
+    ["service", "grpc_method", "grpc_type", "grpc_code"],
 )
 GRPC_SERVER_STARTED_TOTAL = Counter(
     "finpredict_grpc_server_started_total",
-    "gRPC calls started on the server, by service and method.",
-    ["service", "grpc_method"],
+    "gRPC calls started on the server, by service, method and kind.",
+    ["service", "grpc_method", "grpc_type"],
 )
 
 

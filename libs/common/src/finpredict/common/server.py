@@ -56,6 +56,9 @@ class ServiceRunner:
     _server: grpc.aio.Server | None = None
     _health: HealthServicer | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # Run when draining starts, before in-flight RPCs get their grace period (e.g. to end
+    # long-lived server streams so they do not hold the shutdown for the whole grace).
+    on_drain: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def start(self) -> int:
         """Binds and starts the server; returns the bound gRPC port."""
@@ -128,6 +131,11 @@ class ServiceRunner:
         await self._health.enter_graceful_shutdown()
         if self.settings.drain_delay_s > 0:
             await asyncio.sleep(self.settings.drain_delay_s)
+        for hook in self.on_drain:
+            try:
+                await hook()
+            except Exception:
+                log.exception("drain hook failed")
         await self._server.stop(self.settings.shutdown_grace_s)
         for hook in self.on_shutdown:
             try:
@@ -152,9 +160,10 @@ def run_service(
     bindings: Sequence[ServiceBinding],
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+    on_drain: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> None:
     """Configures logs and tracing, then runs the service in a fresh event loop until stopped."""
     configure_logging(name, settings.log_level, settings.log_format)
     configure_tracing(name, settings.otlp_endpoint)
-    runner = ServiceRunner(name, settings, bindings, interceptors, list(on_shutdown))
+    runner = ServiceRunner(name, settings, bindings, interceptors, list(on_shutdown), on_drain=list(on_drain))
     asyncio.run(runner.run())

@@ -24,14 +24,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 T = TypeVar("T")
 
 
-class ServiceExited(RuntimeError):
+class ServiceExitedError(RuntimeError):
     """A service process ended while the test was waiting for it."""
 
 
 def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
     """Polls ``predicate`` until it returns a truthy value or ``timeout`` seconds pass.
 
-    Exceptions from ``predicate`` count as "not yet", except :class:`ServiceExited`, which
+    Exceptions from ``predicate`` count as "not yet", except :class:`ServiceExitedError`, which
     ends the wait at once.
     """
     deadline = time.monotonic() + timeout
@@ -41,7 +41,7 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, inter
             value = predicate()
             if value:
                 return value
-        except ServiceExited:
+        except ServiceExitedError:
             raise
         except Exception as exc:  # the condition may not be observable yet
             last_exc = exc
@@ -137,7 +137,7 @@ def start_service(
 
     def ready() -> dict[str, object] | None:
         if proc.poll() is not None:
-            raise ServiceExited(
+            raise ServiceExitedError(
                 f"{name} exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}"
             )
         if ready_file.exists():

@@ -1,0 +1,162 @@
+"""Test helpers that run the real Prometheus and Alertmanager (OS packages) on loopback.
+
+Both are started with configs written by the test, on free loopback ports, and stopped by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from finpredict.common.testing import wait_for
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for programs that cannot bind port 0 and report it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _binary(*names: str) -> str:
+    for name in names:
+        if path := shutil.which(name):
+            return path
+    raise FileNotFoundError(f"none of {names} is installed (run `task setup`)")
+
+
+@dataclass
+class Daemon:
+    """A monitoring daemon started by a test."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get_json(self, path: str, **params: str) -> Any:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def _start(name: str, argv: list[str], port: int, work: Path, ready_path: str) -> Daemon:
+    log_path = work / f"{name}.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=work)
+    daemon = Daemon(name, proc, port, log_path)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{daemon.logs()}")
+        try:
+            with urllib.request.urlopen(f"{daemon.url}{ready_path}", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except urllib.error.HTTPError as err:  # 503 while starting: close it, try again
+            err.close()
+            return False
+
+    try:
+        wait_for(ready, 60, f"{name} ready")
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
+
+
+def start_prometheus(work: Path, config: dict[str, Any], rule_files: dict[str, str] | None = None) -> Daemon:
+    """Runs Prometheus with ``config`` (rule files written beside it) and exemplar storage on."""
+    work.mkdir(parents=True, exist_ok=True)
+    for name, text in (rule_files or {}).items():
+        (work / name).write_text(text)
+    (work / "prometheus.yml").write_text(json.dumps(config))  # JSON is valid YAML
+    port = free_port()
+    argv = [
+        _binary("prometheus"),
+        f"--config.file={work / 'prometheus.yml'}",
+        f"--storage.tsdb.path={work / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--enable-feature=exemplar-storage",
+        "--web.enable-lifecycle",
+    ]
+    return _start("prometheus", argv, port, work, "/-/ready")
+
+
+def start_alertmanager(work: Path, config_text: str) -> Daemon:
+    """Runs Alertmanager (no clustering) with the given config."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "alertmanager.yml").write_text(config_text)
+    port = free_port()
+    argv = [
+        _binary("prometheus-alertmanager", "alertmanager"),
+        f"--config.file={work / 'alertmanager.yml'}",
+        f"--storage.path={work / 'am-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    return _start("alertmanager", argv, port, work, "/-/ready")
+
+
+@dataclass
+class WebhookReceiver:
+    """An HTTP server that records the Alertmanager webhook payloads it receives."""
+
+    payloads: list[dict[str, Any]] = field(default_factory=list)
+    port: int = 0
+    _server: ThreadingHTTPServer | None = None
+
+    def start(self) -> WebhookReceiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                receiver.payloads.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/alerts"
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return [alert for payload in self.payloads for alert in payload.get("alerts", [])]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

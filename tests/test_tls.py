@@ -1,0 +1,141 @@
+"""TLS is one setting away: server TLS, mutual TLS, and refusals of plaintext or foreign certs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from finpredict.common.testing import ServiceProcess, start_service, wait_for
+
+Pem = tuple[bytes, bytes]  # (certificate, private key)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _issue(
+    cn: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None, *, server: bool = False
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+    )
+    if issuer is None:  # a CA
+        builder = builder.issuer_name(_name(cn)).add_extension(
+            x509.BasicConstraints(ca=True, path_length=0), True
+        )
+        return builder.sign(key, hashes.SHA256()), key
+    builder = builder.issuer_name(issuer[0].subject)
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            False,
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+    else:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+    return builder.sign(issuer[1], hashes.SHA256()), key
+
+
+def _pem(pair: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> Pem:
+    cert, key = pair
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | Pem]:
+    d = tmp_path_factory.mktemp("pki")
+    ca = _issue("finpredict test CA", None)
+    other_ca = _issue("someone else's CA", None)
+    files: dict[str, Path | Pem] = {}
+    for label, pem in {"ca": _pem(ca), "server": _pem(_issue("127.0.0.1", ca, server=True))}.items():
+        (d / f"{label}.crt").write_bytes(pem[0])
+        (d / f"{label}.key").write_bytes(pem[1])
+        files[label + "_crt"] = d / f"{label}.crt"
+        files[label + "_key"] = d / f"{label}.key"
+    files["client"] = _pem(_issue("gateway", ca))
+    files["foreign_client"] = _pem(_issue("intruder", other_ca))
+    return files
+
+
+def _check(target: str, creds: grpc.ChannelCredentials | None) -> int:
+    channel = grpc.secure_channel(target, creds) if creds else grpc.insecure_channel(target)
+    with channel:
+        return int(
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3).status
+        )
+
+
+def _creds(ca: Path, client: Pem | None = None) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=client[1] if client else None,
+        certificate_chain=client[0] if client else None,
+    )
+
+
+def _start(tmp_path: Path, env: dict[str, str], creds: grpc.ChannelCredentials) -> ServiceProcess:
+    proc = start_service("monitor", tmp_path, env=env, wait_healthy=False)
+    wait_for(lambda: _check(proc.target, creds) == health_pb2.HealthCheckResponse.SERVING, 30, "TLS health")
+    return proc
+
+
+def test_tls_serves_tls_clients_and_refuses_plaintext(tmp_path: Path, pki: dict[str, Path | Pem]) -> None:
+    ca = pki["ca_crt"]
+    assert isinstance(ca, Path)
+    env = {
+        "FINPREDICT_MONITOR_TLS_CERT_FILE": str(pki["server_crt"]),
+        "FINPREDICT_MONITOR_TLS_KEY_FILE": str(pki["server_key"]),
+    }
+    proc = _start(tmp_path, env, _creds(ca))
+    try:
+        assert proc.ready["tls"] is True
+        with pytest.raises(grpc.RpcError) as err:
+            _check(proc.target, None)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert proc.stop() == 0, proc.logs()
+
+
+def test_mutual_tls_refuses_missing_and_foreign_client_certs(
+    tmp_path: Path, pki: dict[str, Path | Pem]
+) -> None:
+    ca, client, foreign = pki["ca_crt"], pki["client"], pki["foreign_client"]
+    assert isinstance(ca, Path)
+    assert isinstance(client, tuple)
+    assert isinstance(foreign, tuple)
+    env = {
+        "FINPREDICT_MONITOR_TLS_CERT_FILE": str(pki["server_crt"]),
+        "FINPREDICT_MONITOR_TLS_KEY_FILE": str(pki["server_key"]),
+        "FINPREDICT_MONITOR_TLS_CLIENT_CA_FILE": str(ca),
+    }
+    proc = _start(tmp_path, env, _creds(ca, client))
+    try:
+        for refused in (None, _creds(ca), _creds(ca, foreign)):
+            with pytest.raises(grpc.RpcError) as err:
+                _check(proc.target, refused)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert proc.stop() == 0, proc.logs()
