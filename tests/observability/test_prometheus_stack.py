@@ -178,3 +178,26 @@ def test_alert_reaches_the_webhook_through_alertmanager(
     # Alertmanager itself lists it as active.
     active = alertmanager.get_json("/api/v2/alerts")
     assert any(a["labels"]["alertname"] == "FinpredictP99LatencyHigh" for a in active)
+
+
+DASHBOARDS = sorted((INFRA / "grafana" / "dashboards").glob("*.json"))
+
+
+def _panel_queries() -> list[tuple[str, str]]:
+    import json
+
+    out = []
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            out.extend((f"{path.name}: {panel['title']}", t["expr"]) for t in panel.get("targets", []))
+    return out
+
+
+def test_every_dashboard_query_returns_data_from_the_running_stack(
+    prometheus: Daemon, traffic: dict[str, Any]
+) -> None:
+    queries = _panel_queries()
+    assert queries, "no dashboard panels found"
+    # Recording rules are evaluated every second here; give every one a first evaluation.
+    for panel, expr in queries:
+        wait_for(lambda expr=expr: _query(prometheus, expr), 30, f"data for panel {panel!r}: {expr}")
