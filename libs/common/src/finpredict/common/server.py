@@ -29,7 +29,7 @@ from finpredict.common.config import ServiceSettings
 from finpredict.common.interceptors import ObservabilityInterceptor
 from finpredict.common.logging import configure_logging
 from finpredict.common.metrics import start_metrics_server
-from finpredict.common.telemetry import configure_tracing
+from finpredict.common.telemetry import configure_tracing, shutdown_tracing
 
 log = logging.getLogger("finpredict.server")
 
@@ -152,6 +152,7 @@ class ServiceRunner:
             loop.add_signal_handler(sig, self.request_stop)
         await self._stop.wait()
         await self.drain()
+        shutdown_tracing()
 
 
 def run_service(

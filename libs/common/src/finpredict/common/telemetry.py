@@ -29,6 +29,13 @@ def configure_tracing(service: str, otlp_endpoint: str = "", exporter: SpanExpor
     _configured = True
 
 
+def shutdown_tracing() -> None:
+    """Flushes and closes span export (the last spans of a draining service are not lost)."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()
+
+
 def current_trace_id() -> str:
     """The 32-hex-digit id of the current trace, or '' outside a recording span."""
     ctx = trace.get_current_span().get_span_context()

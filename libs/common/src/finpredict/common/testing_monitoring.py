@@ -160,3 +160,58 @@ class WebhookReceiver:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+class OtlpTraceReceiver:
+    """An OTLP/gRPC trace endpoint (the OpenTelemetry collector's wire format) that keeps every
+    span it receives, for tests that follow a request across services."""
+
+    def __init__(self) -> None:
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        receiver = self
+        self.spans: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC method)
+                with receiver._lock:
+                    for resource_spans in request.resource_spans:
+                        attrs = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                        for scope_spans in resource_spans.scope_spans:
+                            for span in scope_spans.spans:
+                                receiver.spans.append(
+                                    {
+                                        "service": attrs.get("service.name", ""),
+                                        "name": span.name,
+                                        "trace_id": span.trace_id.hex(),
+                                        "span_id": span.span_id.hex(),
+                                        "parent_span_id": span.parent_span_id.hex(),
+                                        "attributes": {a.key: _any_value(a.value) for a in span.attributes},
+                                    }
+                                )
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        from concurrent import futures
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def spans_of(self, trace_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [s for s in self.spans if s["trace_id"] == trace_id]
+
+    def stop(self) -> None:
+        self._server.stop(None)
+
+
+def _any_value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
