@@ -22,7 +22,12 @@ pub struct Matrix<'a> {
 
 impl<'a> Matrix<'a> {
     /// Wraps `data` (length `n_rows * n_cols`) in the given order.
-    pub fn new(data: &'a [f64], n_rows: usize, n_cols: usize, order: Order) -> Result<Self, DriftError> {
+    pub fn new(
+        data: &'a [f64],
+        n_rows: usize,
+        n_cols: usize,
+        order: Order,
+    ) -> Result<Self, DriftError> {
         if n_rows.checked_mul(n_cols) != Some(data.len()) {
             return Err(DriftError::Shape(format!(
                 "buffer of {} values cannot be a {n_rows} x {n_cols} matrix",

@@ -14,7 +14,9 @@ pub const EPSILON: f64 = 1e-4;
 /// Normalises a count/proportion vector and applies the epsilon rule.
 pub fn shares(v: &[f64], what: &str) -> Result<Vec<f64>, DriftError> {
     if v.is_empty() {
-        return Err(DriftError::empty(format!("{what} (a vector with no buckets)")));
+        return Err(DriftError::empty(format!(
+            "{what} (a vector with no buckets)"
+        )));
     }
     for (i, &x) in v.iter().enumerate() {
         if !x.is_finite() || x < 0.0 {

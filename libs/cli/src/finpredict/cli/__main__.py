@@ -12,8 +12,12 @@ import typer
 
 # sub-command -> (module, attribute holding a typer.Typer, help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "models": ("finpredict.registry.cli", "app", "Model registry: list, show, lineage, promote, rollback, history."),
-    "rollout": ("finpredict.gateway.cli", "rollout_app", "Canary rollouts: start, status, pause, resume, abort."),
+    "models": (
+        "finpredict.registry.cli",
+        "app",
+        "Model registry: versions, lineage, promote, rollback, history.",
+    ),
+    "rollout": ("finpredict.gateway.cli", "rollout_app", "Canary rollouts: start, status, pause, resume."),
     "score": ("finpredict.gateway.cli", "score_app", "Score applications through the gateway."),
     "drift": ("finpredict.monitor.cli", "app", "Drift reports and alerts."),
 }
@@ -21,8 +25,10 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 
 def build_app() -> typer.Typer:
     """The root app with every installed sub-command mounted."""
-    app = typer.Typer(help="finpredict: train, version, gate, deploy, canary and monitor credit-risk models.",
-                      no_args_is_help=True)
+    app = typer.Typer(
+        help="finpredict: train, version, gate, deploy, canary and monitor credit-risk models.",
+        no_args_is_help=True,
+    )
 
     @app.callback()
     def root() -> None:

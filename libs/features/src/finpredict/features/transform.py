@@ -24,9 +24,7 @@ from finpredict.features.schema import CREDIT_SCHEMA, FeatureSchema, SchemaError
 
 def input_polars_schema(schema: FeatureSchema = CREDIT_SCHEMA) -> dict[str, pl.DataType]:
     """The polars dtypes of the input columns (numbers as Float64, categories as String)."""
-    return {
-        f.name: (pl.String() if f.kind == "categorical" else pl.Float64()) for f in schema.features
-    }
+    return {f.name: (pl.String() if f.kind == "categorical" else pl.Float64()) for f in schema.features}
 
 
 def feature_exprs(schema: FeatureSchema = CREDIT_SCHEMA) -> list[pl.Expr]:
@@ -90,7 +88,9 @@ def records_to_frame(
             data[name] = pl.Series(name, values, dtype=pl.String)
         else:
             data[name] = pl.Series(
-                name, [None if v is None else float(v) for v in values], dtype=pl.Float64  # type: ignore[arg-type]
+                name,
+                [None if v is None else float(v) for v in values],
+                dtype=pl.Float64,  # type: ignore[arg-type]
             )
     return pl.DataFrame(data)
 

@@ -33,7 +33,8 @@ class RegistrySettings(ServiceSettings):
     )
     tokens: SecretStr = Field(
         default=SecretStr(""),
-        description="Bearer tokens: 'token=subject:role[|role],...' or a JSON map (see finpredict.common.auth).",
+        description="Bearer tokens: 'token=subject:role[|role],...' or a JSON map "
+        "(see finpredict.common.auth).",
     )
     chunk_size: int = Field(
         default=1024 * 1024, ge=1024, le=8 * 1024 * 1024, description="Bytes per artifact download chunk."

@@ -44,23 +44,23 @@ class RegistryError(Exception):
     code = grpc.StatusCode.INTERNAL
 
 
-class NotFound(RegistryError):
+class NotFoundError(RegistryError):
     code = grpc.StatusCode.NOT_FOUND
 
 
-class AlreadyExists(RegistryError):
+class AlreadyExistsError(RegistryError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
-class Aborted(RegistryError):
+class AbortedError(RegistryError):
     code = grpc.StatusCode.ABORTED
 
 
-class FailedPrecondition(RegistryError):
+class FailedPreconditionError(RegistryError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class GatesFailed(FailedPrecondition):
+class GatesFailedError(FailedPreconditionError):
     """Promotion to production refused: the failing (or missing) gates are named."""
 
 
@@ -197,7 +197,7 @@ def _model_row(conn: Connection, name: str, *, lock: bool = False) -> Any:
         stmt = stmt.with_for_update()
     row = conn.execute(stmt).one_or_none()
     if row is None:
-        raise NotFound(f"model {name!r} not found")
+        raise NotFoundError(f"model {name!r} not found")
     return row
 
 
@@ -264,9 +264,7 @@ def _load_versions(conn: Connection, rows: Sequence[Any]) -> list[VersionRow]:
     ):
         newest[(g.version_id, g.name)] = g
     for (vid, _name), g in sorted(newest.items(), key=lambda kv: kv[0][1]):
-        by_id[vid].gates.append(
-            GateRow(g.name, g.value, g.threshold, g.comparator, bool(g.passed), g.detail)
-        )
+        by_id[vid].gates.append(GateRow(g.name, g.value, g.threshold, g.comparator, bool(g.passed), g.detail))
     alias_rows = conn.execute(
         select(aliases.c.name, aliases.c.version, models.c.name.label("model_name"))
         .join(models, models.c.id == aliases.c.model_id)
@@ -288,11 +286,9 @@ def _version_select() -> Any:
 
 
 def _get_version_row(conn: Connection, model: str, version: int) -> VersionRow:
-    rows = conn.execute(
-        _version_select().where(models.c.name == model, versions.c.version == version)
-    ).all()
+    rows = conn.execute(_version_select().where(models.c.name == model, versions.c.version == version)).all()
     if not rows:
-        raise NotFound(f"version {version} of model {model!r} not found")
+        raise NotFoundError(f"version {version} of model {model!r} not found")
     return _load_versions(conn, rows)[0]
 
 
@@ -308,7 +304,7 @@ class Repository:
         try:
             with write_tx(self.engine) as conn:
                 if conn.execute(select(models.c.id).where(models.c.name == name)).first():
-                    raise AlreadyExists(f"model {name!r} already exists")
+                    raise AlreadyExistsError(f"model {name!r} already exists")
                 conn.execute(
                     insert(models).values(
                         name=name,
@@ -322,7 +318,7 @@ class Repository:
                 _audit(conn, "model.create", name, actor)
                 return _to_model(_model_row(conn, name), {})
         except IntegrityError:
-            raise AlreadyExists(f"model {name!r} already exists") from None
+            raise AlreadyExistsError(f"model {name!r} already exists") from None
 
     def get_model(self, name: str) -> ModelRow:
         with read_tx(self.engine) as conn:
@@ -372,7 +368,7 @@ class Repository:
                 if found:
                     existing = _load_versions(conn, found)[0]
                     if existing.artifact_sha256 != new.artifact_sha256:
-                        raise FailedPrecondition(
+                        raise FailedPreconditionError(
                             f"idempotency_key {new.idempotency_key!r} was used for version "
                             f"{existing.version} with a different artifact"
                         )
@@ -384,7 +380,7 @@ class Repository:
                 .returning(models.c.id, models.c.latest_version)
             ).one_or_none()
             if allocated is None:
-                raise NotFound(f"model {model!r} not found")
+                raise NotFoundError(f"model {model!r} not found")
             model_id, number = int(allocated[0]), int(allocated[1])
             t = now_us()
             version_id = conn.execute(
@@ -452,7 +448,7 @@ class Repository:
                     select(aliases.c.version).where(aliases.c.model_id == row.id, aliases.c.name == alias)
                 ).scalar_one_or_none()
                 if target is None:
-                    raise NotFound(f"alias {alias!r} of model {model!r} not found")
+                    raise NotFoundError(f"alias {alias!r} of model {model!r} not found")
                 version = int(target)
             return _get_version_row(conn, model, version)
 
@@ -494,8 +490,10 @@ class Repository:
                 )
             )
         for name, comparator, value in metric_filters:
-            cmp = version_metrics.c.value >= value if comparator == COMPARATOR_GE else (
-                version_metrics.c.value <= value
+            cmp = (
+                version_metrics.c.value >= value
+                if comparator == COMPARATOR_GE
+                else (version_metrics.c.value <= value)
             )
             conds.append(
                 exists().where(
@@ -541,9 +539,9 @@ class Repository:
                 )
             ).one_or_none()
             if vid is None:
-                raise NotFound(f"version {version} of model {model!r} not found")
+                raise NotFoundError(f"version {version} of model {model!r} not found")
             if vid.status == STATUS_DELETED:
-                raise FailedPrecondition(f"version {version} of model {model!r} is deleted")
+                raise FailedPreconditionError(f"version {version} of model {model!r} is deleted")
             self._insert_gates(conn, vid.id, gates, now_us())
             names = ",".join(sorted({g.name for g in gates}))
             _audit(conn, "gates.append", model, actor, reason=names, version=version)
@@ -558,14 +556,18 @@ class Repository:
                 )
             ).one_or_none()
             if v is None:
-                raise NotFound(f"version {version} of model {model!r} not found")
+                raise NotFoundError(f"version {version} of model {model!r} not found")
             if v.status == STATUS_DELETED:
-                raise FailedPrecondition(f"version {version} of model {model!r} is already deleted")
-            pointing = conn.execute(
-                select(aliases.c.name).where(aliases.c.model_id == row.id, aliases.c.version == version)
-            ).scalars().all()
+                raise FailedPreconditionError(f"version {version} of model {model!r} is already deleted")
+            pointing = (
+                conn.execute(
+                    select(aliases.c.name).where(aliases.c.model_id == row.id, aliases.c.version == version)
+                )
+                .scalars()
+                .all()
+            )
             if pointing:
-                raise FailedPrecondition(
+                raise FailedPreconditionError(
                     f"version {version} of model {model!r} is the target of aliases: {', '.join(pointing)}"
                 )
             conn.execute(update(versions).where(versions.c.id == v.id).values(status=STATUS_DELETED))
@@ -585,15 +587,15 @@ class Repository:
     def _check_target(self, conn: Connection, model: str, alias: str, version: int) -> VersionRow:
         target = _get_version_row(conn, model, version)
         if target.status == STATUS_DELETED:
-            raise FailedPrecondition(f"version {version} of model {model!r} is deleted")
+            raise FailedPreconditionError(f"version {version} of model {model!r} is deleted")
         if alias == PRODUCTION and not target.gates_passed:
             failing = [g.name for g in target.gates if not g.passed]
             if failing:
-                raise GatesFailed(
+                raise GatesFailedError(
                     f"version {version} of model {model!r} cannot become {PRODUCTION}: "
                     f"failing gates: {', '.join(failing)}"
                 )
-            raise GatesFailed(
+            raise GatesFailedError(
                 f"version {version} of model {model!r} cannot become {PRODUCTION}: no gate results"
             )
         return target
@@ -650,7 +652,7 @@ class Repository:
             row = _model_row(conn, model, lock=True)  # serialises alias moves of this model
             current = self._current(conn, row.id, alias)
             if expected is not None and current != expected:
-                raise Aborted(
+                raise AbortedError(
                     f"alias {alias!r} of model {model!r} points at version {current}, "
                     f"expected {expected}: someone else moved it; re-read and retry"
                 )
@@ -662,7 +664,7 @@ class Repository:
             row = _model_row(conn, model, lock=True)
             current = self._current(conn, row.id, alias)
             if current == 0:
-                raise FailedPrecondition(f"alias {alias!r} of model {model!r} is not set")
+                raise FailedPreconditionError(f"alias {alias!r} of model {model!r} is not set")
             stack: list[int] = []
             history = conn.execute(
                 select(audit_log.c.action, audit_log.c.to_version)
@@ -695,7 +697,7 @@ class Repository:
             )
             previous = [v for v in stack[:-1] if v not in deleted and v != current]
             if not previous:
-                raise FailedPrecondition(
+                raise FailedPreconditionError(
                     f"alias {alias!r} of model {model!r} has no previous target to roll back to"
                 )
             target = previous[-1]
@@ -707,7 +709,7 @@ class Repository:
             row = _model_row(conn, model, lock=True)
             current = self._current(conn, row.id, alias)
             if current == 0:
-                raise NotFound(f"alias {alias!r} of model {model!r} not found")
+                raise NotFoundError(f"alias {alias!r} of model {model!r} not found")
             return self._move(conn, row, alias, current, 0, "alias.delete", reason, actor)
 
     # ----- audit and events ---------------------------------------------------------------------
@@ -724,5 +726,7 @@ class Repository:
     def last_event_id(self) -> int:
         with read_tx(self.engine) as conn:
             return int(
-                conn.execute(select(registry_state.c.last_event_id).where(registry_state.c.id == 1)).scalar_one()
+                conn.execute(
+                    select(registry_state.c.last_event_id).where(registry_state.c.id == 1)
+                ).scalar_one()
             )

@@ -1,10 +1,83 @@
-"""Assembles the registry service's gRPC services on the shared server skeleton."""
+"""Assembles the registry service on the shared server skeleton."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from finpredict.api.registry.v1 import registry_pb2_grpc
+from finpredict.common.auth import BearerAuthInterceptor, TokenSpecError, parse_tokens
+from finpredict.common.config import ConfigError, env_var_name
 from finpredict.common.server import ServiceBinding
+from finpredict.registry.config import RegistrySettings
+from finpredict.registry.db import create_db_engine, migrate
+from finpredict.registry.repo import Repository
+from finpredict.registry.service import METHOD_ROLES, SERVICE, RegistryServicer, WandbLinker
+from finpredict.registry.store import LocalArtifactStore
+
+log = logging.getLogger("finpredict.registry")
+
+
+@dataclass
+class Registry:
+    """Everything ``run_service`` needs to serve the registry."""
+
+    bindings: list[ServiceBinding]
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]]
+    on_drain: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def build(settings: RegistrySettings) -> Registry:
+    """Opens the database (migrating it), sweeps the artifact store and wires the servicer."""
+    settings.validate_extra()
+    try:
+        tokens = parse_tokens(settings.tokens.get_secret_value())
+    except TokenSpecError as exc:
+        raise ConfigError(f"{env_var_name(RegistrySettings, 'tokens')}: {exc}") from None
+    if not tokens:
+        log.warning(
+            "no tokens configured: every registry RPC will be refused (set %s)",
+            env_var_name(RegistrySettings, "tokens"),
+        )
+    engine = create_db_engine(settings.resolved_database_url())
+    if settings.migrate_on_start:
+        migrate(engine)
+    store = LocalArtifactStore(settings.resolved_artifact_root())
+    swept = store.sweep()
+    if swept:
+        log.info("removed unfinished uploads", extra={"count": swept})
+    servicer = RegistryServicer(
+        Repository(engine),
+        store,
+        chunk_size=settings.chunk_size,
+        max_artifact_bytes=settings.max_artifact_bytes,
+        wandb=WandbLinker(settings.wandb_mode, settings.wandb_registry_path),
+        watch_poll_s=settings.watch_poll_s,
+    )
+
+    async def dispose() -> None:
+        engine.dispose()
+
+    return Registry(
+        bindings=[
+            ServiceBinding(
+                SERVICE,
+                lambda server: registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server),
+            )
+        ],
+        interceptors=[BearerAuthInterceptor(tokens, METHOD_ROLES)],
+        on_drain=[servicer.close],
+        on_shutdown=[dispose],
+    )
 
 
 def bindings() -> list[ServiceBinding]:
-    """The gRPC services the registry mounts (besides health and reflection, which every service has)."""
-    return []
+    """Kept for callers of the skeleton API; prefer :func:`build`, which also returns the interceptors."""
+    from finpredict.common.config import load_settings
+
+    return build(load_settings(RegistrySettings)).bindings

@@ -20,7 +20,7 @@ MAX_TEXT = 10_000
 MAX_REASON = 2_000
 
 
-class InvalidArgument(Exception):
+class InvalidArgumentError(Exception):
     """A request field is invalid; ``str()`` is ``"<field>: <problem>"``."""
 
     def __init__(self, field: str, problem: str) -> None:
@@ -30,9 +30,11 @@ class InvalidArgument(Exception):
 
 def name(field: str, value: str, what: str = "name") -> str:
     if not value:
-        raise InvalidArgument(field, f"{what} is required")
+        raise InvalidArgumentError(field, f"{what} is required")
     if not NAME_RE.match(value):
-        raise InvalidArgument(field, f"{what} {value!r} must match [a-z0-9][a-z0-9_-]* (at most 64 characters)")
+        raise InvalidArgumentError(
+            field, f"{what} {value!r} must match [a-z0-9][a-z0-9_-]* (at most 64 characters)"
+        )
     return value
 
 
@@ -42,26 +44,26 @@ def optional_name(field: str, value: str) -> str:
 
 def text(field: str, value: str, limit: int = MAX_TEXT) -> str:
     if len(value) > limit:
-        raise InvalidArgument(field, f"longer than {limit} characters")
+        raise InvalidArgumentError(field, f"longer than {limit} characters")
     return value
 
 
 def positive(field: str, value: int) -> int:
     if value <= 0:
-        raise InvalidArgument(field, f"must be a positive version number, got {value}")
+        raise InvalidArgumentError(field, f"must be a positive version number, got {value}")
     return value
 
 
 def finite(field: str, value: float) -> float:
     if not math.isfinite(value):
-        raise InvalidArgument(field, f"must be a finite number, got {value}")
+        raise InvalidArgumentError(field, f"must be a finite number, got {value}")
     return value
 
 
 def tags(field: str, value: Mapping[str, str]) -> dict[str, str]:
     for k, v in value.items():
         if not TAG_KEY_RE.match(k):
-            raise InvalidArgument(f"{field}[{k!r}]", "tag keys must match [A-Za-z0-9][A-Za-z0-9_.:/-]*")
+            raise InvalidArgumentError(f"{field}[{k!r}]", "tag keys must match [A-Za-z0-9][A-Za-z0-9_.:/-]*")
         text(f"{field}[{k!r}]", v, 1024)
     return dict(value)
 
@@ -69,14 +71,16 @@ def tags(field: str, value: Mapping[str, str]) -> dict[str, str]:
 def metrics(field: str, value: Mapping[str, float]) -> dict[str, float]:
     for k, v in value.items():
         if not GATE_RE.match(k):
-            raise InvalidArgument(f"{field}[{k!r}]", "metric names must match [A-Za-z0-9][A-Za-z0-9_.:-]*")
+            raise InvalidArgumentError(
+                f"{field}[{k!r}]", "metric names must match [A-Za-z0-9][A-Za-z0-9_.:-]*"
+            )
         finite(f"{field}[{k!r}]", v)
     return dict(value)
 
 
 def page_size(field: str, value: int, default: int, maximum: int) -> int:
     if value < 0:
-        raise InvalidArgument(field, f"must not be negative, got {value}")
+        raise InvalidArgumentError(field, f"must not be negative, got {value}")
     return min(value or default, maximum)
 
 
@@ -87,9 +91,11 @@ def gates(field: str, results: Sequence[types_pb2.GateResult]) -> list[GateRow]:
     for i, g in enumerate(results):
         f = f"{field}[{i}]"
         if not GATE_RE.match(g.name):
-            raise InvalidArgument(f"{f}.name", f"gate name {g.name!r} must match [A-Za-z0-9][A-Za-z0-9_.:-]*")
+            raise InvalidArgumentError(
+                f"{f}.name", f"gate name {g.name!r} must match [A-Za-z0-9][A-Za-z0-9_.:-]*"
+            )
         if g.name in seen:
-            raise InvalidArgument(f"{f}.name", f"gate {g.name!r} appears twice")
+            raise InvalidArgumentError(f"{f}.name", f"gate {g.name!r} appears twice")
         seen.add(g.name)
         finite(f"{f}.value", g.value)
         finite(f"{f}.threshold", g.threshold)
@@ -98,11 +104,12 @@ def gates(field: str, results: Sequence[types_pb2.GateResult]) -> list[GateRow]:
         elif g.comparator == COMPARATOR_LE:
             passed = g.value <= g.threshold
         else:
-            raise InvalidArgument(f"{f}.comparator", "must be GREATER_OR_EQUAL or LESS_OR_EQUAL")
+            raise InvalidArgumentError(f"{f}.comparator", "must be GREATER_OR_EQUAL or LESS_OR_EQUAL")
         if g.passed != passed:
-            raise InvalidArgument(
+            raise InvalidArgumentError(
                 f"{f}.passed",
-                f"gate {g.name!r} says passed={g.passed} but {g.value} vs threshold {g.threshold} gives {passed}",
+                f"gate {g.name!r} says passed={g.passed} but {g.value} vs threshold {g.threshold} "
+                f"gives {passed}",
             )
         out.append(GateRow(g.name, g.value, g.threshold, g.comparator, passed, text(f"{f}.detail", g.detail)))
     return out
@@ -113,49 +120,52 @@ def header(h: registry_pb2.VersionHeader) -> list[GateRow]:
     name("header.model", h.model, "model name")
     text("header.description", h.description)
     if len(h.artifact_format) > 64:
-        raise InvalidArgument("header.artifact_format", "longer than 64 characters")
+        raise InvalidArgumentError("header.artifact_format", "longer than 64 characters")
     if h.manifest_json:
         try:
             doc = json.loads(h.manifest_json)
         except json.JSONDecodeError as exc:
-            raise InvalidArgument("header.manifest_json", f"not valid JSON ({exc.msg})") from None
+            raise InvalidArgumentError("header.manifest_json", f"not valid JSON ({exc.msg})") from None
         if not isinstance(doc, dict):
-            raise InvalidArgument("header.manifest_json", "must be a JSON object")
+            raise InvalidArgumentError("header.manifest_json", "must be a JSON object")
     if h.artifact_sha256 and not SHA_RE.match(h.artifact_sha256):
-        raise InvalidArgument("header.artifact_sha256", "must be 64 lower-case hex digits")
+        raise InvalidArgumentError("header.artifact_sha256", "must be 64 lower-case hex digits")
     if h.artifact_uri:
         if not h.artifact_uri.startswith(EXTERNAL_SCHEMES):
-            raise InvalidArgument(
+            raise InvalidArgumentError(
                 "header.artifact_uri",
-                f"scheme must be one of {', '.join(EXTERNAL_SCHEMES)} (local paths are refused: upload bytes)",
+                f"scheme must be one of {', '.join(EXTERNAL_SCHEMES)} "
+                "(local paths are refused: upload the bytes)",
             )
         text("header.artifact_uri", h.artifact_uri, 2048)
         if not h.artifact_sha256:
-            raise InvalidArgument("header.artifact_sha256", "required when registering by artifact_uri")
+            raise InvalidArgumentError("header.artifact_sha256", "required when registering by artifact_uri")
     if not math.isfinite(h.threshold) or not 0.0 <= h.threshold <= 1.0:
-        raise InvalidArgument("header.threshold", f"must be within [0, 1], got {h.threshold}")
+        raise InvalidArgumentError("header.threshold", f"must be within [0, 1], got {h.threshold}")
     metrics("header.metrics", h.metrics)
     tags("header.tags", h.tags)
     seen: set[str] = set()
     for i, spec in enumerate(h.feature_schema.features):
         f = f"header.feature_schema.features[{i}]"
         if not spec.name:
-            raise InvalidArgument(f"{f}.name", "required")
+            raise InvalidArgumentError(f"{f}.name", "required")
         if spec.name in seen:
-            raise InvalidArgument(f"{f}.name", f"feature {spec.name!r} appears twice")
+            raise InvalidArgumentError(f"{f}.name", f"feature {spec.name!r} appears twice")
         seen.add(spec.name)
         if spec.type == types_pb2.FEATURE_TYPE_UNSPECIFIED:
-            raise InvalidArgument(f"{f}.type", "must be set")
+            raise InvalidArgumentError(f"{f}.type", "must be set")
     lin = h.lineage
     if lin.wandb_link_status:
-        raise InvalidArgument("header.lineage.wandb_link_status", "is set by the registry, leave it empty")
+        raise InvalidArgumentError(
+            "header.lineage.wandb_link_status", "is set by the registry, leave it empty"
+        )
     if lin.trigger and lin.trigger not in ("manual", "schedule") and not lin.trigger.startswith("alert:"):
-        raise InvalidArgument("header.lineage.trigger", "must be 'manual', 'schedule' or 'alert:<id>'")
+        raise InvalidArgumentError("header.lineage.trigger", "must be 'manual', 'schedule' or 'alert:<id>'")
     if lin.dvc_lock_sha256 and not SHA_RE.match(lin.dvc_lock_sha256):
-        raise InvalidArgument("header.lineage.dvc_lock_sha256", "must be 64 lower-case hex digits")
+        raise InvalidArgumentError("header.lineage.dvc_lock_sha256", "must be 64 lower-case hex digits")
     for i, ref in enumerate(lin.parents):
         name(f"header.lineage.parents[{i}].name", ref.name, "model name")
         positive(f"header.lineage.parents[{i}].version", ref.version)
     if len(h.idempotency_key) > 128:
-        raise InvalidArgument("header.idempotency_key", "longer than 128 characters")
+        raise InvalidArgumentError("header.idempotency_key", "longer than 128 characters")
     return gates("header.gate_results", h.gate_results)
