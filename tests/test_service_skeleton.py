@@ -27,11 +27,13 @@ SERVICES = {
     "monitor": set(),
 }
 ALWAYS = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+# The model server reports SERVING only once its Ray Serve app runs (a local Ray, cold): allow it longer.
+START_TIMEOUT_S = {"model-server": 240.0}
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_starts_serves_health_and_reflection(service: str, tmp_path: Path) -> None:
-    proc = start_service(service, tmp_path)
+    proc = start_service(service, tmp_path, timeout=START_TIMEOUT_S.get(service, 60.0))
     try:
         assert proc.health() == health_pb2.HealthCheckResponse.SERVING
         with grpc.insecure_channel(proc.target) as channel:
@@ -87,7 +89,10 @@ def _health_status(target: str) -> int:
 def test_sigterm_finishes_in_flight_rpc_before_exit(service: str, tmp_path: Path) -> None:
     prefix = f"FINPREDICT_{service.replace('-', '_').upper()}_"
     proc = start_service(
-        service, tmp_path, env={prefix + "DRAIN_DELAY_S": "1.0", prefix + "SHUTDOWN_GRACE_S": "20"}
+        service,
+        tmp_path,
+        env={prefix + "DRAIN_DELAY_S": "1.0", prefix + "SHUTDOWN_GRACE_S": "20"},
+        timeout=START_TIMEOUT_S.get(service, 60.0),
     )
     channel = grpc.insecure_channel(proc.target)
     try:

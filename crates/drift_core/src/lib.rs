@@ -19,6 +19,7 @@ pub mod error;
 pub mod histogram;
 pub mod kernel;
 pub mod matrix;
+pub mod memory;
 pub mod pool;
 pub mod profile;
 pub mod stats;

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # (no types-PyYAML in the lock)
 
 from finpredict.features import CREDIT_SCHEMA, FeatureSchema, SchemaError
 from finpredict.pipelines import dgp
@@ -21,7 +22,7 @@ class PipelineError(Exception):
     """A stage cannot go on; the message says why (file, column, rule). Exit status 2."""
 
 
-class GateFailure(PipelineError):
+class GateFailedError(PipelineError):
     """At least one quality gate failed. Exit status 3."""
 
 
@@ -148,11 +149,22 @@ def read_json(path: Path) -> Any:
         raise PipelineError(f"{path}: not found (did the previous stage run?)") from None
 
 
+def git_commit() -> str:
+    """The commit of the working tree (``HEAD``); empty outside a git repository."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=30
+        )
+        return out.stdout.strip()
+    except (subprocess.SubprocessError, OSError):
+        return ""
+
+
 def run_stage(name: str, fn: Callable[[], None]) -> None:
     """Runs a stage's main; a :class:`PipelineError` prints a clean report and exits non-zero."""
     try:
         fn()
-    except GateFailure as exc:
+    except GateFailedError as exc:
         print(f"[{name}] FAILED: {exc}", file=sys.stderr)
         sys.exit(3)
     except PipelineError as exc:

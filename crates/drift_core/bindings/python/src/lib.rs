@@ -5,7 +5,8 @@
 //! boundary: every failure is a `DriftError`.
 
 use drift_core::{
-    DriftError, DriftReport, ErrorKind, FeatureDrift, FeatureKind, FitOptions, Matrix, Order, Profile, Window,
+    DriftError, DriftReport, ErrorKind, FeatureDrift, FeatureKind, FitOptions, Matrix, Order,
+    Profile, Window,
 };
 use numpy::{
     IntoPyArray, PyArray1, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1, PyUntypedArray,
@@ -18,25 +19,60 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-create_exception!(_drift_core, DriftCoreError, PyValueError, "Invalid input to drift_core.");
-create_exception!(_drift_core, ShapeError, DriftCoreError, "Wrong number of dimensions or wrong length.");
-create_exception!(_drift_core, DtypeError, DriftCoreError, "Input is not float64 (and copying was not allowed).");
 create_exception!(
-    _drift_core,
+    drift_core,
+    DriftCoreError,
+    PyValueError,
+    "Invalid input to drift_core."
+);
+create_exception!(
+    drift_core,
+    ShapeError,
+    DriftCoreError,
+    "Wrong number of dimensions or wrong length."
+);
+create_exception!(
+    drift_core,
+    DtypeError,
+    DriftCoreError,
+    "Input is not float64 (and copying was not allowed)."
+);
+create_exception!(
+    drift_core,
     LayoutError,
     DriftCoreError,
     "Input is not C- or F-contiguous (and copying was not allowed)."
 );
 create_exception!(
-    _drift_core,
+    drift_core,
     ProfileMismatchError,
     DriftCoreError,
     "Batch or window does not match the profile."
 );
-create_exception!(_drift_core, EmptyInputError, DriftCoreError, "Input has no rows.");
-create_exception!(_drift_core, InvalidEdgesError, DriftCoreError, "Bin edges are non-finite or unsorted.");
-create_exception!(_drift_core, InvalidArgumentError, DriftCoreError, "Invalid argument.");
-create_exception!(_drift_core, SerializationError, DriftCoreError, "Bytes or JSON that do not decode.");
+create_exception!(
+    drift_core,
+    EmptyInputError,
+    DriftCoreError,
+    "Input has no rows."
+);
+create_exception!(
+    drift_core,
+    InvalidEdgesError,
+    DriftCoreError,
+    "Bin edges are non-finite or unsorted."
+);
+create_exception!(
+    drift_core,
+    InvalidArgumentError,
+    DriftCoreError,
+    "Invalid argument."
+);
+create_exception!(
+    drift_core,
+    SerializationError,
+    DriftCoreError,
+    "Bytes or JSON that do not decode."
+);
 
 fn to_py_err(err: DriftError) -> PyErr {
     let msg = err.to_string();
@@ -69,7 +105,12 @@ struct Checked<'py> {
 }
 
 /// Checks (and, only with `allow_copy`, converts) an ndarray input.
-fn check_array<'py>(py: Python<'py>, data: &Bound<'py, PyAny>, what: &str, allow_copy: bool) -> PyResult<Checked<'py>> {
+fn check_array<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    what: &str,
+    allow_copy: bool,
+) -> PyResult<Checked<'py>> {
     let np = py.import("numpy")?;
     let mut obj = data.clone();
     if obj.cast::<PyUntypedArray>().is_err() {
@@ -114,7 +155,11 @@ fn check_array<'py>(py: Python<'py>, data: &Bound<'py, PyAny>, what: &str, allow
         arr = conv.cast::<PyUntypedArray>()?.clone();
     }
     let shape = arr.shape().to_vec();
-    let (n_rows, n_cols) = if ndim == 1 { (shape[0], 1) } else { (shape[0], shape[1]) };
+    let (n_rows, n_cols) = if ndim == 1 {
+        (shape[0], 1)
+    } else {
+        (shape[0], shape[1])
+    };
     // 1-D arrays and single columns are both orders; prefer the row-major path for 2-D.
     let order = if ndim == 1 || (!arr.is_c_contiguous() && arr.is_fortran_contiguous()) {
         Order::ColMajor
@@ -139,17 +184,24 @@ fn with_matrix<'py, T: Send>(
     let ro2;
     let slice: &[f64] = if c.array.ndim() == 1 {
         ro = c.array.cast::<numpy::PyArray1<f64>>()?.readonly();
-        ro.as_slice().map_err(|e| LayoutError::new_err(e.to_string()))?
+        ro.as_slice()
+            .map_err(|e| LayoutError::new_err(e.to_string()))?
     } else {
         ro2 = c.array.cast::<numpy::PyArray2<f64>>()?.readonly();
-        ro2.as_slice().map_err(|e| LayoutError::new_err(e.to_string()))?
+        ro2.as_slice()
+            .map_err(|e| LayoutError::new_err(e.to_string()))?
     };
     let m = Matrix::new(slice, c.n_rows, c.n_cols, c.order).map_err(to_py_err)?;
     py.detach(|| f(&m)).map_err(to_py_err)
 }
 
 /// Converts a scoring batch (ndarray or polars frame) for `profile`.
-fn batch_for<'py>(py: Python<'py>, data: &Bound<'py, PyAny>, profile: &Profile, allow_copy: bool) -> PyResult<Checked<'py>> {
+fn batch_for<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    profile: &Profile,
+    allow_copy: bool,
+) -> PyResult<Checked<'py>> {
     if is_polars(data)? {
         let labels: Vec<Option<Vec<String>>> = profile
             .features
@@ -166,14 +218,25 @@ fn batch_for<'py>(py: Python<'py>, data: &Bound<'py, PyAny>, profile: &Profile, 
     check_array(py, data, "batch", allow_copy)
 }
 
+/// What `drift_core._frames.fit_frame` returns: (matrix, names, numeric categorical
+/// columns, labels of the string-like columns).
+type FrameForFit<'py> = (
+    Bound<'py, PyAny>,
+    Vec<String>,
+    Vec<usize>,
+    BTreeMap<usize, Vec<String>>,
+);
+
 /// A feature given by index or name.
 fn feature_index(profile: &Profile, feature: &Bound<'_, PyAny>) -> PyResult<usize> {
     if let Ok(name) = feature.cast::<PyString>() {
         return profile.feature_index(name.to_str()?).map_err(to_py_err);
     }
-    let i: isize = feature
-        .extract()
-        .map_err(|_| InvalidArgumentError::new_err("invalid argument: a feature is given by its index (int) or name (str)"))?;
+    let i: isize = feature.extract().map_err(|_| {
+        InvalidArgumentError::new_err(
+            "invalid argument: a feature is given by its index (int) or name (str)",
+        )
+    })?;
     let n = profile.n_features() as isize;
     if i < 0 || i >= n {
         return Err(InvalidArgumentError::new_err(format!(
@@ -231,13 +294,16 @@ impl PyProfile {
                     .iter()
                     .map(|x| x.extract::<String>())
                     .collect::<PyResult<_>>()
-                    .map_err(|_| InvalidArgumentError::new_err("invalid argument: categorical must list column names for a DataFrame"))?,
+                    .map_err(|_| {
+                        InvalidArgumentError::new_err(
+                            "invalid argument: categorical must list column names for a DataFrame",
+                        )
+                    })?,
                 None => Vec::new(),
             };
             let frames = py.import("drift_core._frames")?;
             let res = frames.call_method1("fit_frame", (data, cat_names))?;
-            let (arr, n, cats, labels): (Bound<'py, PyAny>, Vec<String>, Vec<usize>, BTreeMap<usize, Vec<String>>) =
-                res.extract()?;
+            let (arr, n, cats, labels): FrameForFit<'py> = res.extract()?;
             checked = check_array(py, &arr, "reference data", false)?;
             names = n;
             opts.categorical = cats;
@@ -259,7 +325,9 @@ impl PyProfile {
                         })?
                     } else {
                         x.extract::<usize>().map_err(|_| {
-                            InvalidArgumentError::new_err("invalid argument: categorical lists column indices or names")
+                            InvalidArgumentError::new_err(
+                                "invalid argument: categorical lists column indices or names",
+                            )
                         })?
                     };
                     opts.categorical.push(j);
@@ -273,7 +341,12 @@ impl PyProfile {
 
     /// Scores a batch against the profile: histograms, then the drift report.
     #[pyo3(signature = (data, *, allow_copy=false))]
-    fn score<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>, allow_copy: bool) -> PyResult<PyDriftReport> {
+    fn score<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+        allow_copy: bool,
+    ) -> PyResult<PyDriftReport> {
         let c = batch_for(py, data, &self.inner, allow_copy)?;
         let p = self.inner.clone();
         let r = with_matrix(py, &c, move |m| {
@@ -286,7 +359,12 @@ impl PyProfile {
 
     /// The histograms of a batch, as a new window over this profile.
     #[pyo3(signature = (data, *, allow_copy=false))]
-    fn histograms<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>, allow_copy: bool) -> PyResult<PyWindow> {
+    fn histograms<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+        allow_copy: bool,
+    ) -> PyResult<PyWindow> {
         let c = batch_for(py, data, &self.inner, allow_copy)?;
         let p = self.inner.clone();
         let w = with_matrix(py, &c, move |m| {
@@ -336,11 +414,18 @@ impl PyProfile {
 
     fn is_categorical(&self, feature: &Bound<'_, PyAny>) -> PyResult<bool> {
         let j = feature_index(&self.inner, feature)?;
-        Ok(matches!(self.inner.features[j].kind, FeatureKind::Categorical { .. }))
+        Ok(matches!(
+            self.inner.features[j].kind,
+            FeatureKind::Categorical { .. }
+        ))
     }
 
     /// Bin edges of a numeric feature (None for a categorical one).
-    fn edges<'py>(&self, py: Python<'py>, feature: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyArray1<f64>>>> {
+    fn edges<'py>(
+        &self,
+        py: Python<'py>,
+        feature: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyArray1<f64>>>> {
         let j = feature_index(&self.inner, feature)?;
         Ok(match &self.inner.features[j].kind {
             FeatureKind::Numeric { edges } => Some(edges.clone().into_pyarray(py)),
@@ -350,11 +435,17 @@ impl PyProfile {
 
     /// Categories of a categorical feature (labels for a DataFrame string column, else the
     /// float values); None for a numeric one.
-    fn categories<'py>(&self, py: Python<'py>, feature: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyList>>> {
+    fn categories<'py>(
+        &self,
+        py: Python<'py>,
+        feature: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyList>>> {
         let j = feature_index(&self.inner, feature)?;
         Ok(match &self.inner.features[j].kind {
             FeatureKind::Numeric { .. } => None,
-            FeatureKind::Categorical { labels: Some(l), .. } => Some(PyList::new(py, l)?),
+            FeatureKind::Categorical {
+                labels: Some(l), ..
+            } => Some(PyList::new(py, l)?),
             FeatureKind::Categorical { categories, .. } => Some(PyList::new(py, categories)?),
         })
     }
@@ -365,16 +456,31 @@ impl PyProfile {
         Ok(self.inner.features[j].bucket_labels())
     }
 
-    fn reference_counts<'py>(&self, py: Python<'py>, feature: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<u64>>> {
+    fn reference_counts<'py>(
+        &self,
+        py: Python<'py>,
+        feature: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
         let j = feature_index(&self.inner, feature)?;
-        Ok(self.inner.features[j].reference_counts.clone().into_pyarray(py))
+        Ok(self.inner.features[j]
+            .reference_counts
+            .clone()
+            .into_pyarray(py))
     }
 
     /// Reference shares per bucket (counts / rows; the epsilon rule is applied only when scoring).
-    fn reference_proportions<'py>(&self, py: Python<'py>, feature: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    fn reference_proportions<'py>(
+        &self,
+        py: Python<'py>,
+        feature: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let j = feature_index(&self.inner, feature)?;
         let n = self.inner.n_rows as f64;
-        let v: Vec<f64> = self.inner.features[j].reference_counts.iter().map(|&c| c as f64 / n).collect();
+        let v: Vec<f64> = self.inner.features[j]
+            .reference_counts
+            .iter()
+            .map(|&c| c as f64 / n)
+            .collect();
         Ok(v.into_pyarray(py))
     }
 
@@ -401,14 +507,18 @@ impl PyProfile {
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other.cast::<PyProfile>().is_ok_and(|o| *o.get().inner == *self.inner)
+        other
+            .cast::<PyProfile>()
+            .is_ok_and(|o| *o.get().inner == *self.inner)
     }
 
     fn __hash__(&self) -> u64 {
         u64::from_str_radix(&self.inner.fingerprint(), 16).unwrap_or(0)
     }
 
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let py = slf.py();
         let f = slf.get_type().getattr("from_bytes")?;
         Ok((f, PyTuple::new(py, [slf.get().to_bytes(py)])?))
@@ -446,7 +556,12 @@ impl PyWindow {
 
     /// Counts a batch (same columns as the profile) into the window.
     #[pyo3(signature = (data, *, allow_copy=false))]
-    fn add<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>, allow_copy: bool) -> PyResult<()> {
+    fn add<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+        allow_copy: bool,
+    ) -> PyResult<()> {
         let c = batch_for(py, data, self.inner.profile(), allow_copy)?;
         let w = &mut self.inner;
         with_matrix(py, &c, move |m| w.add(m))
@@ -483,18 +598,30 @@ impl PyWindow {
     }
 
     /// Bucket counts of one feature (value buckets, then missing).
-    fn counts<'py>(&self, py: Python<'py>, feature: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<u64>>> {
+    fn counts<'py>(
+        &self,
+        py: Python<'py>,
+        feature: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
         let j = feature_index(self.inner.profile(), feature)?;
         Ok(self.inner.counts()[j].clone().into_pyarray(py))
     }
 
     /// Bucket counts of every feature.
     fn all_counts<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyArray1<u64>>> {
-        self.inner.counts().iter().map(|c| c.clone().into_pyarray(py)).collect()
+        self.inner
+            .counts()
+            .iter()
+            .map(|c| c.clone().into_pyarray(py))
+            .collect()
     }
 
     /// Shares of one feature's buckets (counts / rows; no epsilon).
-    fn proportions<'py>(&self, py: Python<'py>, feature: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    fn proportions<'py>(
+        &self,
+        py: Python<'py>,
+        feature: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let j = feature_index(self.inner.profile(), feature)?;
         if self.inner.n_rows() == 0 {
             return Err(to_py_err(DriftError::Empty {
@@ -502,7 +629,11 @@ impl PyWindow {
             }));
         }
         let n = self.inner.n_rows() as f64;
-        Ok(self.inner.counts()[j].iter().map(|&c| c as f64 / n).collect::<Vec<_>>().into_pyarray(py))
+        Ok(self.inner.counts()[j]
+            .iter()
+            .map(|&c| c as f64 / n)
+            .collect::<Vec<_>>()
+            .into_pyarray(py))
     }
 
     /// Drift of the window against its profile.
@@ -535,10 +666,14 @@ impl PyWindow {
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other.cast::<PyWindow>().is_ok_and(|o| o.borrow().inner == self.inner)
+        other
+            .cast::<PyWindow>()
+            .is_ok_and(|o| o.borrow().inner == self.inner)
     }
 
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let py = slf.py();
         let f = slf.get_type().getattr("from_bytes")?;
         let b = slf.borrow().to_bytes(py);
@@ -603,7 +738,11 @@ struct PyDriftReport {
 impl PyDriftReport {
     #[getter]
     fn features(&self) -> Vec<PyFeatureDrift> {
-        self.inner.features.iter().map(PyFeatureDrift::from).collect()
+        self.inner
+            .features
+            .iter()
+            .map(PyFeatureDrift::from)
+            .collect()
     }
 
     /// The feature with the largest PSI.
@@ -619,17 +758,32 @@ impl PyDriftReport {
 
     #[getter]
     fn psi<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
-        self.inner.features.iter().map(|f| f.psi).collect::<Vec<_>>().into_pyarray(py)
+        self.inner
+            .features
+            .iter()
+            .map(|f| f.psi)
+            .collect::<Vec<_>>()
+            .into_pyarray(py)
     }
 
     #[getter]
     fn kl<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
-        self.inner.features.iter().map(|f| f.kl).collect::<Vec<_>>().into_pyarray(py)
+        self.inner
+            .features
+            .iter()
+            .map(|f| f.kl)
+            .collect::<Vec<_>>()
+            .into_pyarray(py)
     }
 
     #[getter]
     fn js<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
-        self.inner.features.iter().map(|f| f.js).collect::<Vec<_>>().into_pyarray(py)
+        self.inner
+            .features
+            .iter()
+            .map(|f| f.js)
+            .collect::<Vec<_>>()
+            .into_pyarray(py)
     }
 
     #[getter]
@@ -645,7 +799,12 @@ impl PyDriftReport {
     /// Names of the features whose PSI exceeds `psi_threshold` (strictly), worst first.
     #[pyo3(signature = (psi_threshold=0.25))]
     fn drifted(&self, psi_threshold: f64) -> Vec<String> {
-        let mut v: Vec<&FeatureDrift> = self.inner.features.iter().filter(|f| f.psi > psi_threshold).collect();
+        let mut v: Vec<&FeatureDrift> = self
+            .inner
+            .features
+            .iter()
+            .filter(|f| f.psi > psi_threshold)
+            .collect();
         v.sort_by(|a, b| b.psi.total_cmp(&a.psi));
         v.into_iter().map(|f| f.name.clone()).collect()
     }
@@ -722,7 +881,9 @@ fn histogram_counts<'py>(
         .as_slice()
         .map_err(|_| LayoutError::new_err("values must be a contiguous 1-D float64 array"))?;
     let edges: Vec<f64> = edges.as_array().to_vec();
-    let hist = py.detach(|| drift_core::histogram_counts(values, &edges)).map_err(to_py_err)?;
+    let hist = py
+        .detach(|| drift_core::histogram_counts(values, &edges))
+        .map_err(to_py_err)?;
     Ok((hist.counts.into_pyarray(py), hist.missing))
 }
 
@@ -757,10 +918,16 @@ fn _drift_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ShapeError", py.get_type::<ShapeError>())?;
     m.add("DtypeError", py.get_type::<DtypeError>())?;
     m.add("LayoutError", py.get_type::<LayoutError>())?;
-    m.add("ProfileMismatchError", py.get_type::<ProfileMismatchError>())?;
+    m.add(
+        "ProfileMismatchError",
+        py.get_type::<ProfileMismatchError>(),
+    )?;
     m.add("EmptyInputError", py.get_type::<EmptyInputError>())?;
     m.add("InvalidEdgesError", py.get_type::<InvalidEdgesError>())?;
-    m.add("InvalidArgumentError", py.get_type::<InvalidArgumentError>())?;
+    m.add(
+        "InvalidArgumentError",
+        py.get_type::<InvalidArgumentError>(),
+    )?;
     m.add("SerializationError", py.get_type::<SerializationError>())?;
     m.add_class::<PyProfile>()?;
     m.add_class::<PyWindow>()?;

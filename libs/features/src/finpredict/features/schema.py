@@ -216,8 +216,8 @@ def _n(
         name=name,
         kind="integer" if integer else "numeric",
         nullable=null > 0,
-        min=lo,
-        max=hi,
+        min=None if lo is None else float(lo),
+        max=None if hi is None else float(hi),
         description=desc,
         max_null_rate=null,
     )

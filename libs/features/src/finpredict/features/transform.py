@@ -13,6 +13,7 @@ records, so the model server and the training pipeline compute identical matrice
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -49,17 +50,36 @@ def feature_exprs(schema: FeatureSchema = CREDIT_SCHEMA) -> list[pl.Expr]:
     return exprs
 
 
+def _select(df: pl.DataFrame, exprs: Sequence[pl.Expr]) -> pl.DataFrame:
+    # The expressions are built once per schema (cached): building them costs more than
+    # evaluating them on the one-row frames of online scoring.
+    return df.select(exprs)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_exprs(schema: FeatureSchema) -> tuple[pl.Expr, ...]:
+    return tuple(feature_exprs(schema))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_input_schema(schema: FeatureSchema) -> pl.Schema:
+    return pl.Schema(input_polars_schema(schema))
+
+
 def transform(df: pl.DataFrame, schema: FeatureSchema = CREDIT_SCHEMA) -> pl.DataFrame:
     """Model features of ``df`` (extra columns are ignored; a missing input column is an error)."""
     missing = [n for n in schema.input_names if n not in df.columns]
     if missing:
         raise SchemaError(f"missing input feature column(s): {missing}")
-    return df.select(feature_exprs(schema))
+    return _select(df, _cached_exprs(schema))
 
 
 def to_matrix(df: pl.DataFrame, schema: FeatureSchema = CREDIT_SCHEMA) -> npt.NDArray[np.float32]:
     """The model input matrix (float32, C order, NaN for missing) of the rows of ``df``."""
-    feats = transform(df, schema)
+    missing = [n for n in schema.input_names if n not in df.columns]
+    if missing:
+        raise SchemaError(f"missing input feature column(s): {missing}")
+    feats = _select(df, _cached_exprs(schema))
     mat = feats.to_numpy(order="c", allow_copy=True).astype(np.float32, copy=False)
     return np.ascontiguousarray(mat)
 
@@ -70,29 +90,16 @@ def records_to_frame(
     """Builds the input DataFrame of request records (feature name -> number, string or None).
 
     With ``check`` each record is first checked against the schema (types, ranges, categories,
-    nullability); the error names the record index and the feature.
+    nullability); the error names the record index and the feature. A key that is absent is
+    missing.
     """
     if check:
         for i, rec in enumerate(records):
             schema.check_record(rec, where=f"record {i}")
-    columns: dict[str, list[object]] = {n: [] for n in schema.input_names}
-    for rec in records:
-        for name in schema.input_names:
-            value = rec.get(name)
-            columns[name].append(value)
-    pl_schema = input_polars_schema(schema)
-    data: dict[str, pl.Series] = {}
-    for name, values in columns.items():
-        dtype = pl_schema[name]
-        if isinstance(dtype, pl.String):
-            data[name] = pl.Series(name, values, dtype=pl.String)
-        else:
-            data[name] = pl.Series(
-                name,
-                [None if v is None else float(v) for v in values],
-                dtype=pl.Float64,  # type: ignore[arg-type]
-            )
-    return pl.DataFrame(data)
+    try:
+        return pl.DataFrame(list(records), schema=_cached_input_schema(schema), orient="row")
+    except (TypeError, ValueError, pl.exceptions.PolarsError) as exc:
+        raise SchemaError(f"records do not fit the feature schema: {exc}") from None
 
 
 def records_to_matrix(

@@ -7,15 +7,24 @@ import sys
 from finpredict.common.config import ConfigError, load_settings
 from finpredict.common.server import run_service
 from finpredict.monitor.config import MonitorSettings
+from finpredict.monitor.rules import RulesError
 from finpredict.monitor.server import bindings
+from finpredict.monitor.service import MonitorService
 
 
 def main() -> None:
     try:
         settings = load_settings(MonitorSettings)
-    except ConfigError as exc:
+        service = MonitorService(settings)
+    except (ConfigError, RulesError) as exc:
         sys.exit(f"finpredict-monitor: {exc}")
-    run_service("monitor", settings, bindings())
+    run_service(
+        "monitor",
+        settings,
+        bindings(service),
+        on_drain=[service.drain],
+        on_shutdown=[service.shutdown],
+    )
 
 
 if __name__ == "__main__":

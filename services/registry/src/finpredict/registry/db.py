@@ -17,15 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 log = logging.getLogger("finpredict.registry.db")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _WRITE = "finpredict_write"
+# The newest migration; a test checks it is Alembic's head. A database already there is not
+# touched (and Alembic is not even imported: faster restarts).
+HEAD_REVISION = "0001_initial"
 
 
 def create_db_engine(url: str) -> Engine:
@@ -73,8 +74,22 @@ def read_tx(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+def current_revision(engine: Engine) -> str | None:
+    """The migration the database is at (None for an empty database)."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        value = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one_or_none()
+        return str(value) if value is not None else None
+
+
 def migrate(engine: Engine) -> None:
     """Brings the schema to the newest migration (idempotent)."""
+    if current_revision(engine) == HEAD_REVISION:
+        return
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.connect() as conn:

@@ -74,10 +74,3 @@ def build(settings: RegistrySettings) -> Registry:
         on_drain=[servicer.close],
         on_shutdown=[dispose],
     )
-
-
-def bindings() -> list[ServiceBinding]:
-    """Kept for callers of the skeleton API; prefer :func:`build`, which also returns the interceptors."""
-    from finpredict.common.config import load_settings
-
-    return build(load_settings(RegistrySettings)).bindings

@@ -281,19 +281,25 @@ class RecordOutcomesResponse(_message.Message):
 
     MATCHED_FIELD_NUMBER: _builtins.int
     UNMATCHED_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
     matched: _builtins.int
     """Outcomes matched to a prediction."""
     unmatched: _builtins.int
     """Outcomes with no matching prediction (kept for late predictions)."""
+    @_builtins.property
+    def changed(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]:
+        """Alerts whose state changed with these labels (accuracy rules)."""
+
     def __init__(
         self,
         *,
         matched: _builtins.int = ...,
         unmatched: _builtins.int = ...,
+        changed: _abc.Iterable[Global___Alert] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["matched", b"matched", "unmatched", b"unmatched"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "matched", b"matched", "unmatched", b"unmatched"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -339,6 +345,26 @@ class WindowStats(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ApprovalRateByVariantEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     START_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
@@ -350,12 +376,14 @@ class WindowStats(_message.Message):
     ACCURACY_FIELD_NUMBER: _builtins.int
     ECE_FIELD_NUMBER: _builtins.int
     LABEL_DELAY_HOURS_FIELD_NUMBER: _builtins.int
+    APPROVAL_RATE_FIELD_NUMBER: _builtins.int
+    APPROVAL_RATE_BY_VARIANT_FIELD_NUMBER: _builtins.int
     size: Global___WindowSize.ValueType
     """Window size."""
     count: _builtins.int
     """Predictions in the window."""
     score_kl: _builtins.float
-    """KL(reference || window) of the score distribution."""
+    """KL(reference || window) of the score distribution (NaN without a score profile)."""
     score_js: _builtins.float
     """Jensen-Shannon divergence of the score distribution."""
     labeled: _builtins.int
@@ -368,6 +396,8 @@ class WindowStats(_message.Message):
     """Expected calibration error."""
     label_delay_hours: _builtins.float
     """Median label delay in hours."""
+    approval_rate: _builtins.float
+    """Share of predictions approved (score below the decision threshold)."""
     @_builtins.property
     def start(self) -> _timestamp_pb2.Timestamp:
         """Window start."""
@@ -375,6 +405,10 @@ class WindowStats(_message.Message):
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureDrift]:
         """Per-feature drift."""
+
+    @_builtins.property
+    def approval_rate_by_variant(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Approval rate per routing variant."""
 
     def __init__(
         self,
@@ -390,10 +424,12 @@ class WindowStats(_message.Message):
         accuracy: _builtins.float = ...,
         ece: _builtins.float = ...,
         label_delay_hours: _builtins.float = ...,
+        approval_rate: _builtins.float = ...,
+        approval_rate_by_variant: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "auc", b"auc", "count", b"count", "ece", b"ece", "features", b"features", "label_delay_hours", b"label_delay_hours", "labeled", b"labeled", "score_js", b"score_js", "score_kl", b"score_kl", "size", b"size", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "approval_rate", b"approval_rate", "approval_rate_by_variant", b"approval_rate_by_variant", "auc", b"auc", "count", b"count", "ece", b"ece", "features", b"features", "label_delay_hours", b"label_delay_hours", "labeled", b"labeled", "score_js", b"score_js", "score_kl", b"score_kl", "size", b"size", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -664,3 +700,47 @@ class TriggerRetrainingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TriggerRetrainingResponse: _TypeAlias = TriggerRetrainingResponse  # noqa: Y015
+
+@_typing.final
+class EvaluateRulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def now(self) -> _timestamp_pb2.Timestamp:
+        """The clock: windows ending at or before this time are closed and evaluated."""
+
+    def __init__(
+        self,
+        *,
+        now: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["now", b"now"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["now", b"now"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateRulesRequest: _TypeAlias = EvaluateRulesRequest  # noqa: Y015
+
+@_typing.final
+class EvaluateRulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changed(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]:
+        """Alerts whose state changed in this evaluation."""
+
+    def __init__(
+        self,
+        *,
+        changed: _abc.Iterable[Global___Alert] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateRulesResponse: _TypeAlias = EvaluateRulesResponse  # noqa: Y015

@@ -66,6 +66,11 @@ class MonitorServiceStub:
                 request_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.TriggerRetrainingRequest.SerializeToString,
                 response_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.TriggerRetrainingResponse.FromString,
                 _registered_method=True)
+        self.EvaluateRules = channel.unary_unary(
+                '/finpredict.monitor.v1.MonitorService/EvaluateRules',
+                request_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.EvaluateRulesRequest.SerializeToString,
+                response_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.EvaluateRulesResponse.FromString,
+                _registered_method=True)
 
 
 class MonitorServiceServicer:
@@ -115,6 +120,15 @@ class MonitorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluateRules(self, request, context):
+        """Advances the event-time clock (closing every window that ends at or before `now`) and
+        evaluates the alert rules on the windows it closed. Replays drive the simulated clock
+        with it; in production a timer calls the same code with the wall clock.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +161,11 @@ def add_MonitorServiceServicer_to_server(servicer, server):
                     servicer.TriggerRetraining,
                     request_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.TriggerRetrainingRequest.FromString,
                     response_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.TriggerRetrainingResponse.SerializeToString,
+            ),
+            'EvaluateRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateRules,
+                    request_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.EvaluateRulesRequest.FromString,
+                    response_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.EvaluateRulesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +331,33 @@ class MonitorService:
             '/finpredict.monitor.v1.MonitorService/TriggerRetraining',
             finpredict_dot_monitor_dot_v1_dot_monitor__pb2.TriggerRetrainingRequest.SerializeToString,
             finpredict_dot_monitor_dot_v1_dot_monitor__pb2.TriggerRetrainingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finpredict.monitor.v1.MonitorService/EvaluateRules',
+            finpredict_dot_monitor_dot_v1_dot_monitor__pb2.EvaluateRulesRequest.SerializeToString,
+            finpredict_dot_monitor_dot_v1_dot_monitor__pb2.EvaluateRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

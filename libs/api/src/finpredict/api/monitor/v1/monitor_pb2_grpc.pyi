@@ -50,6 +50,11 @@ class MonitorServiceStub:
     """Streams alert state changes as they happen."""
     TriggerRetraining: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.TriggerRetrainingRequest, _monitor_pb2.TriggerRetrainingResponse]
     """Starts a retraining run by hand. Admin."""
+    EvaluateRules: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.EvaluateRulesRequest, _monitor_pb2.EvaluateRulesResponse]
+    """Advances the event-time clock (closing every window that ends at or before `now`) and
+    evaluates the alert rules on the windows it closed. Replays drive the simulated clock
+    with it; in production a timer calls the same code with the wall clock.
+    """
 
 @_typing.type_check_only
 class MonitorServiceAsyncStub(MonitorServiceStub):
@@ -70,6 +75,11 @@ class MonitorServiceAsyncStub(MonitorServiceStub):
     """Streams alert state changes as they happen."""
     TriggerRetraining: _aio.UnaryUnaryMultiCallable[_monitor_pb2.TriggerRetrainingRequest, _monitor_pb2.TriggerRetrainingResponse]  # type: ignore[assignment]
     """Starts a retraining run by hand. Admin."""
+    EvaluateRules: _aio.UnaryUnaryMultiCallable[_monitor_pb2.EvaluateRulesRequest, _monitor_pb2.EvaluateRulesResponse]  # type: ignore[assignment]
+    """Advances the event-time clock (closing every window that ends at or before `now`) and
+    evaluates the alert rules on the windows it closed. Replays drive the simulated clock
+    with it; in production a timer calls the same code with the wall clock.
+    """
 
 class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Watches live model behaviour."""
@@ -123,5 +133,16 @@ class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_monitor_pb2.TriggerRetrainingResponse, _abc.Awaitable[_monitor_pb2.TriggerRetrainingResponse]]:
         """Starts a retraining run by hand. Admin."""
+
+    @_abc_1.abstractmethod
+    def EvaluateRules(
+        self,
+        request: _monitor_pb2.EvaluateRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitor_pb2.EvaluateRulesResponse, _abc.Awaitable[_monitor_pb2.EvaluateRulesResponse]]:
+        """Advances the event-time clock (closing every window that ends at or before `now`) and
+        evaluates the alert rules on the windows it closed. Replays drive the simulated clock
+        with it; in production a timer calls the same code with the wall clock.
+        """
 
 def add_MonitorServiceServicer_to_server(servicer: MonitorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

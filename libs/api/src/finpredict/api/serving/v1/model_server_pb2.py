@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from finpredict.api.common.v1 import types_pb2 as finpredict_dot_common_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(finpredict/serving/v1/model_server.proto\x12\x15\x66inpredict.serving.v1\x1a finpredict/common/v1/types.proto\"\xa4\x01\n\nFeatureRow\x12\x41\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32/.finpredict.serving.v1.FeatureRow.FeaturesEntry\x1aS\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".finpredict.common.v1.FeatureValue:\x02\x38\x01\"\x90\x01\n\x0ePredictRequest\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\x12/\n\x04rows\x18\x02 \x03(\x0b\x32!.finpredict.serving.v1.FeatureRow\x12\x0f\n\x07\x65xplain\x18\x03 \x01(\x08\x12\r\n\x05top_k\x18\x04 \x01(\x05\"c\n\nPrediction\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x0e\n\x06margin\x18\x02 \x01(\x01\x12\x36\n\x0creason_codes\x18\x03 \x03(\x0b\x32 .finpredict.common.v1.ReasonCode\"\x8b\x01\n\x0fPredictResponse\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\x12\x36\n\x0bpredictions\x18\x02 \x03(\x0b\x32!.finpredict.serving.v1.Prediction\x12\x11\n\tthreshold\x18\x03 \x01(\x01\"A\n\x10LoadModelRequest\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\"l\n\x11LoadModelResponse\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\x12\x17\n\x0f\x61rtifact_sha256\x18\x02 \x01(\t\x12\x0f\n\x07load_ms\x18\x03 \x01(\x01\"\x19\n\x17ListLoadedModelsRequest\"J\n\x18ListLoadedModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.finpredict.common.v1.ModelRef2\xc3\x02\n\x12ModelServerService\x12X\n\x07Predict\x12%.finpredict.serving.v1.PredictRequest\x1a&.finpredict.serving.v1.PredictResponse\x12^\n\tLoadModel\x12\'.finpredict.serving.v1.LoadModelRequest\x1a(.finpredict.serving.v1.LoadModelResponse\x12s\n\x10ListLoadedModels\x12..finpredict.serving.v1.ListLoadedModelsRequest\x1a/.finpredict.serving.v1.ListLoadedModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(finpredict/serving/v1/model_server.proto\x12\x15\x66inpredict.serving.v1\x1a finpredict/common/v1/types.proto\"\xa4\x01\n\nFeatureRow\x12\x41\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32/.finpredict.serving.v1.FeatureRow.FeaturesEntry\x1aS\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".finpredict.common.v1.FeatureValue:\x02\x38\x01\"\xab\x01\n\x0ePredictRequest\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\x12/\n\x04rows\x18\x02 \x03(\x0b\x32!.finpredict.serving.v1.FeatureRow\x12\x0f\n\x07\x65xplain\x18\x03 \x01(\x08\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x19\n\x11\x61ll_contributions\x18\x05 \x01(\x08\"<\n\x13\x46\x65\x61tureContribution\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x01\"\xb4\x01\n\nPrediction\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x0e\n\x06margin\x18\x02 \x01(\x01\x12\x36\n\x0creason_codes\x18\x03 \x03(\x0b\x32 .finpredict.common.v1.ReasonCode\x12\x0c\n\x04\x62ias\x18\x04 \x01(\x01\x12\x41\n\rcontributions\x18\x05 \x03(\x0b\x32*.finpredict.serving.v1.FeatureContribution\"\x8b\x01\n\x0fPredictResponse\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\x12\x36\n\x0bpredictions\x18\x02 \x03(\x0b\x32!.finpredict.serving.v1.Prediction\x12\x11\n\tthreshold\x18\x03 \x01(\x01\"A\n\x10LoadModelRequest\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\"l\n\x11LoadModelResponse\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\x12\x17\n\x0f\x61rtifact_sha256\x18\x02 \x01(\t\x12\x0f\n\x07load_ms\x18\x03 \x01(\x01\"\x19\n\x17ListLoadedModelsRequest\"J\n\x18ListLoadedModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.finpredict.common.v1.ModelRef2\xc3\x02\n\x12ModelServerService\x12X\n\x07Predict\x12%.finpredict.serving.v1.PredictRequest\x1a&.finpredict.serving.v1.PredictResponse\x12^\n\tLoadModel\x12\'.finpredict.serving.v1.LoadModelRequest\x1a(.finpredict.serving.v1.LoadModelResponse\x12s\n\x10ListLoadedModels\x12..finpredict.serving.v1.ListLoadedModelsRequest\x1a/.finpredict.serving.v1.ListLoadedModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,19 +40,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATUREROW_FEATURESENTRY']._serialized_start=183
   _globals['_FEATUREROW_FEATURESENTRY']._serialized_end=266
   _globals['_PREDICTREQUEST']._serialized_start=269
-  _globals['_PREDICTREQUEST']._serialized_end=413
-  _globals['_PREDICTION']._serialized_start=415
-  _globals['_PREDICTION']._serialized_end=514
-  _globals['_PREDICTRESPONSE']._serialized_start=517
-  _globals['_PREDICTRESPONSE']._serialized_end=656
-  _globals['_LOADMODELREQUEST']._serialized_start=658
-  _globals['_LOADMODELREQUEST']._serialized_end=723
-  _globals['_LOADMODELRESPONSE']._serialized_start=725
-  _globals['_LOADMODELRESPONSE']._serialized_end=833
-  _globals['_LISTLOADEDMODELSREQUEST']._serialized_start=835
-  _globals['_LISTLOADEDMODELSREQUEST']._serialized_end=860
-  _globals['_LISTLOADEDMODELSRESPONSE']._serialized_start=862
-  _globals['_LISTLOADEDMODELSRESPONSE']._serialized_end=936
-  _globals['_MODELSERVERSERVICE']._serialized_start=939
-  _globals['_MODELSERVERSERVICE']._serialized_end=1262
+  _globals['_PREDICTREQUEST']._serialized_end=440
+  _globals['_FEATURECONTRIBUTION']._serialized_start=442
+  _globals['_FEATURECONTRIBUTION']._serialized_end=502
+  _globals['_PREDICTION']._serialized_start=505
+  _globals['_PREDICTION']._serialized_end=685
+  _globals['_PREDICTRESPONSE']._serialized_start=688
+  _globals['_PREDICTRESPONSE']._serialized_end=827
+  _globals['_LOADMODELREQUEST']._serialized_start=829
+  _globals['_LOADMODELREQUEST']._serialized_end=894
+  _globals['_LOADMODELRESPONSE']._serialized_start=896
+  _globals['_LOADMODELRESPONSE']._serialized_end=1004
+  _globals['_LISTLOADEDMODELSREQUEST']._serialized_start=1006
+  _globals['_LISTLOADEDMODELSREQUEST']._serialized_end=1031
+  _globals['_LISTLOADEDMODELSRESPONSE']._serialized_start=1033
+  _globals['_LISTLOADEDMODELSRESPONSE']._serialized_end=1107
+  _globals['_MODELSERVERSERVICE']._serialized_start=1110
+  _globals['_MODELSERVERSERVICE']._serialized_end=1433
 # @@protoc_insertion_point(module_scope)

@@ -75,10 +75,13 @@ class PredictRequest(_message.Message):
     ROWS_FIELD_NUMBER: _builtins.int
     EXPLAIN_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
+    ALL_CONTRIBUTIONS_FIELD_NUMBER: _builtins.int
     explain: _builtins.bool
     """Return reason codes."""
     top_k: _builtins.int
     """Reason codes per row."""
+    all_contributions: _builtins.bool
+    """Also return every feature's contribution and the bias (implies explain)."""
     @_builtins.property
     def model(self) -> _types_pb2.ModelRef:
         """The model version to use."""
@@ -94,14 +97,41 @@ class PredictRequest(_message.Message):
         rows: _abc.Iterable[Global___FeatureRow] | None = ...,
         explain: _builtins.bool = ...,
         top_k: _builtins.int = ...,
+        all_contributions: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["explain", b"explain", "model", b"model", "rows", b"rows", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_contributions", b"all_contributions", "explain", b"explain", "model", b"model", "rows", b"rows", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PredictRequest: _TypeAlias = PredictRequest  # noqa: Y015
+
+@_typing.final
+class FeatureContribution(_message.Message):
+    """One feature's TreeSHAP contribution to the margin."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    CONTRIBUTION_FIELD_NUMBER: _builtins.int
+    feature: _builtins.str
+    """Model feature name."""
+    contribution: _builtins.float
+    """Contribution to the margin (log-odds)."""
+    def __init__(
+        self,
+        *,
+        feature: _builtins.str = ...,
+        contribution: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contribution", b"contribution", "feature", b"feature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureContribution: _TypeAlias = FeatureContribution  # noqa: Y015
 
 @_typing.final
 class Prediction(_message.Message):
@@ -112,13 +142,23 @@ class Prediction(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     MARGIN_FIELD_NUMBER: _builtins.int
     REASON_CODES_FIELD_NUMBER: _builtins.int
+    BIAS_FIELD_NUMBER: _builtins.int
+    CONTRIBUTIONS_FIELD_NUMBER: _builtins.int
     score: _builtins.float
     """Probability of default in [0, 1]."""
     margin: _builtins.float
     """Raw margin (log-odds)."""
+    bias: _builtins.float
+    """TreeSHAP bias (expected margin) when contributions are returned."""
     @_builtins.property
     def reason_codes(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ReasonCode]:
         """Reason codes when asked, most adverse first."""
+
+    @_builtins.property
+    def contributions(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureContribution]:
+        """Every model feature's contribution, in model input order, when asked; with the bias
+        they sum to the margin.
+        """
 
     def __init__(
         self,
@@ -126,10 +166,12 @@ class Prediction(_message.Message):
         score: _builtins.float = ...,
         margin: _builtins.float = ...,
         reason_codes: _abc.Iterable[_types_pb2.ReasonCode] | None = ...,
+        bias: _builtins.float = ...,
+        contributions: _abc.Iterable[Global___FeatureContribution] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["margin", b"margin", "reason_codes", b"reason_codes", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bias", b"bias", "contributions", b"contributions", "margin", b"margin", "reason_codes", b"reason_codes", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

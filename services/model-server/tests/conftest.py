@@ -1,0 +1,74 @@
+"""One Ray, one real registry and one model server deployed on that Ray, for the module that uses
+them (`test_serve_app.py`): torn down before other modules run, so no two Rays of ours overlap."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from serving_testkit import (
+    READER_TOKEN,
+    TOKENS,
+    ModelServerClient,
+    RayCluster,
+    Registry,
+    ray_cluster,
+    start_model_server,
+)
+
+from finpredict.common.testing import ServiceProcess, start_service
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    tmp = tmp_path_factory.mktemp("ms-registry")
+    proc = start_service(
+        "registry",
+        tmp,
+        env={
+            "FINPREDICT_REGISTRY_DATA_DIR": str(tmp / "data"),
+            "FINPREDICT_REGISTRY_TOKENS": TOKENS,
+            "FINPREDICT_REGISTRY_LOG_FORMAT": "text",
+            "FINPREDICT_REGISTRY_SHUTDOWN_GRACE_S": "1",
+            "FINPREDICT_REGISTRY_WATCH_POLL_S": "0.5",
+        },
+    )
+    reg = Registry(proc)
+    try:
+        yield reg
+    finally:
+        reg.close()
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def ray(registry: Registry) -> Iterator[RayCluster]:
+    # Replicas inherit the environment of `ray start`: that is how they get the registry token.
+    with ray_cluster({"FINPREDICT_MODEL_SERVER_REGISTRY_TOKEN": READER_TOKEN}) as cluster:
+        yield cluster
+
+
+@dataclass
+class Served:
+    proc: ServiceProcess
+    client: ModelServerClient
+    ray: RayCluster
+    registry: Registry
+
+
+@pytest.fixture(scope="module")
+def served(ray: RayCluster, registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("ms-server")
+    proc, grpc_port = start_model_server(tmp, ray, registry)
+    client = ModelServerClient(f"127.0.0.1:{grpc_port}")
+    try:
+        yield Served(proc, client, ray, registry)
+    finally:
+        client.close()
+        proc.stop(timeout=60)

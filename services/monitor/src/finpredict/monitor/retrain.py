@@ -1,0 +1,94 @@
+"""The retraining trigger: starts the training pipeline as a background subprocess, once per
+incident, and reads the version it registered from its output.
+
+The command (``FINPREDICT_MONITOR_RETRAIN_COMMAND``) runs with ``FINPREDICT_TRIGGER`` set to
+``alert:<id>`` (or ``manual:<reason>`` / ``schedule``), which the pipeline's register stage writes
+into the new version's ``lineage.trigger``. The version id is taken from the register stage's
+line ``[register] <model> version <n> registered``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shlex
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from finpredict.monitor import metrics as m
+
+log = logging.getLogger("finpredict.monitor.retrain")
+
+REGISTERED = re.compile(r"\[register\] (\S+) version (\d+) registered")
+
+
+@dataclass
+class Job:
+    id: str
+    model: str
+    trigger: str
+    log_path: Path
+    pid: int = 0
+    returncode: int | None = None
+    version: int = 0
+
+
+class Retrainer:
+    """Starts retraining runs; ``on_done(job)`` is called when one finishes."""
+
+    def __init__(
+        self, command: str, work_dir: Path, on_done: Callable[[Job], None], cwd: Path | None = None
+    ) -> None:
+        self.command = command
+        self.work_dir = work_dir
+        self.cwd = cwd
+        self.on_done = on_done
+        self.jobs: dict[str, Job] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.command.strip())
+
+    def start(self, model: str, trigger: str, reason: str) -> Job:
+        if not self.enabled:
+            raise RuntimeError("retraining is disabled (FINPREDICT_MONITOR_RETRAIN_COMMAND is empty)")
+        job_id = f"retrain-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        job = Job(job_id, model, trigger, self.work_dir / f"{job_id}.log")
+        argv = [a.format(model=model, alert_id=trigger, reason=reason) for a in shlex.split(self.command)]
+        task = asyncio.create_task(self._run(job, argv))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self.jobs[job_id] = job
+        m.RETRAINING_RUNS.labels(trigger.split(":", 1)[0]).inc()
+        return job
+
+    async def _run(self, job: Job, argv: list[str]) -> None:
+        env = {**os.environ, "FINPREDICT_TRIGGER": job.trigger, "FINPREDICT_RETRAIN_MODEL": job.model}
+        with job.log_path.open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env, cwd=self.cwd
+            )
+            job.pid = proc.pid
+            log.info("retraining started", extra={"job": job.id, "pid": proc.pid, "trigger": job.trigger})
+            job.returncode = await proc.wait()
+        text = job.log_path.read_text(errors="replace")
+        found = REGISTERED.findall(text)
+        if job.returncode == 0 and found:
+            job.version = int(found[-1][1])
+        log.info(
+            "retraining finished",
+            extra={"job": job.id, "returncode": job.returncode, "version": job.version},
+        )
+        self.on_done(job)
+
+    async def stop(self) -> None:
+        """Leaves running jobs alone (they are independent processes) but stops waiting."""
+        for task in list(self._tasks):
+            task.cancel()

@@ -1,0 +1,316 @@
+"""``finpredict.monitor.v1.MonitorService`` on top of the :class:`~finpredict.monitor.engine.Engine`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from finpredict.api.common.v1 import types_pb2
+from finpredict.api.monitor.v1 import monitor_pb2 as pb
+from finpredict.api.monitor.v1 import monitor_pb2_grpc as pb_grpc
+from finpredict.monitor.alerting import AlertmanagerClient, Watchers
+from finpredict.monitor.config import MonitorSettings
+from finpredict.monitor.engine import (
+    AlertRecord,
+    Engine,
+    InvalidInputError,
+    OutcomeIn,
+    Prediction,
+    WindowStats,
+)
+from finpredict.monitor.retrain import Job, Retrainer
+from finpredict.monitor.rules import Rule, load_rules
+
+log = logging.getLogger("finpredict.monitor")
+
+_SIZES = {pb.WINDOW_SIZE_HOURLY: "hourly", pb.WINDOW_SIZE_DAILY: "daily"}
+
+
+def ts_to_dt(ts: Timestamp) -> datetime:
+    return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC)
+
+
+def dt_to_ts(t: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(t)
+    return ts
+
+
+def record_from_proto(r: pb.PredictionRecord) -> Prediction:
+    features: dict[str, float | str | None] = {}
+    for name, v in r.features.items():
+        kind = v.WhichOneof("kind")
+        if kind == "number":
+            features[name] = None if math.isnan(v.number) else v.number
+        elif kind == "category":
+            features[name] = v.category
+        else:
+            features[name] = None
+    return Prediction(
+        request_id=r.request_id,
+        entity_id=r.entity_id,
+        model=r.model.name,
+        version=r.model.version,
+        variant=r.variant,
+        score=r.score,
+        threshold=r.threshold,
+        latency_ms=r.latency_ms,
+        trace_id=r.trace_id,
+        time=ts_to_dt(r.time),
+        features=features,
+    )
+
+
+def alert_to_proto(a: AlertRecord) -> pb.Alert:
+    msg = pb.Alert(
+        id=a.id,
+        rule=a.rule,
+        severity=a.severity,
+        state=pb.ALERT_STATE_FIRING if a.firing else pb.ALERT_STATE_RESOLVED,
+        model=types_pb2.ModelRef(name=a.model, version=a.version),
+        features=a.features,
+        value=a.value,
+        threshold=a.threshold,
+        summary=a.summary,
+        started_at=dt_to_ts(a.started_at),
+        retrained_version=a.retrained_version,
+    )
+    if a.resolved_at is not None:
+        msg.resolved_at.CopyFrom(dt_to_ts(a.resolved_at))
+    return msg
+
+
+def stats_to_proto(w: WindowStats) -> pb.WindowStats:
+    return pb.WindowStats(
+        start=dt_to_ts(w.start),
+        size=pb.WINDOW_SIZE_HOURLY if w.size == "hourly" else pb.WINDOW_SIZE_DAILY,
+        count=w.count,
+        features=[
+            pb.FeatureDrift(feature=n, psi=psi, missing_share=miss, reference_missing_share=ref)
+            for n, psi, miss, ref in w.features
+        ],
+        score_kl=w.score_kl,
+        score_js=w.score_js,
+        labeled=w.labeled,
+        auc=w.auc,
+        accuracy=w.accuracy,
+        ece=w.ece,
+        label_delay_hours=w.label_delay_hours,
+        approval_rate=w.approval_rate,
+        approval_rate_by_variant=w.approval_rate_by_variant,
+    )
+
+
+class MonitorService(pb_grpc.MonitorServiceServicer):
+    """The monitor's gRPC API."""
+
+    def __init__(self, settings: MonitorSettings) -> None:
+        self.settings = settings
+        rules = load_rules(settings.rules_file)
+        self.engine = Engine(
+            settings.data_dir, settings.profiles_dir, rules, timedelta(seconds=settings.allowed_lateness_s)
+        )
+        self.lock = asyncio.Lock()
+        self.watchers = Watchers()
+        self.alertmanager = (
+            AlertmanagerClient(settings.alertmanager_url, settings.alert_resend_s)
+            if settings.alertmanager_url
+            else None
+        )
+        self.retrainer = Retrainer(
+            settings.retrain_command,
+            settings.data_dir / "retraining",
+            self._retrain_done,
+            settings.retrain_workdir,
+        )
+        self._pending_fired: list[tuple[AlertRecord, Rule]] = []
+        self.engine.listeners.append(self._on_transition)
+        self._ticker: asyncio.Task[None] | None = None
+
+    # lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.alertmanager is not None:
+            self.alertmanager.track(list(self.engine.alerts.values()))
+            self.alertmanager.start()
+        if self.settings.evaluate_interval_s > 0:
+            self._ticker = asyncio.create_task(self._tick())
+
+    async def drain(self) -> None:
+        self.watchers.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+
+    async def shutdown(self) -> None:
+        if self.alertmanager is not None:
+            await self.alertmanager.stop()
+        await self.retrainer.stop()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.evaluate_interval_s)
+            async with self.lock:
+                changed = await asyncio.to_thread(self.engine.evaluate, datetime.now(UTC))
+                self._deliver(changed)
+
+    # alerts ------------------------------------------------------------------
+
+    def _on_transition(self, alert: AlertRecord, rule: Rule | None) -> None:
+        if alert.firing and rule is not None and rule.retrain:
+            self._pending_fired.append((alert, rule))
+
+    def _deliver(self, changed: list[AlertRecord]) -> None:
+        """Runs on the event loop after an engine call: retraining, Alertmanager, watchers."""
+        fired, self._pending_fired = self._pending_fired, []
+        for alert, _rule in fired:
+            self._maybe_retrain(alert)
+        if changed:
+            if self.alertmanager is not None:
+                self.alertmanager.changed(changed)
+            self.watchers.publish(changed)
+            if fired:
+                self.engine.save()
+
+    def _maybe_retrain(self, alert: AlertRecord) -> None:
+        if not self.retrainer.enabled:
+            return
+        incident = [
+            a
+            for a in self.engine.alerts.values()
+            if a.firing and a.model == alert.model and a.version == alert.version and a.retrain_job
+        ]
+        if incident:  # once per incident: join the run already started
+            alert.retrain_job = incident[0].retrain_job
+            alert.retrained_version = incident[0].retrained_version
+            return
+        job = self.retrainer.start(alert.model, f"alert:{alert.id}", alert.summary)
+        alert.retrain_job = job.id
+
+    def _retrain_done(self, job: Job) -> None:
+        updated = [a for a in self.engine.alerts.values() if a.retrain_job == job.id]
+        for a in updated:
+            a.retrained_version = job.version
+        self.engine.save()
+        self.watchers.publish(updated)
+
+    # RPCs --------------------------------------------------------------------
+
+    async def IngestPredictions(  # noqa: N802 (gRPC method name)
+        self,
+        request_iterator: AsyncIterator[pb.IngestPredictionsRequest],
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> pb.IngestPredictionsResponse:
+        accepted = duplicates = rejected = 0
+        first = ""
+        offset = 0
+        async for batch in request_iterator:
+            records = [record_from_proto(r) for r in batch.records]
+            async with self.lock:
+                a, d, r, f = await asyncio.to_thread(self.engine.ingest, records, offset)
+                changed = await asyncio.to_thread(self.engine.evaluate)
+                self._deliver(changed)
+            accepted += a
+            duplicates += d
+            rejected += r
+            first = first or f
+            offset += len(records)
+        return pb.IngestPredictionsResponse(
+            accepted=accepted, duplicates=duplicates, rejected=rejected, first_rejection=first
+        )
+
+    async def RecordOutcomes(  # noqa: N802 (gRPC method name)
+        self, request: pb.RecordOutcomesRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.RecordOutcomesResponse:
+        outcomes = [
+            OutcomeIn(
+                o.request_id,
+                o.entity_id,
+                o.defaulted,
+                ts_to_dt(o.observed_at),
+                ts_to_dt(o.prediction_time) if o.HasField("prediction_time") else None,
+            )
+            for o in request.outcomes
+        ]
+        async with self.lock:
+            try:
+                matched, unmatched, changed = await asyncio.to_thread(self.engine.record_outcomes, outcomes)
+            except InvalidInputError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            self._deliver(changed)
+        return pb.RecordOutcomesResponse(
+            matched=matched, unmatched=unmatched, changed=[alert_to_proto(a) for a in changed]
+        )
+
+    async def GetDriftReport(  # noqa: N802 (gRPC method name)
+        self, request: pb.GetDriftReportRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.GetDriftReportResponse:
+        if not request.model.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model.name: required")
+        if request.model.version < 1:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model.version: must be >= 1")
+        size = _SIZES.get(request.window)
+        if size is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "window: HOURLY or DAILY is required")
+            raise AssertionError  # unreachable; abort raises
+        start = ts_to_dt(request.start) if request.HasField("start") else None
+        end = ts_to_dt(request.end) if request.HasField("end") else None
+        async with self.lock:
+            windows = await asyncio.to_thread(
+                self.engine.report, request.model.name, request.model.version, size, start, end
+            )
+        return pb.GetDriftReportResponse(windows=[stats_to_proto(w) for w in windows])
+
+    async def ListAlerts(  # noqa: N802 (gRPC method name)
+        self, request: pb.ListAlertsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ListAlertsResponse:
+        alerts = [
+            a
+            for a in self.engine.alerts.values()
+            if (not request.firing_only or a.firing) and (not request.model or a.model == request.model)
+        ]
+        alerts.sort(key=lambda a: (a.started_at, a.id), reverse=True)
+        return pb.ListAlertsResponse(alerts=[alert_to_proto(a) for a in alerts])
+
+    async def WatchAlerts(  # noqa: N802 (gRPC method name)
+        self, request: pb.WatchAlertsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[pb.WatchAlertsResponse]:
+        queue = self.watchers.subscribe()
+        try:
+            while True:
+                alert = await queue.get()
+                if alert is None:
+                    return
+                if request.model and alert.model != request.model:
+                    continue
+                yield pb.WatchAlertsResponse(alert=alert_to_proto(alert))
+        finally:
+            self.watchers.unsubscribe(queue)
+
+    async def TriggerRetraining(  # noqa: N802 (gRPC method name)
+        self, request: pb.TriggerRetrainingRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.TriggerRetrainingResponse:
+        if not request.model:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model: required")
+        if not self.retrainer.enabled:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "retraining is disabled: FINPREDICT_MONITOR_RETRAIN_COMMAND is empty",
+            )
+        job = self.retrainer.start(request.model, f"manual:{request.reason or 'unspecified'}", request.reason)
+        return pb.TriggerRetrainingResponse(job_id=job.id)
+
+    async def EvaluateRules(  # noqa: N802 (gRPC method name)
+        self, request: pb.EvaluateRulesRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.EvaluateRulesResponse:
+        if not request.HasField("now"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "now: required")
+        async with self.lock:
+            changed = await asyncio.to_thread(self.engine.evaluate, ts_to_dt(request.now))
+            self._deliver(changed)
+        return pb.EvaluateRulesResponse(changed=[alert_to_proto(a) for a in changed])

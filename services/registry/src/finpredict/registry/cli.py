@@ -1,0 +1,295 @@
+"""``finpredict models ...``: the model registry from the command line.
+
+The registry address comes from ``--target`` or ``FINPREDICT_REGISTRY_TARGET`` (default
+``127.0.0.1:50052``), the bearer token from ``--token`` or ``FINPREDICT_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import grpc
+import typer
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.console import Console
+from rich.table import Table
+
+from finpredict.api.registry.v1 import registry_pb2 as pb
+from finpredict.api.registry.v1 import registry_pb2_grpc
+from finpredict.common.auth import bearer_metadata
+
+TARGET_ENV = "FINPREDICT_REGISTRY_TARGET"
+TOKEN_ENV = "FINPREDICT_TOKEN"
+DEFAULT_TARGET = "127.0.0.1:50052"
+
+app = typer.Typer(
+    help="Model registry: list, show, lineage, promote, rollback, history.", no_args_is_help=True
+)
+out = Console()
+err = Console(stderr=True)
+
+_HINTS = {
+    grpc.StatusCode.UNAUTHENTICATED: f"set a valid token with --token or {TOKEN_ENV}",
+    grpc.StatusCode.PERMISSION_DENIED: "this needs a token with a stronger role (admin for alias moves)",
+    grpc.StatusCode.UNAVAILABLE: f"is the registry running at the target? (--target or {TARGET_ENV})",
+    grpc.StatusCode.ABORTED: "the alias moved meanwhile: check `finpredict models history` and retry",
+}
+
+
+@dataclass
+class _Conn:
+    target: str
+    token: str
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    target: Annotated[
+        str, typer.Option("--target", envvar=TARGET_ENV, help="Registry address host:port.")
+    ] = DEFAULT_TARGET,
+    token: Annotated[
+        str, typer.Option("--token", envvar=TOKEN_ENV, help="Bearer token.", show_default=False)
+    ] = "",
+) -> None:
+    """Model registry: list, show, lineage, promote, rollback, history."""
+    ctx.obj = _Conn(target, token)
+
+
+@contextmanager
+def _stub(ctx: typer.Context) -> Iterator[tuple[registry_pb2_grpc.RegistryServiceStub, Any]]:
+    conn: _Conn = ctx.obj
+    if not conn.token:
+        err.print(f"[red]error:[/red] no token: pass --token or set {TOKEN_ENV}")
+        raise typer.Exit(2)
+    channel = grpc.insecure_channel(conn.target)
+    try:
+        yield registry_pb2_grpc.RegistryServiceStub(channel), bearer_metadata(conn.token)
+    except grpc.RpcError as exc:
+        code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
+        err.print(f"[red]error:[/red] {code.name}: {exc.details()}")  # type: ignore[attr-defined]
+        if code in _HINTS:
+            err.print(f"hint: {_HINTS[code]}")
+        raise typer.Exit(1) from None
+    finally:
+        channel.close()
+
+
+def _time(ts: Timestamp) -> str:
+    return dt.datetime.fromtimestamp(ts.seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _gates(v: pb.ModelVersion) -> str:
+    if not v.gate_results:
+        return "[yellow]none[/yellow]"
+    failing = [g.name for g in v.gate_results if not g.passed]
+    return "[green]passed[/green]" if not failing else f"[red]failed: {', '.join(failing)}[/red]"
+
+
+def _version_label(v: int) -> str:
+    return str(v) if v else "-"
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="List this model's versions (else every model).")] = "",
+    limit: Annotated[int, typer.Option(help="At most this many rows.", min=1, max=500)] = 50,
+) -> None:
+    """List models, or the versions of one model (newest first)."""
+    with _stub(ctx) as (stub, md):
+        if not model:
+            models = stub.ListModels(pb.ListModelsRequest(page_size=limit), metadata=md, timeout=30).models
+            table = Table("model", "latest", "aliases", "created", "by", "description", title="models")
+            for m in models:
+                aliases = ", ".join(f"{k}→{v}" for k, v in sorted(m.aliases.items()))
+                table.add_row(
+                    m.name, str(m.latest_version), aliases, _time(m.created_at), m.created_by, m.description
+                )
+            out.print(table)
+            return
+        resp = stub.ListVersions(
+            pb.ListVersionsRequest(model=model, page_size=limit), metadata=md, timeout=30
+        )
+        table = Table(
+            "version", "status", "aliases", "gates", "metrics", "sha256", "created", "by", title=model
+        )
+        for v in resp.versions:
+            metrics = ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))
+            status = pb.VersionStatus.Name(v.status).removeprefix("VERSION_STATUS_").lower()
+            table.add_row(
+                str(v.version),
+                status,
+                ", ".join(v.aliases),
+                _gates(v),
+                metrics,
+                v.artifact.sha256[:12],
+                _time(v.created_at),
+                v.created_by,
+            )
+        out.print(table)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version number (or use --alias).")] = 0,
+    alias: Annotated[str, typer.Option(help="Show the version this alias points at.")] = "",
+) -> None:
+    """Show one version: artifact, metrics, gates, aliases."""
+    if bool(version) == bool(alias):
+        err.print("[red]error:[/red] give exactly one of VERSION or --alias")
+        raise typer.Exit(2)
+    req = (
+        pb.GetVersionRequest(model=model, version=version)
+        if version
+        else pb.GetVersionRequest(model=model, alias=alias)
+    )
+    with _stub(ctx) as (stub, md):
+        v = stub.GetVersion(req, metadata=md, timeout=30).version
+    table = Table("field", "value", title=f"{v.model} v{v.version}", show_header=False)
+    status = pb.VersionStatus.Name(v.status).removeprefix("VERSION_STATUS_").lower()
+    for key, value in [
+        ("status", status),
+        ("aliases", ", ".join(v.aliases) or "-"),
+        ("created", f"{_time(v.created_at)} by {v.created_by}"),
+        ("description", v.description),
+        ("artifact", f"{v.artifact.format} {v.artifact.size_bytes} bytes"),
+        ("sha256", v.artifact.sha256),
+        ("uri", v.artifact.uri),
+        ("threshold", f"{v.threshold:g}"),
+        ("gates", _gates(v)),
+        ("tags", ", ".join(f"{k}={val}" for k, val in sorted(v.tags.items())) or "-"),
+        ("features", str(len(v.feature_schema.features))),
+        ("git commit", v.lineage.git_commit or "-"),
+        ("W&B link", v.lineage.wandb_link_status or "-"),
+    ]:
+        table.add_row(key, value)
+    out.print(table)
+    if v.metrics:
+        metrics = Table("metric", "value", title="metrics")
+        for k, val in sorted(v.metrics.items()):
+            metrics.add_row(k, f"{val:.6g}")
+        out.print(metrics)
+    if v.gate_results:
+        gates = Table("gate", "value", "threshold", "result", title="gates")
+        for g in v.gate_results:
+            op = ">=" if g.comparator == 1 else "<="
+            result = "[green]pass[/green]" if g.passed else "[red]FAIL[/red]"
+            gates.add_row(g.name, f"{g.value:.6g}", f"{op} {g.threshold:.6g}", result)
+        out.print(gates)
+
+
+@app.command()
+def lineage(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version number.")],
+) -> None:
+    """Where a version came from: code, data, params, W&B run, trigger, parents."""
+    with _stub(ctx) as (stub, md):
+        resp = stub.GetLineage(pb.GetLineageRequest(model=model, version=version), metadata=md, timeout=30)
+    lin = resp.lineage
+    table = Table("field", "value", title=f"lineage of {model} v{version}", show_header=False)
+    params = json_format.MessageToDict(lin.params) if lin.HasField("params") else {}
+    for key, value in [
+        ("git commit", lin.git_commit or "-"),
+        ("dvc.lock sha256", lin.dvc_lock_sha256 or "-"),
+        ("params", ", ".join(f"{k}={val}" for k, val in sorted(params.items())) or "-"),
+        ("W&B run", lin.wandb_run_path or lin.wandb_run_id or "-"),
+        ("W&B link", lin.wandb_link_status or "-"),
+        ("trigger", lin.trigger or "-"),
+        ("parents", ", ".join(f"{p.name} v{p.version}" for p in lin.parents) or "-"),
+        ("artifact sha256", resp.artifact_sha256),
+        ("registered", f"{_time(resp.created_at)} by {resp.created_by}"),
+    ]:
+        table.add_row(key, value)
+    out.print(table)
+    if lin.data_md5:
+        data = Table("data", "md5", title="training data (DVC)")
+        for path, md5 in sorted(lin.data_md5.items()):
+            data.add_row(path, md5)
+        out.print(data)
+
+
+def _print_event(e: pb.AliasEvent) -> None:
+    kind = pb.AliasEventKind.Name(e.kind).removeprefix("ALIAS_EVENT_KIND_").lower()
+    out.print(
+        f"{kind}: {e.model} [bold]{e.alias}[/bold] {_version_label(e.from_version)} → "
+        f"{_version_label(e.to_version)} (event {e.event_id}, by {e.actor})"
+    )
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version to point the alias at.")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "production",
+    expect: Annotated[
+        int | None, typer.Option(help="Only move if the alias currently points here (0: not set).")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
+) -> None:
+    """Point an alias (default: production) at a version; production needs passing gates."""
+    req = pb.SetAliasRequest(model=model, alias=alias, version=version, reason=reason)
+    if expect is not None:
+        req.expected_version = expect
+    with _stub(ctx) as (stub, md):
+        _print_event(stub.SetAlias(req, metadata=md, timeout=30).event)
+
+
+@app.command()
+def rollback(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Option(help="Alias to roll back.")] = "production",
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
+) -> None:
+    """Move an alias back to its previous target."""
+    req = pb.RollbackAliasRequest(model=model, alias=alias, reason=reason)
+    with _stub(ctx) as (stub, md):
+        _print_event(stub.RollbackAlias(req, metadata=md, timeout=30).event)
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Option(help="Only moves of this alias.")] = "",
+    limit: Annotated[int, typer.Option(help="Show the newest this many rows.", min=1)] = 50,
+) -> None:
+    """The audit log of a model: alias moves and admin actions, oldest first."""
+    rows: list[pb.AuditEntry] = []
+    with _stub(ctx) as (stub, md):
+        token = ""
+        while True:
+            resp = stub.ListAuditLog(
+                pb.ListAuditLogRequest(model=model, page_size=1000, page_token=token), metadata=md, timeout=30
+            )
+            rows.extend(e for e in resp.entries if not alias or e.alias == alias)
+            token = resp.next_page_token
+            if not token:
+                break
+    table = Table(
+        "id", "time", "action", "alias", "from", "to", "version", "who", "why", title=f"history of {model}"
+    )
+    for e in rows[-limit:]:
+        table.add_row(
+            str(e.id),
+            _time(e.time),
+            e.action,
+            e.alias or "-",
+            _version_label(e.from_version) if e.alias else "",
+            _version_label(e.to_version) if e.alias else "",
+            _version_label(e.version),
+            e.actor,
+            e.reason,
+        )
+    out.print(table)
