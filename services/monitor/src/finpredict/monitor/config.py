@@ -20,11 +20,11 @@ class MonitorSettings(ServiceSettings):
     port: int = Field(default=50054, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
     metrics_port: int = Field(default=9454, ge=-1, le=65535, description="Prometheus port; -1 disables.")
     data_dir: Path = Field(
-        default=Path.home() / ".local" / "share" / "finpredict" / "monitor",
+        default=Path(".run/monitor"),
         description="Where the prediction and outcome logs (Parquet) and the alert state live.",
     )
     profiles_dir: Path = Field(
-        default=Path.home() / ".local" / "share" / "finpredict" / "monitor" / "profiles",
+        default=Path(".run/monitor/profiles"),
         description="Reference profiles, one file per version: <profiles_dir>/<model>/<version>.bin "
         "(drift_core Profile.to_bytes(), as the pipeline's profile stage writes it).",
     )
