@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = Path(os.environ.get("FINPREDICT_RUN_DIR", ROOT / ".run"))
 # Start order: dependencies first.
 SERVICES = ["registry", "model-server", "monitor", "gateway"]
+# Seconds each may take to become healthy: the model server starts Ray and deploys Serve.
+START_TIMEOUT_S = {"model-server": 300.0}
 
 
 SECRETS_FILE = RUN_DIR / "secrets.env"
@@ -97,8 +99,9 @@ def _healthy(target: str) -> bool:
         return False
 
 
-def start(service: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> dict[str, object]:
+def start(service: str, env: dict[str, str] | None = None, timeout: float | None = None) -> dict[str, object]:
     """Starts one service (unless already running) and waits until it is healthy."""
+    timeout = timeout if timeout is not None else START_TIMEOUT_S.get(service, 60.0)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     pid_file, ready_file, log_file = _paths(service)
     if (pid := _running_pid(service)) is not None and ready_file.exists():
@@ -132,6 +135,7 @@ def start(service: str, env: dict[str, str] | None = None, timeout: float = 60.0
                 )
                 return info
         time.sleep(0.1)
+    stop(service)  # never leave a half-started service behind
     raise TimeoutError(f"{service} did not become healthy within {timeout:.0f}s (log: {log_file})")
 
 

@@ -153,7 +153,11 @@ def start_service(
         raise
     service = ServiceProcess(name, proc, info, log_path, dict(env or {}))
     if wait_healthy:
-        wait_for(
-            lambda: service.health() == health_pb2.HealthCheckResponse.SERVING, timeout, f"{name} healthy"
-        )
+        try:
+            wait_for(
+                lambda: service.health() == health_pb2.HealthCheckResponse.SERVING, timeout, f"{name} healthy"
+            )
+        except BaseException:
+            service.stop(timeout=30)  # never leave a half-started service behind
+            raise
     return service
