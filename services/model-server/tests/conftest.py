@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,12 @@ from serving_testkit import (
     ModelServerClient,
     RayCluster,
     Registry,
+    Served,
     ray_cluster,
     start_model_server,
 )
 
-from finpredict.common.testing import ServiceProcess, start_service
+from finpredict.common.testing import start_service
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +52,6 @@ def ray(registry: Registry) -> Iterator[RayCluster]:
     # Replicas inherit the environment of `ray start`: that is how they get the registry token.
     with ray_cluster({"FINPREDICT_MODEL_SERVER_REGISTRY_TOKEN": READER_TOKEN}) as cluster:
         yield cluster
-
-
-@dataclass
-class Served:
-    proc: ServiceProcess
-    client: ModelServerClient
-    ray: RayCluster
-    registry: Registry
 
 
 @pytest.fixture(scope="module")

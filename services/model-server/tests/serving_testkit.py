@@ -297,3 +297,13 @@ def start_model_server(
         return int(info["serve_grpc_port"]) if "serve_grpc_port" in info else None
 
     return proc, wait_for(port, 30, "serve gRPC port in the ready file")
+
+
+@dataclass
+class Served:
+    """A model server deployed on the test Ray, with its client, Ray and registry."""
+
+    proc: ServiceProcess
+    client: ModelServerClient
+    ray: RayCluster
+    registry: Registry

@@ -13,9 +13,8 @@ import grpc
 import numpy as np
 import pytest
 import xgboost as xgb
-from conftest import Served
 from grpc_health.v1 import health_pb2
-from serving_testkit import unique
+from serving_testkit import Served, unique
 
 from finpredict.common.testing import wait_for
 from finpredict.modelio import sha256_hex
