@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -59,8 +60,17 @@ class Summary:
 def step_start_stack(summary: Summary, ctx: Ctx) -> None:
     t0 = time.perf_counter()
     console.print("  (the model server starts a local Ray and deploys its Serve app: about a minute)")
+    # The demo replays into a monitor of its own, so earlier runs' logs and alerts do not mix in.
+    demo_monitor = stack.RUN_DIR / "demo" / "monitor"
+    stack.stop("monitor")
+    shutil.rmtree(demo_monitor, ignore_errors=True)
+    ctx["profiles_dir"] = str(demo_monitor / "profiles")
+    monitor_env = {
+        "FINPREDICT_MONITOR_DATA_DIR": str(demo_monitor),
+        "FINPREDICT_MONITOR_PROFILES_DIR": ctx["profiles_dir"],
+    }
     for service in stack.SERVICES:
-        stack.start(service)
+        stack.start(service, env=monitor_env if service == "monitor" else None)
     ctx.update(stack.targets())
     ready = json.loads((stack.RUN_DIR / "model-server.ready.json").read_text())
     ctx["serve"] = f"127.0.0.1:{ready['serve_grpc_port']}"
@@ -263,11 +273,11 @@ def step_monitor_recession(summary: Summary, ctx: Ctx) -> None:
         )
         .version
     )
-    profiles = ROOT / ".run" / "monitor" / "profiles" / MODEL
+    profiles = Path(ctx["profiles_dir"]) / MODEL
     profiles.mkdir(parents=True, exist_ok=True)
     (profiles / f"{version}.bin").write_bytes(mv.reference_profile)  # the monitor compares with it
     sc = replay.Scenario(
-        days=14, first_day=7, per_hour=100, drift="recession", shift_day=10, threshold=mv.threshold, seed=21
+        days=14, first_day=7, per_hour=200, drift="recession", shift_day=10, threshold=mv.threshold, seed=21
     )
     stream = replay.generate(sc)
     rows = _feature_rows(stream, version)
