@@ -262,7 +262,7 @@ def step_score(summary: Summary, ctx: Ctx) -> None:
 
 def step_monitor_recession(summary: Summary, ctx: Ctx) -> None:
     """Replays days 7-14 with a recession from day 10 through the monitor, scored by the real model."""
-    from finpredict.api.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+    from finpredict.api.monitor.v1 import monitor_pb2
     from finpredict.monitor import replay
 
     version = int(ctx["version"])
@@ -301,20 +301,10 @@ def step_monitor_recession(summary: Summary, ctx: Ctx) -> None:
     )
     with grpc.insecure_channel(ctx["monitor"]) as channel:
         result = replay.replay(channel, stream, MODEL, version)
-    # Firing transitions seen during the replay (the first firing of an alert that flaps), plus
-    # the monitor's own alert list: alerts raised when ingest closed a window are only there.
-    firings = {
-        (a.id, a.started_at.seconds): a for a in result.changes if a.state == monitor_pb2.ALERT_STATE_FIRING
-    }
-    with grpc.insecure_channel(ctx["monitor"]) as channel:
-        listed = monitor_pb2_grpc.MonitorServiceStub(channel).ListAlerts(
-            monitor_pb2.ListAlertsRequest(model=MODEL), timeout=10
-        )
-    for a in listed.alerts:
-        firings.setdefault((a.id, a.started_at.seconds), a)
+    firings = [a for a in result.changes if a.state == monitor_pb2.ALERT_STATE_FIRING]
     table = Table("rule", "fired (simulated)", "after the shift", "features", "value")
     first_alert_h = None
-    for alert in sorted(firings.values(), key=lambda a: a.started_at.seconds):
+    for alert in firings:
         started = alert.started_at.ToDatetime().replace(tzinfo=sc.shift_time.tzinfo)
         hours = (started - sc.shift_time).total_seconds() / 3600
         first_alert_h = hours if first_alert_h is None else min(first_alert_h, hours)
@@ -329,7 +319,7 @@ def step_monitor_recession(summary: Summary, ctx: Ctx) -> None:
     ctx["time_to_detect_h"] = f"{first_alert_h:.0f}" if first_alert_h is not None else "never"
     summary.add(
         "recession replay through the monitor",
-        f"{len(firings)} alert firings ({', '.join(sorted({a.rule for a in firings.values()}))})",
+        f"{len(firings)} alert firings ({', '.join(sorted({a.rule for a in firings}))})",
         f"first alert {ctx['time_to_detect_h']} h after the shift (seed case study: 3 weeks)",
     )
 

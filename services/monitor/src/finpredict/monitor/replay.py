@@ -214,6 +214,12 @@ def replay(
     if end is not None and label_delay is not None:  # let the remaining labels arrive
         final = end + label_delay + timedelta(hours=1)
         _send_outcomes(stub, outcomes, sent, final, result, timeout)
+    # Alerts raised when ingest itself closed a window are not in EvaluateRules' answers; the
+    # monitor's alert list has them (one entry per alert, its latest state).
+    seen = {(a.id, a.started_at.seconds, a.state) for a in result.changes}
+    listed = stub.ListAlerts(pb.ListAlertsRequest(model=model), timeout=timeout).alerts
+    result.changes += [a for a in listed if (a.id, a.started_at.seconds, a.state) not in seen]
+    result.changes.sort(key=lambda a: a.started_at.seconds)
     return result
 
 

@@ -533,16 +533,8 @@ class Repository:
     def append_gates(self, model: str, version: int, gates: Sequence[GateRow], actor: str) -> VersionRow:
         with write_tx(self.engine) as conn:
             row = _model_row(conn, model, lock=True)
-            vid = conn.execute(
-                select(versions.c.id, versions.c.status).where(
-                    versions.c.model_id == row.id, versions.c.version == version
-                )
-            ).one_or_none()
-            if vid is None:
-                raise NotFoundError(f"version {version} of model {model!r} not found")
-            if vid.status == STATUS_DELETED:
-                raise FailedPreconditionError(f"version {version} of model {model!r} is deleted")
-            self._insert_gates(conn, vid.id, gates, now_us())
+            vid = _live_version(conn, row.id, model, version)
+            self._insert_gates(conn, vid, gates, now_us())
             names = ",".join(sorted({g.name for g in gates}))
             _audit(conn, "gates.append", model, actor, reason=names, version=version)
             return _get_version_row(conn, model, version)
@@ -550,15 +542,7 @@ class Repository:
     def delete_version(self, model: str, version: int, reason: str, actor: str) -> AuditRow:
         with write_tx(self.engine) as conn:
             row = _model_row(conn, model, lock=True)
-            v = conn.execute(
-                select(versions.c.id, versions.c.status).where(
-                    versions.c.model_id == row.id, versions.c.version == version
-                )
-            ).one_or_none()
-            if v is None:
-                raise NotFoundError(f"version {version} of model {model!r} not found")
-            if v.status == STATUS_DELETED:
-                raise FailedPreconditionError(f"version {version} of model {model!r} is already deleted")
+            v_id = _live_version(conn, row.id, model, version)
             pointing = (
                 conn.execute(
                     select(aliases.c.name).where(aliases.c.model_id == row.id, aliases.c.version == version)
@@ -570,7 +554,7 @@ class Repository:
                 raise FailedPreconditionError(
                     f"version {version} of model {model!r} is the target of aliases: {', '.join(pointing)}"
                 )
-            conn.execute(update(versions).where(versions.c.id == v.id).values(status=STATUS_DELETED))
+            conn.execute(update(versions).where(versions.c.id == v_id).values(status=STATUS_DELETED))
             return _audit(conn, "version.delete", model, actor, reason=reason, version=version)
 
     def set_wandb_status(self, model: str, version: int, status: str) -> None:
@@ -730,3 +714,17 @@ class Repository:
                     select(registry_state.c.last_event_id).where(registry_state.c.id == 1)
                 ).scalar_one()
             )
+
+
+def _live_version(conn: Connection, model_id: int, model: str, version: int) -> int:
+    """The row id of a version that exists and is not deleted (NOT_FOUND / FAILED_PRECONDITION)."""
+    found = conn.execute(
+        select(versions.c.id, versions.c.status).where(
+            versions.c.model_id == model_id, versions.c.version == version
+        )
+    ).one_or_none()
+    if found is None:
+        raise NotFoundError(f"version {version} of model {model!r} not found")
+    if found.status == STATUS_DELETED:
+        raise FailedPreconditionError(f"version {version} of model {model!r} is deleted")
+    return int(found.id)
