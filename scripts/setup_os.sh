@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the OS packages finpredict's tests and demo start for real: Prometheus and
-# Alertmanager (monitoring), PostgreSQL (registry on PostgreSQL). Debian/Ubuntu only.
+# Alertmanager (monitoring), PostgreSQL (registry on PostgreSQL), headless Chromium and its
+# driver (the demo report's rendering test). Debian/Ubuntu only.
 set -euo pipefail
 
 need=()
@@ -8,6 +9,8 @@ command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || need+=(prometheus-alertmanager)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

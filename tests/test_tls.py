@@ -1,4 +1,5 @@
-"""TLS is one setting away: server TLS, mutual TLS, and refusals of plaintext or foreign certs."""
+"""TLS is one setting away: server TLS, mutual TLS, and refusals of plaintext or foreign certs,
+for every service that takes its TLS settings from the shared skeleton (monitor, registry)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
+from finpredict.common.auth import bearer_metadata
+from finpredict.common.channel import create_channel
 from finpredict.common.testing import ServiceProcess, start_service, wait_for
 
 Pem = tuple[bytes, bytes]  # (certificate, private key)
@@ -96,20 +100,27 @@ def _creds(ca: Path, client: Pem | None = None) -> grpc.ChannelCredentials:
     )
 
 
-def _start(tmp_path: Path, env: dict[str, str], creds: grpc.ChannelCredentials) -> ServiceProcess:
-    proc = start_service("monitor", tmp_path, env=env, wait_healthy=False)
+SERVICES = ["monitor", "registry"]
+
+
+def _start(
+    service: str, tmp_path: Path, tls: dict[str, str], creds: grpc.ChannelCredentials
+) -> ServiceProcess:
+    prefix = f"FINPREDICT_{service.upper()}_"
+    env = {f"{prefix}{key}": value for key, value in {"DATA_DIR": str(tmp_path / "data"), **tls}.items()}
+    proc = start_service(service, tmp_path, env=env, wait_healthy=False)
     wait_for(lambda: _check(proc.target, creds) == health_pb2.HealthCheckResponse.SERVING, 30, "TLS health")
     return proc
 
 
-def test_tls_serves_tls_clients_and_refuses_plaintext(tmp_path: Path, pki: dict[str, Path | Pem]) -> None:
+@pytest.mark.parametrize("service", SERVICES)
+def test_tls_serves_tls_clients_and_refuses_plaintext(
+    service: str, tmp_path: Path, pki: dict[str, Path | Pem]
+) -> None:
     ca = pki["ca_crt"]
     assert isinstance(ca, Path)
-    env = {
-        "FINPREDICT_MONITOR_TLS_CERT_FILE": str(pki["server_crt"]),
-        "FINPREDICT_MONITOR_TLS_KEY_FILE": str(pki["server_key"]),
-    }
-    proc = _start(tmp_path, env, _creds(ca))
+    tls = {"TLS_CERT_FILE": str(pki["server_crt"]), "TLS_KEY_FILE": str(pki["server_key"])}
+    proc = _start(service, tmp_path, tls, _creds(ca))
     try:
         assert proc.ready["tls"] is True
         with pytest.raises(grpc.RpcError) as err:
@@ -119,23 +130,67 @@ def test_tls_serves_tls_clients_and_refuses_plaintext(tmp_path: Path, pki: dict[
         assert proc.stop() == 0, proc.logs()
 
 
+@pytest.mark.parametrize("service", SERVICES)
 def test_mutual_tls_refuses_missing_and_foreign_client_certs(
-    tmp_path: Path, pki: dict[str, Path | Pem]
+    service: str, tmp_path: Path, pki: dict[str, Path | Pem]
 ) -> None:
     ca, client, foreign = pki["ca_crt"], pki["client"], pki["foreign_client"]
     assert isinstance(ca, Path)
     assert isinstance(client, tuple)
     assert isinstance(foreign, tuple)
-    env = {
-        "FINPREDICT_MONITOR_TLS_CERT_FILE": str(pki["server_crt"]),
-        "FINPREDICT_MONITOR_TLS_KEY_FILE": str(pki["server_key"]),
-        "FINPREDICT_MONITOR_TLS_CLIENT_CA_FILE": str(ca),
+    tls = {
+        "TLS_CERT_FILE": str(pki["server_crt"]),
+        "TLS_KEY_FILE": str(pki["server_key"]),
+        "TLS_CLIENT_CA_FILE": str(ca),
     }
-    proc = _start(tmp_path, env, _creds(ca, client))
+    proc = _start(service, tmp_path, tls, _creds(ca, client))
     try:
         for refused in (None, _creds(ca), _creds(ca, foreign)):
             with pytest.raises(grpc.RpcError) as err:
                 _check(proc.target, refused)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert proc.stop() == 0, proc.logs()
+
+
+async def test_services_reach_an_mtls_registry_by_configuration(
+    tmp_path: Path, pki: dict[str, Path | Pem]
+) -> None:
+    """The outgoing channel every service builds (``create_channel`` with its TLS settings) calls a
+    registry that requires mutual TLS and a token: both layers are enforced, each on its own."""
+    ca, client, foreign = pki["ca_crt"], pki["client"], pki["foreign_client"]
+    assert isinstance(ca, Path)
+    assert isinstance(client, tuple)
+    assert isinstance(foreign, tuple)
+    files = {}
+    for label, (cert, key) in {"client": client, "foreign": foreign}.items():
+        files[label] = (tmp_path / f"{label}.crt", tmp_path / f"{label}.key")
+        files[label][0].write_bytes(cert)
+        files[label][1].write_bytes(key)
+    token = "mtls-reader-token-0123456789"
+    tls = {
+        "TLS_CERT_FILE": str(pki["server_crt"]),
+        "TLS_KEY_FILE": str(pki["server_key"]),
+        "TLS_CLIENT_CA_FILE": str(ca),
+        "TOKENS": f"{token}=model-server:reader",
+    }
+    proc = _start("registry", tmp_path, tls, _creds(ca, client))
+    try:
+        for label, md, expected in (
+            ("client", bearer_metadata(token), grpc.StatusCode.OK),
+            ("client", (), grpc.StatusCode.UNAUTHENTICATED),
+            ("foreign", bearer_metadata(token), grpc.StatusCode.UNAVAILABLE),
+        ):
+            cert, key = files[label]
+            channel = create_channel(proc.target, tls_ca_file=ca, tls_cert_file=cert, tls_key_file=key)
+            try:
+                stub = registry_pb2_grpc.RegistryServiceStub(channel)
+                await stub.ListModels(registry_pb2.ListModelsRequest(), metadata=md, timeout=10)
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+            finally:
+                await channel.close()
+            assert code == expected, (label, md, code)
     finally:
         assert proc.stop() == 0, proc.logs()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +44,25 @@ class Plain(pb_grpc.ModelServerServiceServicer):
             raise
 
 
-async def main(model_dir: Path, port_file: Path) -> None:
+def mount_predict(plain: Plain, server: grpc.aio.Server) -> None:
+    pb_grpc.add_ModelServerServiceServicer_to_server(plain, server)
+
+
+async def serve(
+    model_dir: Path, port_file: Path, mount: Callable[[Plain, grpc.aio.Server], None] = mount_predict
+) -> None:
+    """Loads the model as ``bench`` version 1, mounts the services ``mount`` adds, writes the port."""
     model = load_model_dir(model_dir)
     name, version = "bench", 1
     server = grpc.aio.server()
-    pb_grpc.add_ModelServerServiceServicer_to_server(
-        Plain(LoadedVersion(name, version, model, 0.5, model.sha256, 0.0)), server
-    )
+    mount(Plain(LoadedVersion(name, version, model, 0.5, model.sha256, 0.0)), server)  # type: ignore[abstract]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    await asyncio.to_thread(port_file.write_text, str(port))
+    tmp = port_file.with_suffix(".tmp")
+    await asyncio.to_thread(tmp.write_text, str(port))
+    tmp.replace(port_file)  # whole or absent, never half-written
     await server.wait_for_termination()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2])))
+    asyncio.run(serve(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -1,5 +1,6 @@
 """One Ray, one real registry and one model server deployed on that Ray, for the module that uses
-them (`test_serve_app.py`): torn down before other modules run, so no two Rays of ours overlap."""
+them (`test_serve_app.py`): torn down before other modules run, so no two Rays of ours overlap.
+The registry and the replicas export their spans to one OTLP receiver of the test process."""
 
 from __future__ import annotations
 
@@ -23,10 +24,20 @@ from serving_testkit import (
 )
 
 from finpredict.common.testing import start_service
+from finpredict.common.testing_monitoring import OtlpTraceReceiver
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+def otlp() -> Iterator[OtlpTraceReceiver]:
+    receiver = OtlpTraceReceiver()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpTraceReceiver) -> Iterator[Registry]:
     tmp = tmp_path_factory.mktemp("ms-registry")
     proc = start_service(
         "registry",
@@ -37,6 +48,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
             "FINPREDICT_REGISTRY_LOG_FORMAT": "text",
             "FINPREDICT_REGISTRY_SHUTDOWN_GRACE_S": "1",
             "FINPREDICT_REGISTRY_WATCH_POLL_S": "0.5",
+            "FINPREDICT_REGISTRY_OTLP_ENDPOINT": otlp.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
         },
     )
     reg = Registry(proc)
@@ -48,9 +61,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 
 
 @pytest.fixture(scope="module")
-def ray(registry: Registry) -> Iterator[RayCluster]:
-    # Replicas inherit the environment of `ray start`: that is how they get the registry token.
-    with ray_cluster({"FINPREDICT_MODEL_SERVER_REGISTRY_TOKEN": READER_TOKEN}) as cluster:
+def ray(registry: Registry, otlp: OtlpTraceReceiver) -> Iterator[RayCluster]:
+    # Replicas inherit the environment of `ray start`: that is how they get the registry token
+    # and the OTLP endpoint of their spans.
+    env = {
+        "FINPREDICT_MODEL_SERVER_REGISTRY_TOKEN": READER_TOKEN,
+        "FINPREDICT_MODEL_SERVER_OTLP_ENDPOINT": otlp.endpoint,
+    }
+    with ray_cluster(env) as cluster:
         yield cluster
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import threading
 import time
@@ -14,9 +15,13 @@ import numpy as np
 import pytest
 import xgboost as xgb
 from grpc_health.v1 import health_pb2
-from serving_testkit import Served, unique
+from serving_testkit import Served, to_rows, unique
 
+from finpredict.api.common.v1 import types_pb2
+from finpredict.api.serving.v1 import model_server_pb2 as pb
+from finpredict.common.interceptors import TRACE_ID_KEY
 from finpredict.common.testing import wait_for
+from finpredict.common.testing_monitoring import OtlpTraceReceiver
 from finpredict.modelio import sha256_hex
 from finpredict.modelio.testing import TrainedModel, synthetic_records, train_small_model
 
@@ -216,6 +221,62 @@ def test_alias_move_preloads_the_new_target_on_every_replica(
         return all(answers)
 
     wait_for(everywhere, 60, "the canary target preloaded on every replica", interval=0.5)
+
+
+def test_a_traced_predict_continues_the_callers_trace_in_the_replica_and_the_registry(
+    served: Served, models: list[TrainedModel], otlp: OtlpTraceReceiver
+) -> None:
+    # A version no replica has loaded yet: the traced call itself makes the replica fetch it.
+    name = unique("traced")
+    served.registry.create_model(name)
+    version = served.registry.register(name, models[2])
+    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    records = synthetic_records(models[2].schema, 3, seed=21)
+    resp, call = served.client.stub.Predict.with_call(
+        pb.PredictRequest(model=types_pb2.ModelRef(name=name, version=version), rows=to_rows(records)),
+        metadata=[
+            ("application", "model-server"),
+            ("multiplexed_model_id", f"{name}:{version}"),
+            ("traceparent", f"00-{trace_id}-{caller_span}-01"),
+        ],
+        timeout=120,
+    )
+    assert len(resp.predictions) == 3
+    assert dict(call.trailing_metadata() or ()).get(TRACE_ID_KEY) == trace_id
+
+    wanted = {
+        ("finpredict-model-server", "ModelServer/Predict"),
+        ("finpredict-model-server", "ModelServer/LoadVersion"),
+        ("finpredict-registry", "finpredict.registry.v1.RegistryService/GetVersion"),
+        ("finpredict-registry", "finpredict.registry.v1.RegistryService/DownloadArtifact"),
+    }
+
+    def spans() -> dict[tuple[str, str], dict[str, Any]] | None:
+        found = {(s["service"], s["name"]): s for s in otlp.spans_of(trace_id)}
+        return found if wanted <= found.keys() else None
+
+    try:
+        found = wait_for(spans, 30, f"replica and registry spans of trace {trace_id} at the OTLP receiver")
+    except TimeoutError as exc:
+        seen = sorted({(s["service"], s["name"]) for s in otlp.spans_of(trace_id)})
+        services = sorted({s["service"] for s in otlp.spans})
+        raise AssertionError(f"{exc}: this trace has {seen}; services that sent spans: {services}") from None
+    predict = found[("finpredict-model-server", "ModelServer/Predict")]
+    load = found[("finpredict-model-server", "ModelServer/LoadVersion")]
+    assert predict["parent_span_id"] == caller_span, "the replica continues the caller's span"
+    assert predict["attributes"]["finpredict.model"] == name
+    assert predict["attributes"]["finpredict.model_version"] == version
+    assert predict["attributes"]["finpredict.rows"] == 3
+    assert predict["attributes"]["finpredict.batch_size"] >= 1
+    assert predict["attributes"]["rpc.grpc.status_code"] == 0
+    assert predict["attributes"]["finpredict.replica"]
+    assert load["parent_span_id"] == predict["span_id"]
+    assert load["attributes"]["finpredict.model_version"] == version
+    # the registry's server spans are children of the replica's load span (traceparent on the wire)
+    for rpc in ("GetVersion", "DownloadArtifact"):
+        span = found[("finpredict-registry", f"finpredict.registry.v1.RegistryService/{rpc}")]
+        assert span["parent_span_id"] == load["span_id"], rpc
+        assert span["attributes"]["rpc.grpc.status_code"] == 0
 
 
 def test_killing_a_replica_under_load_fails_only_its_in_flight_requests(

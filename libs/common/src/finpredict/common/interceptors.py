@@ -187,13 +187,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
         return wrapper
 
 
-class _ClientMetadataInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[type-arg]
-):
-    """Adds the current trace context and request id to every outgoing call."""
+class _ClientMetadata:
+    """Adds the current trace context and request id to an outgoing call's metadata."""
 
     @staticmethod
     def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
@@ -208,17 +203,27 @@ class _ClientMetadataInterceptor(
             wait_for_ready=details.wait_for_ready,
         )
 
+
+# grpc.aio files an interceptor under the first call kind it implements, so each kind needs an
+# interceptor object of its own (one object implementing all four would only see unary calls).
+class _UnaryUnary(_ClientMetadata, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(self._details(client_call_details), request)
 
+
+class _UnaryStream(_ClientMetadata, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(self._details(client_call_details), request)
 
+
+class _StreamUnary(_ClientMetadata, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         return await continuation(self._details(client_call_details), request_iterator)
 
+
+class _StreamStream(_ClientMetadata, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
@@ -227,4 +232,4 @@ class _ClientMetadataInterceptor(
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     """Interceptors every outgoing channel of a finpredict service uses."""
-    return [_ClientMetadataInterceptor()]  # type: ignore[list-item]
+    return [_UnaryUnary(), _UnaryStream(), _StreamUnary(), _StreamStream()]  # type: ignore[list-item]

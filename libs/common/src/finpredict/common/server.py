@@ -59,16 +59,24 @@ class ServiceRunner:
     # Run when draining starts, before in-flight RPCs get their grace period (e.g. to end
     # long-lived server streams so they do not hold the shutdown for the whole grace).
     on_drain: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Run inside the event loop before the services are mounted (open channels, start tasks).
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def start(self) -> int:
-        """Binds and starts the server; returns the bound gRPC port."""
+        """Runs the start hooks, binds and starts the server; returns the bound gRPC port."""
         s = self.settings
+        for start_hook in self.on_start:
+            await start_hook()
         server = grpc.aio.server(
             interceptors=[ObservabilityInterceptor(self.name), *self.interceptors],
             options=[
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Clients ping idle streams every 30 s (channel.py); accept that instead of
+                # answering GOAWAY "too_many_pings" (gRPC's default minimum is 5 minutes).
+                ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+                ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
         for binding in self.bindings:
@@ -162,9 +170,18 @@ def run_service(
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
     on_drain: Sequence[Callable[[], Awaitable[None]]] = (),
+    on_start: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> None:
     """Configures logs and tracing, then runs the service in a fresh event loop until stopped."""
     configure_logging(name, settings.log_level, settings.log_format)
     configure_tracing(name, settings.otlp_endpoint)
-    runner = ServiceRunner(name, settings, bindings, interceptors, list(on_shutdown), on_drain=list(on_drain))
+    runner = ServiceRunner(
+        name,
+        settings,
+        bindings,
+        interceptors,
+        list(on_shutdown),
+        on_drain=list(on_drain),
+        on_start=list(on_start),
+    )
     asyncio.run(runner.run())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
@@ -12,21 +12,42 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 _configured = False
 
 
-def configure_tracing(service: str, otlp_endpoint: str = "", exporter: SpanExporter | None = None) -> None:
+def configure_tracing(
+    service: str,
+    otlp_endpoint: str = "",
+    exporter: SpanExporter | None = None,
+    *,
+    schedule_delay_ms: float | None = None,
+    resource_attributes: Mapping[str, str] | None = None,
+) -> None:
     """Installs a tracer provider for ``service``; spans are exported over OTLP when an endpoint
-    is set (or to ``exporter``), and otherwise only created (trace ids still flow everywhere)."""
+    is set (or to ``exporter``), and otherwise only created (trace ids still flow everywhere).
+
+    ``schedule_delay_ms`` overrides how long finished spans wait before a batch is exported
+    (default: ``OTEL_BSP_SCHEDULE_DELAY`` or 5 s); ``resource_attributes`` are added to
+    ``service.name`` (e.g. the instance id of one replica among many)."""
     global _configured
     if _configured:
         return
-    provider = TracerProvider(resource=Resource.create({"service.name": f"finpredict-{service}"}))
+    resource = {**(resource_attributes or {}), "service.name": f"finpredict-{service}"}
+    provider = TracerProvider(resource=Resource.create(resource))
     if exporter is None and otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter(endpoint=otlp_endpoint)
     if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay_ms))
     trace.set_tracer_provider(provider)
     _configured = True
+
+
+def flush_tracing(timeout_ms: int = 5000) -> bool:
+    """Exports the spans finished so far without shutting export down (for processes whose end
+    this code does not control, e.g. a Ray Serve replica); False if it timed out."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        return provider.force_flush(timeout_ms)
+    return True
 
 
 def shutdown_tracing() -> None:

@@ -153,10 +153,16 @@ def start_service(
         raise
     service = ServiceProcess(name, proc, info, log_path, dict(env or {}))
     if wait_healthy:
+
+        def healthy() -> bool:
+            if proc.poll() is not None:  # a dead service fails at once, not after the timeout
+                raise ServiceExitedError(
+                    f"{name} exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}"
+                )
+            return bool(service.health() == health_pb2.HealthCheckResponse.SERVING)
+
         try:
-            wait_for(
-                lambda: service.health() == health_pb2.HealthCheckResponse.SERVING, timeout, f"{name} healthy"
-            )
+            wait_for(healthy, timeout, f"{name} healthy")
         except BaseException:
             service.stop(timeout=30)  # never leave a half-started service behind
             raise

@@ -16,6 +16,7 @@ label arrives.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,6 +25,17 @@ import numpy as np
 import drift_core
 
 Action = Literal["wait", "advance", "rollback"]
+# Latency and score samples kept per variant and window (uniform reservoir beyond this).
+MAX_SAMPLES = 50_000
+
+
+def _reservoir(samples: list[float], value: float, seen: int, rng: random.Random) -> None:
+    if len(samples) < MAX_SAMPLES:
+        samples.append(value)
+    else:
+        j = rng.randrange(seen)
+        if j < MAX_SAMPLES:
+            samples[j] = value
 
 
 @dataclass(frozen=True)
@@ -48,14 +60,17 @@ class VariantWindow:
     latencies_ms: list[float] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     labeled: list[tuple[float, bool]] = field(default_factory=list)
+    scored: int = 0
+    _rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False)
 
     def record(self, *, ok: bool, latency_ms: float, score: float | None = None) -> None:
         self.requests += 1
         if not ok:
             self.errors += 1
-        self.latencies_ms.append(latency_ms)
+        _reservoir(self.latencies_ms, latency_ms, self.requests, self._rng)
         if ok and score is not None:
-            self.scores.append(score)
+            self.scored += 1
+            _reservoir(self.scores, score, self.scored, self._rng)
 
     def record_outcome(self, score: float, defaulted: bool) -> None:
         self.labeled.append((score, defaulted))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from finpredict.common.config import ServiceSettings
@@ -15,6 +17,60 @@ class GatewaySettings(ServiceSettings):
 
     port: int = Field(default=50051, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
     metrics_port: int = Field(default=9451, ge=-1, le=65535, description="Prometheus port; -1 disables.")
+    tokens: SecretStr = Field(
+        default=SecretStr(""),
+        description="Bearer tokens the gateway accepts ('token=subject:role[|role],...' or JSON): "
+        "scoring needs 'reader', rollout changes 'admin'.",
+    )
+    data_dir: Path = Field(default=Path(".run/gateway"), description="Rollout and experiment state (SQLite).")
     registry_target: str = Field(default="127.0.0.1:50052", description="Registry gRPC address.")
-    model_server_target: str = Field(default="127.0.0.1:50053", description="Model server gRPC address.")
-    monitor_target: str = Field(default="127.0.0.1:50054", description="Monitor gRPC address.")
+    registry_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Bearer token for the registry; needs 'admin' to promote at the end of a rollout.",
+    )
+    model_server_target: str = Field(
+        default="127.0.0.1:50063", description="Model server address (Ray Serve's gRPC ingress)."
+    )
+    model_server_application: str = Field(default="model-server", description="Serve application name.")
+    monitor_target: str = Field(
+        default="127.0.0.1:50054", description="Monitor gRPC address; empty disables the prediction log."
+    )
+    monitor_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Bearer token for the monitor (needs 'writer' when the monitor requires tokens).",
+    )
+    tls_ca_file: Path | None = Field(
+        default=None, description="CA bundle to verify the registry, model server and monitor (enables TLS)."
+    )
+    tls_client_cert_file: Path | None = Field(default=None, description="Client certificate for mutual TLS.")
+    tls_client_key_file: Path | None = Field(default=None, description="Client private key for mutual TLS.")
+    backend_timeout_s: float = Field(default=2.0, gt=0, description="Deadline of one model-server call.")
+    backend_retries: int = Field(
+        default=2, ge=0, le=5, description="Retries of UNAVAILABLE model-server calls."
+    )
+    batch_window_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=100,
+        description="How long concurrent requests wait to be coalesced into one call.",
+    )
+    max_batch_rows: int = Field(default=256, ge=1, le=10_000, description="Most rows in one coalesced call.")
+    max_request_rows: int = Field(
+        default=1000, ge=1, le=100_000, description="Most applications in one request."
+    )
+    breaker_failures: int = Field(
+        default=5, ge=1, description="Consecutive backend failures that open a version's circuit."
+    )
+    breaker_cooldown_s: float = Field(default=5.0, gt=0, description="Seconds an open circuit stays open.")
+    alias_ttl_s: float = Field(
+        default=1.0, ge=0, description="Seconds a resolved `production` alias is cached."
+    )
+    log_buffer_records: int = Field(
+        default=50_000, ge=1, description="Prediction-log buffer; records beyond it are dropped and counted."
+    )
+    log_batch_records: int = Field(default=500, ge=1, description="Records per IngestPredictions call.")
+    log_flush_s: float = Field(default=0.5, gt=0, description="Longest wait before a partial batch is sent.")
+    controller_tick_s: float = Field(default=0.5, gt=0, description="How often the rollout controller wakes.")
+    shadow_concurrency: int = Field(
+        default=64, ge=1, description="Most shadow calls in flight; more are skipped."
+    )

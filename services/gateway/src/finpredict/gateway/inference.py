@@ -1,57 +1,254 @@
+# ruff: noqa: N802  (gRPC method names are CamelCase)
 """The KServe Open Inference Protocol v2 (``inference.GRPCInferenceService``) on the gateway.
 
-Server liveness, readiness and metadata are answered here. Model-level RPCs need the routing
-policy and model server of the gateway issue; until then they answer UNIMPLEMENTED with a
-message that says so, never a made-up result.
+Model-level calls take the same path as the scoring API (routing, validation, rollout
+measurement, prediction log), so an existing inference client can call finpredict unchanged.
+
+- ``ModelMetadata`` lists one input per feature of the version's schema: ``FP64`` (numeric and
+  integer features; NaN means missing) or ``BYTES`` (categorical), shape ``[-1]``; plus an
+  optional ``entity_id`` ``BYTES`` input used for sticky routing.
+- ``ModelInfer`` takes those inputs as typed contents or ``raw_input_contents`` (``FP32``,
+  ``FP64`` or ``BYTES``, shape ``[N]`` or ``[N, 1]``) and answers ``score`` (FP64), ``decision``
+  (BYTES: approve/decline), ``model_version`` (INT64) and ``variant`` (BYTES), one per row.
+  Without ``entity_id`` a row is routed by the request id and its index.
 """
 
 from __future__ import annotations
 
-import grpc
+import math
+import struct
+from typing import Any
 
+import grpc
+import numpy as np
+
+from finpredict.api.common.v1 import types_pb2
 from finpredict.api.inference import grpc_predict_v2_pb2 as pb
 from finpredict.api.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from finpredict.gateway.catalog import VersionInfo
+from finpredict.gateway.scoring import Application, ScoringCore
+from finpredict.gateway.scoring_service import guarded
+from finpredict.gateway.validation import RequestError, validate_batch_size, validate_model_name
 
 SERVER_NAME = "finpredict"
 SERVER_VERSION = "0.1.0"
-_NOT_YET = "model routing is not available on this gateway yet"
+ENTITY_INPUT = "entity_id"
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _datatype(spec: types_pb2.FeatureSpec) -> str:
+    return "BYTES" if spec.type == types_pb2.FEATURE_TYPE_CATEGORICAL else "FP64"
+
+
+def model_metadata(info: VersionInfo) -> pb.ModelMetadataResponse:
+    inputs = [
+        pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=_datatype(s), shape=[-1])
+        for s in info.schema.features
+    ]
+    inputs.append(pb.ModelMetadataResponse.TensorMetadata(name=ENTITY_INPUT, datatype="BYTES", shape=[-1]))
+    return pb.ModelMetadataResponse(
+        name=info.model,
+        versions=[str(info.version)],
+        platform="xgboost_ubj",
+        inputs=inputs,
+        outputs=[
+            pb.ModelMetadataResponse.TensorMetadata(name="score", datatype="FP64", shape=[-1]),
+            pb.ModelMetadataResponse.TensorMetadata(name="decision", datatype="BYTES", shape=[-1]),
+            pb.ModelMetadataResponse.TensorMetadata(name="model_version", datatype="INT64", shape=[-1]),
+            pb.ModelMetadataResponse.TensorMetadata(name="variant", datatype="BYTES", shape=[-1]),
+        ],
+    )
+
+
+def _rows_of(tensor: pb.ModelInferRequest.InferInputTensor, where: str) -> int:
+    shape = list(tensor.shape)
+    if len(shape) == 2 and shape[1] == 1:
+        return int(shape[0])
+    if len(shape) != 1:
+        raise RequestError(f"{where}.shape: {shape} must be [N] or [N, 1]")
+    if shape[0] < 0:
+        raise RequestError(f"{where}.shape: {shape} has a negative size")
+    return int(shape[0])
+
+
+def _bytes_items(raw: bytes, n: int, where: str) -> list[bytes]:
+    """Decodes the OIP raw BYTES layout: each element is a 4-byte little-endian length, then the bytes."""
+    out, pos = [], 0
+    for _ in range(n):
+        if pos + 4 > len(raw):
+            raise RequestError(f"{where}: raw BYTES content is truncated")
+        (size,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + size > len(raw):
+            raise RequestError(f"{where}: raw BYTES content is truncated")
+        out.append(raw[pos : pos + size])
+        pos += size
+    return out
+
+
+def _values(
+    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, n: int, where: str
+) -> list[float] | list[bytes]:
+    dt = tensor.datatype
+    if dt in ("FP32", "FP64"):
+        if raw is not None:
+            width = 4 if dt == "FP32" else 8
+            if len(raw) != n * width:
+                raise RequestError(
+                    f"{where}: raw content has {len(raw)} bytes, expected {n * width} for {n} {dt}"
+                )
+            return [float(v) for v in np.frombuffer(raw, dtype="<f4" if dt == "FP32" else "<f8")]
+        values: list[float] | list[bytes] = list(
+            tensor.contents.fp32_contents if dt == "FP32" else tensor.contents.fp64_contents
+        )
+    elif dt == "BYTES":
+        values = _bytes_items(raw, n, where) if raw is not None else list(tensor.contents.bytes_contents)
+    else:
+        raise RequestError(f"{where}.datatype: {dt!r} is not supported (FP32, FP64 or BYTES)")
+    if len(values) != n:
+        raise RequestError(f"{where}: {len(values)} values for shape [{n}]")
+    return values
+
+
+def applications_from_infer(
+    request: pb.ModelInferRequest, info: VersionInfo, max_rows: int
+) -> list[Application]:
+    """The request's inputs as applications (the field paths in errors are the OIP ones)."""
+    if not request.inputs:
+        raise RequestError("inputs: required (one tensor per feature)")
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise RequestError(f"raw_input_contents: {len(raw)} entries for {len(request.inputs)} inputs")
+    kinds = {s.name: s.type for s in info.schema.features}
+    n: int | None = None
+    columns: dict[str, list[Any]] = {}
+    for i, tensor in enumerate(request.inputs):
+        where = f'inputs[{i}] ("{tensor.name}")'
+        if tensor.name in columns:
+            raise RequestError(f"{where}.name: duplicate input")
+        if tensor.name != ENTITY_INPUT and tensor.name not in kinds:
+            raise RequestError(f"{where}.name: unknown input (not in the model's schema)")
+        rows = _rows_of(tensor, where)
+        if n is None:
+            n = rows
+            validate_batch_size(n, "inputs[0].shape", max_rows)
+        elif rows != n:
+            raise RequestError(f"{where}.shape: {rows} rows, but inputs[0] has {n}")
+        columns[tensor.name] = _values(tensor, raw[i] if raw else None, rows, where)
+    assert n is not None
+    entity = columns.pop(ENTITY_INPUT, None)
+    apps = []
+    for row in range(n):
+        features: dict[str, types_pb2.FeatureValue] = {}
+        for name, values in columns.items():
+            v = values[row]
+            if isinstance(v, bytes):
+                try:
+                    features[name] = types_pb2.FeatureValue(category=v.decode())
+                except UnicodeDecodeError:
+                    raise RequestError(f'inputs ("{name}")[{row}]: not valid UTF-8') from None
+            elif math.isnan(v):
+                features[name] = types_pb2.FeatureValue()  # NaN: missing (validation decides if allowed)
+            else:
+                features[name] = types_pb2.FeatureValue(number=float(v))
+        entity_id = entity[row].decode(errors="replace") if entity is not None else f"{request.id}:{row}"
+        apps.append(Application(entity_id, features, f"{request.id}:{row}" if request.id else ""))
+    return apps
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Open Inference Protocol v2 endpoints."""
 
-    def __init__(self) -> None:
+    def __init__(self, core: ScoringCore, max_request_rows: int = 1000) -> None:
+        self._core = core
+        self._max_rows = max_request_rows
         self.ready = True
 
-    async def ServerLive(  # noqa: N802 (gRPC method name)
-        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(  # noqa: N802
-        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.ready)
 
-    async def ServerMetadata(  # noqa: N802
-        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext[object, object]
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
 
-    async def ModelReady(  # noqa: N802
-        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> pb.ModelReadyResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_YET)
-        raise AssertionError("unreachable")
+    async def _info(self, name: str, version: str) -> VersionInfo:
+        validate_model_name(name, "name")
+        if version:
+            if not (version.isascii() and version.isdigit()) or not 1 <= int(version) < 2**63:
+                raise RequestError(f"version: {version!r} is not a version number")
+            return await self._core.catalog.version(name, int(version))
+        return await self._core.catalog.version(name, await self._core.catalog.production(name))
 
-    async def ModelMetadata(  # noqa: N802
-        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext[object, object]
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        async def call() -> pb.ModelReadyResponse:
+            info = await self._info(request.name, request.version)
+            return pb.ModelReadyResponse(ready=self._core.backend.is_available(info.model, info.version))
+
+        return await guarded(context, call)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_YET)
-        raise AssertionError("unreachable")
+        async def call() -> pb.ModelMetadataResponse:
+            return model_metadata(await self._info(request.name, request.version))
 
-    async def ModelInfer(  # noqa: N802
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> pb.ModelInferResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_YET)
-        raise AssertionError("unreachable")
+        return await guarded(context, call)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        async def call() -> pb.ModelInferResponse:
+            if request.model_version:
+                raise RequestError(
+                    "model_version: leave empty; the gateway routes to stable, canary or experiment arms"
+                )
+            info = await self._info(request.model_name, "")
+            apps = applications_from_infer(request, info, self._max_rows)
+            paths = [f"inputs[row {i}]" for i in range(len(apps))]
+            results = await self._core.score(request.model_name, apps, paths=paths)
+            versions = sorted({r.version for r in results})
+            return pb.ModelInferResponse(
+                model_name=request.model_name,
+                model_version=str(versions[0]) if len(versions) == 1 else "",
+                id=request.id,
+                outputs=[
+                    _output(
+                        "score",
+                        "FP64",
+                        pb.InferTensorContents(fp64_contents=[r.prediction.score for r in results]),
+                    ),
+                    _output(
+                        "decision",
+                        "BYTES",
+                        pb.InferTensorContents(
+                            bytes_contents=[
+                                b"decline" if r.prediction.score >= r.threshold else b"approve"
+                                for r in results
+                            ]
+                        ),
+                    ),
+                    _output(
+                        "model_version",
+                        "INT64",
+                        pb.InferTensorContents(int64_contents=[r.version for r in results]),
+                    ),
+                    _output(
+                        "variant",
+                        "BYTES",
+                        pb.InferTensorContents(
+                            bytes_contents=[(r.route.arm or r.route.variant).encode() for r in results]
+                        ),
+                    ),
+                ],
+            )
+
+        return await guarded(context, call)
+
+
+def _output(
+    name: str, datatype: str, contents: pb.InferTensorContents
+) -> pb.ModelInferResponse.InferOutputTensor:
+    n = max(len(contents.fp64_contents), len(contents.bytes_contents), len(contents.int64_contents))
+    return pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=[n], contents=contents)

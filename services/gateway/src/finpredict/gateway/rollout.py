@@ -41,7 +41,11 @@ ACTIVE = (RolloutState.PROGRESSING, RolloutState.PAUSED, RolloutState.PROMOTING)
 
 
 class RolloutError(ValueError):
-    """An invalid rollout definition or transition; the message says which."""
+    """An invalid rollout definition; the message names the field."""
+
+
+class RolloutConflictError(RolloutError):
+    """A transition the rollout's state does not allow (or a second active rollout of a model)."""
 
 
 @dataclass
@@ -98,7 +102,7 @@ class Rollout:
     def apply(self, verdict: Verdict, now: float) -> None:
         """Applies one analysis verdict to a progressing rollout."""
         if self.state is not RolloutState.PROGRESSING:
-            raise RolloutError(f"rollout {self.id} is {self.state}, not progressing")
+            raise RolloutConflictError(f"rollout {self.id} is {self.state}, not progressing")
         self._decide(verdict.action, verdict.reason, now)
         if verdict.action == "rollback":
             self.state, self.ended_at = RolloutState.ROLLED_BACK, now
@@ -121,14 +125,18 @@ class Rollout:
 
     def abort(self, reason: str, now: float) -> None:
         if self.state not in (RolloutState.PROGRESSING, RolloutState.PAUSED):
-            raise RolloutError(f"rollout {self.id} is {self.state}: only a running rollout can be aborted")
+            raise RolloutConflictError(
+                f"rollout {self.id} is {self.state}: only a running rollout can be aborted"
+            )
         self.state, self.ended_at = RolloutState.ABORTED, now
         self._decide("abort", reason, now)
 
     def request_promotion(self, reason: str, now: float) -> None:
         """Manual promotion: skip the remaining steps."""
         if self.state not in (RolloutState.PROGRESSING, RolloutState.PAUSED):
-            raise RolloutError(f"rollout {self.id} is {self.state}: only a running rollout can be promoted")
+            raise RolloutConflictError(
+                f"rollout {self.id} is {self.state}: only a running rollout can be promoted"
+            )
         self.step_index, self.state = len(self.steps) - 1, RolloutState.PROMOTING
         self._decide("promote", reason, now)
 
@@ -139,7 +147,7 @@ class Rollout:
 
     def _require(self, state: RolloutState, what: str) -> None:
         if self.state is not state:
-            raise RolloutError(f"cannot {what} rollout {self.id}: it is {self.state}, not {state}")
+            raise RolloutConflictError(f"cannot {what} rollout {self.id}: it is {self.state}, not {state}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -177,7 +185,7 @@ class RolloutStore:
                 (rollout.id, rollout.model, rollout.state.value, rollout.started_at, rollout.to_json()),
             )
         except sqlite3.IntegrityError:
-            raise RolloutError(f"model {rollout.model!r} already has an active rollout") from None
+            raise RolloutConflictError(f"model {rollout.model!r} already has an active rollout") from None
 
     def save(self, rollout: Rollout) -> None:
         cur = self._db.execute(
@@ -185,7 +193,7 @@ class RolloutStore:
             (rollout.state.value, rollout.to_json(), rollout.id),
         )
         if cur.rowcount != 1:
-            raise RolloutError(f"unknown rollout {rollout.id}")
+            raise RolloutConflictError(f"unknown rollout {rollout.id}")
 
     def get(self, rollout_id: str) -> Rollout | None:
         row = self._db.execute("SELECT doc FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()

@@ -26,15 +26,18 @@ def validate_application(
     path: str = "application",
     entity_id: str = "",
     request_id: str = "",
+    specs: Mapping[str, types_pb2.FeatureSpec] | None = None,
 ) -> None:
-    """Checks one application's ids and features against ``schema``."""
+    """Checks one application's ids and features against ``schema`` (``specs``: its features by
+    name, when the caller keeps them)."""
     if not entity_id:
         raise RequestError(f"{path}.entity_id: required (routing is sticky per entity)")
     if len(entity_id) > MAX_ID_LENGTH:
         raise RequestError(f"{path}.entity_id: longer than {MAX_ID_LENGTH} characters")
     if len(request_id) > MAX_ID_LENGTH:
         raise RequestError(f"{path}.request_id: longer than {MAX_ID_LENGTH} characters")
-    specs = {spec.name: spec for spec in schema.features}
+    if specs is None:
+        specs = {spec.name: spec for spec in schema.features}
     for name in features:
         if name not in specs:
             raise RequestError(f'{path}.features["{name}"]: unknown feature (not in the model\'s schema)')

@@ -10,6 +10,11 @@ import asyncio
 import os
 import sys
 
+# Set before Ray is imported (it reads these at import time). Under `uv run`, Ray would otherwise
+# re-create the driver's uv project in every worker (uploading the tree and rebuilding the Rust
+# extension per worker): the workers use this interpreter's environment as it is.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
 from finpredict.common.config import ConfigError, load_settings
 from finpredict.common.logging import configure_logging
 from finpredict.common.telemetry import configure_tracing

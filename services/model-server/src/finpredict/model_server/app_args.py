@@ -17,6 +17,11 @@ class AppArgs(BaseModel):
         default="FINPREDICT_MODEL_SERVER_REGISTRY_TOKEN",
         description="Environment variable (of the replica) holding the registry bearer token.",
     )
+    otlp_endpoint_env: str = Field(
+        default="FINPREDICT_MODEL_SERVER_OTLP_ENDPOINT",
+        description="Environment variable (of the replica) holding the OTLP/gRPC endpoint its spans are "
+        "exported to; unset or empty: spans are created (trace ids flow to the registry) but not exported.",
+    )
     registry_timeout_s: float = Field(default=30.0, gt=0, description="Deadline of registry calls.")
     max_models_per_replica: int = Field(default=4, ge=1, description="LRU bound of loaded versions.")
     batching: bool = Field(default=True, description="Coalesce concurrent requests with @serve.batch.")

@@ -22,12 +22,14 @@ from typing import Any
 
 import grpc
 from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 
 from finpredict.api.registry.v1 import registry_pb2
 from finpredict.api.serving.v1 import model_server_pb2 as pb
-from finpredict.common.telemetry import extract_context
+from finpredict.common.interceptors import TRACE_ID_KEY
+from finpredict.common.telemetry import configure_tracing, current_trace_id, extract_context, flush_tracing
 from finpredict.model_server import metrics
 from finpredict.model_server.app_args import AppArgs, model_id, parse_args, parse_model_id
 from finpredict.model_server.registry_client import ArtifactFetchError, RegistryClient
@@ -50,6 +52,17 @@ tracer = trace.get_tracer("finpredict.model_server")
 
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_BATCH_WAIT_S = 0.002
+# Replica spans leave in batches at most this long after they end (the OTLP default is 5 s).
+SPAN_EXPORT_DELAY_MS = 200
+SERVICE = "finpredict.serving.v1.ModelServerService"
+# gRPC codes that mean "the model server failed" rather than "the caller asked for something wrong"
+_SERVER_FAULTS = {
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.FAILED_PRECONDITION,  # a version whose artifact was refused
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -68,10 +81,18 @@ class ModelServer:
         # the service token of a local stack (`task up` writes FINPREDICT_SERVICES_TOKEN) as fallback
         token = os.environ.get(a.registry_token_env) or os.environ.get("FINPREDICT_SERVICES_TOKEN", "")
         self.registry = RegistryClient(a.registry_target, token, a.registry_timeout_s)
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        # Each replica is its own process: it exports its spans itself (the endpoint reaches it
+        # through the environment of `ray start` or of the worker pod, like the registry token).
+        configure_tracing(
+            "model-server",
+            os.environ.get(a.otlp_endpoint_env, ""),
+            schedule_delay_ms=SPAN_EXPORT_DELAY_MS,
+            resource_attributes={"service.instance.id": self.replica, "finpredict.component": "replica"},
+        )
         self.loaded: dict[str, LoadedVersion] = {}  # model id -> version, most recent last
         self.refused: dict[str, str] = {}
         self.threshold_overrides: dict[str, float] = {}
-        self.replica = serve.get_replica_context().replica_id.unique_id
         self._load_locks: dict[str, asyncio.Lock] = {}
 
         async def load(mid: str) -> LoadedVersion:
@@ -121,7 +142,8 @@ class ModelServer:
         name, version = parse_model_id(mid)
         t0 = time.perf_counter()
         with tracer.start_as_current_span(
-            "model_server.load", attributes={"model": name, "version": version}
+            "ModelServer/LoadVersion",
+            attributes={"finpredict.model": name, "finpredict.model_version": version},
         ):
             try:
                 fetched = await self.registry.fetch(name, version)
@@ -220,12 +242,24 @@ class ModelServer:
     ) -> pb.PredictResponse:
         t0 = time.perf_counter()
         labels = {"model": request.model.name or "?", "version": str(request.model.version)}
+        # Serve's proxy hands the caller's gRPC metadata to the replica: continue its W3C trace.
         ctx = extract_context(grpc_context.invocation_metadata() if grpc_context else None)
         with tracer.start_as_current_span(
             "ModelServer/Predict",
             context=ctx,  # type: ignore[arg-type]
-            attributes={"model": labels["model"], "version": labels["version"], "rows": len(request.rows)},
-        ):
+            kind=SpanKind.SERVER,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": SERVICE,
+                "rpc.method": "Predict",
+                "finpredict.model": request.model.name,
+                "finpredict.model_version": request.model.version,
+                "finpredict.rows": len(request.rows),
+                "finpredict.replica": self.replica,
+            },
+        ) as span:
+            if grpc_context is not None:
+                grpc_context.set_trailing_metadata([(TRACE_ID_KEY, current_trace_id())])
             try:
                 name, version = check_predict_request(
                     request, self.args.max_rows_per_request, self.args.max_top_k
@@ -236,13 +270,15 @@ class ModelServer:
                 explain = request.explain or request.all_contributions or request.top_k > 0
                 item = ScoreItem(lv, records, explain)
                 preds = await (self._batched(item) if self.args.batching else self._unbatched(item))
+                span.set_attribute("finpredict.batch_size", item.batch_size)
                 resp = predictions_to_proto(
                     lv, preds, 0, len(records), request.top_k if explain else 0, request.all_contributions
                 )
             except InvalidRequestError as exc:
-                return self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), labels, t0)
+                return self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), labels, t0, span)
             except ModelLoadError as exc:
-                return self._fail(grpc_context, exc.code, str(exc), labels, t0)
+                return self._fail(grpc_context, exc.code, str(exc), labels, t0, span)
+            span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.OK.value[0])
         metrics.REQUESTS.inc(tags=labels)
         metrics.ROWS.inc(len(request.rows), tags=labels)
         metrics.LATENCY.observe((time.perf_counter() - t0) * 1000, tags=labels)
@@ -264,7 +300,12 @@ class ModelServer:
         message: str,
         labels: dict[str, str],
         t0: float,
+        span: Span | None = None,
     ) -> pb.PredictResponse:
+        if span is not None:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code in _SERVER_FAULTS:
+                span.set_status(Status(StatusCode.ERROR, f"{code.name}: {message}"))
         metrics.ERRORS.inc(tags={**labels, "code": code.name})
         metrics.LATENCY.observe((time.perf_counter() - t0) * 1000, tags=labels)
         if grpc_context is None:
@@ -274,16 +315,16 @@ class ModelServer:
         return pb.PredictResponse()
 
     async def _unbatched(self, item: ScoreItem) -> Predictions:
+        item.batch_size = 1
         metrics.BATCH_SIZE.observe(1, tags={"model": item.loaded.name, "version": str(item.loaded.version)})
         return score_items([item])[0]
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _batched(self, items: list[ScoreItem]) -> list[Predictions]:
         for item in items:
-            metrics.BATCH_SIZE.observe(
-                len(items), tags={"model": item.loaded.name, "version": str(item.loaded.version)}
-            )
-            break
+            item.batch_size = len(items)
+        first = items[0].loaded
+        metrics.BATCH_SIZE.observe(len(items), tags={"model": first.name, "version": str(first.version)})
         return score_items(items)
 
     async def LoadModel(  # noqa: N802
@@ -291,17 +332,32 @@ class ModelServer:
     ) -> pb.LoadModelResponse:
         labels = {"model": request.model.name or "?", "version": str(request.model.version)}
         t0 = time.perf_counter()
-        try:
-            name, version = check_model_ref(request.model)
-            self._check_routing(name, version, grpc_context)
-            already = model_id(name, version) in self.loaded
-            lv = await self._model(name, version)
-        except InvalidRequestError as exc:
-            self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), labels, t0)
-            return pb.LoadModelResponse()
-        except ModelLoadError as exc:
-            self._fail(grpc_context, exc.code, str(exc), labels, t0)
-            return pb.LoadModelResponse()
+        ctx = extract_context(grpc_context.invocation_metadata() if grpc_context else None)
+        with tracer.start_as_current_span(
+            "ModelServer/LoadModel",
+            context=ctx,  # type: ignore[arg-type]
+            kind=SpanKind.SERVER,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": SERVICE,
+                "rpc.method": "LoadModel",
+                "finpredict.model": request.model.name,
+                "finpredict.model_version": request.model.version,
+                "finpredict.replica": self.replica,
+            },
+        ) as span:
+            try:
+                name, version = check_model_ref(request.model)
+                self._check_routing(name, version, grpc_context)
+                already = model_id(name, version) in self.loaded
+                lv = await self._model(name, version)
+            except InvalidRequestError as exc:
+                self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), labels, t0, span)
+                return pb.LoadModelResponse()
+            except ModelLoadError as exc:
+                self._fail(grpc_context, exc.code, str(exc), labels, t0, span)
+                return pb.LoadModelResponse()
+            span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.OK.value[0])
         return pb.LoadModelResponse(
             model=lv.ref, artifact_sha256=lv.sha256, load_ms=0.0 if already else lv.load_ms
         )
@@ -310,6 +366,11 @@ class ModelServer:
         self, request: pb.ListLoadedModelsRequest, grpc_context: RayServegRPCContext | None = None
     ) -> pb.ListLoadedModelsResponse:
         return pb.ListLoadedModelsResponse(models=[lv.ref for lv in reversed(self.loaded.values())])
+
+    def __del__(self) -> None:
+        """Serve calls this on a graceful replica shutdown: the last spans are not lost."""
+        with contextlib.suppress(Exception):
+            flush_tracing(2000)
 
     # test/ops helpers reachable through a DeploymentHandle
     def replica_info(self) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import grpc
 from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
 from finpredict.common.auth import bearer_metadata
 from finpredict.common.channel import create_channel
-from finpredict.common.telemetry import inject_metadata
 
 
 class ArtifactFetchError(RuntimeError):
@@ -50,8 +49,8 @@ class RegistryClient:
         return self._stub
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        base = list(bearer_metadata(self._token)) if self._token else []
-        return tuple(inject_metadata(base))
+        """The bearer token (the channel's interceptors add the trace context to every call)."""
+        return tuple(bearer_metadata(self._token)) if self._token else ()
 
     async def fetch(self, name: str, version: int) -> FetchedVersion:
         where = f"{name}:{version}"

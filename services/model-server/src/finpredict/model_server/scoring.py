@@ -130,6 +130,7 @@ class ScoreItem:
     loaded: LoadedVersion
     records: list[dict[str, object]]
     explain: bool
+    batch_size: int = 1  # requests scored together with this one (set by the batcher, for tracing)
 
 
 def score_items(items: Sequence[ScoreItem]) -> list[Predictions]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -14,11 +16,40 @@ from rich.table import Table
 import drift_core
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc as pb_grpc
+from finpredict.common.auth import bearer_metadata
 
 app = typer.Typer(help="Drift reports, model-quality alerts and replays.", no_args_is_help=True)
 console = Console()
 
 Target = Annotated[str, typer.Option(help="Monitor address host:port.", envvar="FINPREDICT_MONITOR_TARGET")]
+Token = Annotated[
+    str,
+    typer.Option(
+        help="Bearer token (when the monitor has FINPREDICT_MONITOR_TOKENS).", envvar="FINPREDICT_TOKEN"
+    ),
+]
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):  # type: ignore[type-arg,misc]
+    """Adds ``authorization: Bearer <token>`` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self.metadata = bearer_metadata(token)
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), *self.metadata])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(self._details(details), request_iterator)
+
+
+@contextmanager
+def _channel(target: str, token: str) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(target) as channel:
+        yield grpc.intercept_channel(channel, _Bearer(token)) if token else channel
 
 
 @app.command()
@@ -41,17 +72,34 @@ def report(
 ) -> None:
     """Render an HTML page with per-feature PSI over time and score distributions."""
     from finpredict.monitor.report import compute, render
+    from finpredict.monitor.store import StoreReadError
 
     path = profile or ((profiles_dir or data_dir / "profiles") / model / f"{version}.bin")
-    if not path.exists():
+    if not path.is_file():
         raise typer.BadParameter(f"no reference profile at {path}", param_hint="--profile")
-    prof = drift_core.Profile.from_bytes(path.read_bytes())
-    days = compute(data_dir, prof, model, version)
+    try:
+        prof = drift_core.Profile.from_bytes(path.read_bytes())
+    except (OSError, drift_core.DriftCoreError) as exc:
+        raise typer.BadParameter(
+            f"{path}: not a readable reference profile ({exc})", param_hint="--profile"
+        ) from None
+    try:
+        days = compute(data_dir, prof, model, version)
+    except StoreReadError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data-dir") from None
+    except drift_core.DriftCoreError as exc:
+        raise typer.BadParameter(
+            f"the stored predictions in {data_dir} do not match the profile {path} ({exc})",
+            param_hint="--profile",
+        ) from None
     if not days:
         raise typer.BadParameter(
             f"no stored predictions of {model} v{version} in {data_dir}", param_hint="--data-dir"
         )
-    out.write_text(render(days, prof, model, version, psi_threshold))
+    try:
+        out.write_text(render(days, prof, model, version, psi_threshold))
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot write {out} ({exc.strerror})", param_hint="--out") from None
     console.print(f"wrote {out} ({len(days)} days)")
 
 
@@ -60,9 +108,10 @@ def alerts(
     target: Target = "127.0.0.1:50054",
     firing_only: Annotated[bool, typer.Option(help="Only firing alerts.")] = False,
     model: Annotated[str, typer.Option(help="Model name filter.")] = "",
+    token: Token = "",
 ) -> None:
     """List model-quality alerts."""
-    with grpc.insecure_channel(target) as channel:
+    with _channel(target, token) as channel:
         resp = pb_grpc.MonitorServiceStub(channel).ListAlerts(
             pb.ListAlertsRequest(firing_only=firing_only, model=model), timeout=10
         )
@@ -86,6 +135,7 @@ def alerts(
 @app.command()
 def replay(
     target: Target = "127.0.0.1:50054",
+    token: Token = "",
     model: Annotated[str, typer.Option(help="Model name.")] = "credit-default",
     version: Annotated[int, typer.Option(help="Model version.", min=1)] = 1,
     days: Annotated[int, typer.Option(min=1, help="The stream ends at 00:00 of this day.")] = 30,
@@ -123,7 +173,7 @@ def replay(
         console.print(f"wrote reference profile {dest} (restart the monitor if it already saw this version)")
     stream = rp.generate(sc)
     delay = timedelta(hours=label_delay_hours) if label_delay_hours is not None else None
-    with grpc.insecure_channel(target) as channel:
+    with _channel(target, token) as channel:
         result = rp.replay(channel, stream, model, version, label_delay=delay)
     console.print(f"accepted {result.accepted}, duplicates {result.duplicates}, rejected {result.rejected}")
     shift = sc.shift_time if scenario != "none" else None

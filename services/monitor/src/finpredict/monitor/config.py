@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from finpredict.common.config import ServiceSettings
@@ -48,6 +48,12 @@ class MonitorSettings(ServiceSettings):
         default="",
         description="Command started (as a background subprocess) by a firing rule with retrain: true; "
         "empty disables the trigger. {model}, {alert_id} and {reason} are substituted.",
+    )
+    tokens: SecretStr = Field(
+        default=SecretStr(""),
+        description="Bearer tokens: 'token=subject:role[|role],...' or a JSON map (see "
+        "finpredict.common.auth). Ingest and outcomes need writer, reads need reader, EvaluateRules and "
+        "TriggerRetraining need admin. Empty leaves every RPC open (a warning at start-up).",
     )
     retrain_workdir: Path | None = Field(
         default=None, description="Working directory of the retraining command (default: the monitor's)."

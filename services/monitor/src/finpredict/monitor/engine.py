@@ -9,11 +9,13 @@ deterministic. Everything here is synchronous; the gRPC layer serialises calls w
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +29,7 @@ import drift_core
 from finpredict.monitor import metrics as m
 from finpredict.monitor import stats
 from finpredict.monitor.rules import Rule
-from finpredict.monitor.store import FEATURE_PREFIX, RecordStore, hour_key
+from finpredict.monitor.store import FEATURE_PREFIX, RecordStore, hour_key, read_parquet
 
 log = logging.getLogger("finpredict.monitor")
 
@@ -37,10 +39,38 @@ DAY = timedelta(days=1)
 NAN = float("nan")
 
 VersionKey = tuple[str, int]
+# Model names as the registry allows them: they name files (profiles) and partitions.
+MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# Event times the monitor accepts: after the epoch, and far enough from datetime's end (year
+# 9999) that window arithmetic (a day past the latest event) stays representable.
+MAX_EVENT_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class InvalidInputError(ValueError):
     """Bad input; the message names the field."""
+
+
+class StorageError(Exception):
+    """The log store could not write a batch (nothing of it was acknowledged); ``full`` when the
+    disk or a size limit is exhausted rather than another I/O failure."""
+
+    def __init__(self, what: str, exc: OSError) -> None:
+        self.full = exc.errno in _FULL
+        reason = "the log store is full" if self.full else "the log store failed"
+        super().__init__(
+            f"{reason} writing {what} ({os.strerror(exc.errno or 0)}): nothing was acknowledged, "
+            "retry the batch (records already stored count as duplicates)"
+        )
+
+
+def model_name_problem(field: str, name: str) -> str | None:
+    """Why ``name`` is not a model name (naming ``field``), or None."""
+    if not name:
+        return f"{field}: required"
+    if not MODEL_NAME_RE.match(name):
+        return f"{field}: {name[:80]!r} is not a model name ([a-z0-9][a-z0-9_-]*, at most 64 characters)"
+    return None
 
 
 def floor_hour(t: datetime) -> datetime:
@@ -227,7 +257,7 @@ class Engine:
             evaluated = doc.get("evaluated_until", {})
         n = 0
         for path in self.store.prediction_files():
-            frame = pl.read_parquet(path)
+            frame = read_parquet(path)
             self._fold(frame)
             n += frame.height
         for key_s, until in evaluated.items():
@@ -270,6 +300,8 @@ class Engine:
     # ------------------------------------------------------------------ profiles
 
     def _load_profile(self, model: str, version: int) -> drift_core.Profile | None:
+        if not MODEL_NAME_RE.match(model):  # a name from disk or a request never escapes the folder
+            return None
         path = self.profiles_dir / model / f"{version}.bin"
         if not path.exists():
             return None
@@ -297,12 +329,13 @@ class Engine:
         where = f"records[{i}]"
         if not p.request_id:
             return f"{where}.request_id: required"
-        if not p.model:
-            return f"{where}.model.name: required"
+        problem = model_name_problem(f"{where}.model.name", p.model)
+        if problem is not None:
+            return problem
         if p.version < 1:
             return f"{where}.model.version: must be >= 1"
         if p.time.timestamp() <= 0:
-            return f"{where}.time: required"
+            return f"{where}.time: required, a time between 1970 and the year 9000"
         if not (math.isfinite(p.score) and 0.0 <= p.score <= 1.0):
             return f"{where}.score: must be a probability in [0, 1], got {p.score}"
         if not (math.isfinite(p.threshold) and 0.0 <= p.threshold <= 1.0):
@@ -330,6 +363,7 @@ class Engine:
         seen: set[str] = set()
         duplicates = rejected = 0
         first = ""
+        m.RECORDS_RECEIVED.inc(len(records))
         for i, p in enumerate(records):
             problem = self.validate(offset + i, p)
             if problem is not None:
@@ -347,8 +381,20 @@ class Engine:
             return 0, duplicates, rejected, first
         frame = self._frame(accepted).with_columns(pl.col("time").dt.truncate("1h").alias("_hour"))
         parts = frame.partition_by(["model", "version", "_hour"], as_dict=True, maintain_order=True)
-        for (model, version, hour), part in parts.items():
-            self.store.append_predictions(str(model), int(version), hour_key(_dt(hour)), part.drop("_hour"))
+        written: list[pl.DataFrame] = []
+        try:
+            for (model, version, hour), part in parts.items():
+                self.store.append_predictions(
+                    str(model), int(version), hour_key(_dt(hour)), part.drop("_hour")
+                )
+                written.append(part.drop("_hour"))
+        except OSError as exc:
+            # The partitions already written are durable: fold them, so that the client's retry of
+            # the whole batch finds them as duplicates instead of storing them twice.
+            if written:
+                self._fold(pl.concat(written), live=True)
+            m.STORE_WRITE_FAILURES.labels("full" if exc.errno in _FULL else "io").inc()
+            raise StorageError(f"{len(accepted)} prediction records", exc) from exc
         self._fold(frame.drop("_hour"), live=True)
         return len(accepted), duplicates, rejected, first
 
@@ -505,7 +551,11 @@ class Engine:
                 "prediction_time": pl.Datetime("us", "UTC"),
             },
         )
-        self.store.append_outcomes(frame)
+        try:
+            self.store.append_outcomes(frame)
+        except OSError as exc:
+            m.STORE_WRITE_FAILURES.labels("full" if exc.errno in _FULL else "io").inc()
+            raise StorageError(f"{len(outcomes)} outcomes", exc) from exc
         matched = 0
         touched: set[tuple[VersionKey, datetime]] = set()
         for o in outcomes:
@@ -638,7 +688,13 @@ class Engine:
             if h >= close_until:
                 continue
             closed_any = True
+            # Days without records have nothing to evaluate (neither their hours nor the day): skip
+            # them in one step, so a clock far ahead of the data costs nothing.
+            data_days = {floor_day(k) for k, c in state.hours.items() if c.count}
             while h < close_until:
+                if floor_day(h) not in data_days:
+                    h = min([close_until, *(d for d in data_days if d > h)])
+                    continue
                 end = h + HOUR
                 changed += self._evaluate_window(key, state, h, "hourly", end)
                 if end.hour == 0:
@@ -799,7 +855,7 @@ class Engine:
             m.ACCURACY.labels(model, version, "daily").set(ws.accuracy)
             m.AUC.labels(model, version, "daily").set(ws.auc)
             m.ECE.labels(model, version, "daily").set(ws.ece)
-            m.LABEL_DELAY.labels(model, version).set(ws.label_delay_hours)
+            m.LABEL_DELAY.labels(model, version).set(ws.label_delay_hours * 3600.0)
             m.LABELED.labels(model, version, "daily").set(ws.labeled)
 
 

@@ -10,6 +10,11 @@ from prometheus_client import Counter, Gauge
 
 _MV = ["model", "version"]
 
+RECORDS_RECEIVED = Counter(
+    "finpredict_monitor_records_received_total",
+    "Prediction records received by IngestPredictions, before validation and deduplication (the "
+    "denominator of the rejected share).",
+)
 RECORDS_INGESTED = Counter(
     "finpredict_monitor_records_ingested_total", "Prediction records durably appended.", _MV
 )
@@ -19,6 +24,12 @@ RECORDS_DUPLICATE = Counter(
 RECORDS_REJECTED = Counter(
     "finpredict_monitor_records_rejected_total", "Prediction records refused as invalid, by field.", ["field"]
 )
+# Every field a record can be refused for starts at 0: a first burst of rejections is then an
+# increase that rate() sees (a series born with its first value is not), and the rejected share
+# alert (infra/prometheus/rules/alerts.yml) fires on it.
+REJECTABLE_FIELDS = ("request_id", "model.name", "model.version", "time", "score", "threshold", "latency_ms")
+for _field in (*REJECTABLE_FIELDS, "features"):
+    RECORDS_REJECTED.labels(_field)
 RECORDS_UNPROFILED = Counter(
     "finpredict_monitor_records_unprofiled_total",
     "Records stored but not folded into drift windows: the version has no reference profile.",
@@ -29,6 +40,12 @@ RECORDS_LATE = Counter(
     "Records that landed in an hourly window already evaluated by the rules (stored and counted in "
     "the window's statistics; rules are not re-evaluated).",
     _MV,
+)
+STORE_WRITE_FAILURES = Counter(
+    "finpredict_monitor_store_write_failures_total",
+    "Batches the log store could not write (refused, nothing acknowledged), by reason: full (no space "
+    "or a file size limit) or io (any other I/O error).",
+    ["reason"],
 )
 OUTCOMES = Counter(
     "finpredict_monitor_outcomes_total",
@@ -76,7 +93,9 @@ LABELED = Gauge(
     "finpredict_monitor_window_labeled", "Matched outcomes in the latest labelled window.", [*_MV, "window"]
 )
 LABEL_DELAY = Gauge(
-    "finpredict_monitor_label_delay_hours", "Median label delay of the latest labelled window, in hours.", _MV
+    "finpredict_monitor_label_delay_seconds",
+    "Median delay between a prediction and its outcome in the latest labelled window.",
+    _MV,
 )
 ALERTS_FIRING = Gauge("finpredict_monitor_alerts_firing", "Firing model-quality alerts.", ["rule", *_MV])
 ALERT_TRANSITIONS = Counter(

@@ -72,9 +72,15 @@ class Retrainer:
     async def _run(self, job: Job, argv: list[str]) -> None:
         env = {**os.environ, "FINPREDICT_TRIGGER": job.trigger, "FINPREDICT_RETRAIN_MODEL": job.model}
         with job.log_path.open("ab") as out:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env, cwd=self.cwd
-            )
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env, cwd=self.cwd
+                )
+            except (OSError, ValueError) as exc:  # missing program, argument list too long, NUL
+                log.error("retraining could not start", extra={"job": job.id, "error": str(exc)})
+                job.returncode = -1
+                self.on_done(job)
+                return
             job.pid = proc.pid
             log.info("retraining started", extra={"job": job.id, "pid": proc.pid, "trigger": job.trigger})
             job.returncode = await proc.wait()

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 import grpc
 
 from finpredict.api.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from finpredict.common.auth import ADMIN, READER, WRITER, BearerAuthInterceptor, TokenSpecError, parse_tokens
+from finpredict.common.config import ConfigError, env_var_name
 from finpredict.common.server import ServiceBinding
+from finpredict.monitor.config import MonitorSettings
 from finpredict.monitor.service import MonitorService
+
+log = logging.getLogger("finpredict.monitor")
 
 SERVICE_NAME = monitor_pb2.DESCRIPTOR.services_by_name["MonitorService"].full_name
 
@@ -24,6 +31,36 @@ def bindings(service: MonitorService) -> list[ServiceBinding]:
         task.add_done_callback(_background.discard)
 
     return [ServiceBinding(SERVICE_NAME, add)]
+
+
+# Role each RPC needs when tokens are configured (admin implies writer implies reader).
+METHOD_ROLES: dict[str, str] = {
+    f"/{SERVICE_NAME}/{method}": role
+    for method, role in {
+        "IngestPredictions": WRITER,
+        "RecordOutcomes": WRITER,
+        "GetDriftReport": READER,
+        "ListAlerts": READER,
+        "WatchAlerts": READER,
+        "TriggerRetraining": ADMIN,
+        "EvaluateRules": ADMIN,
+    }.items()
+}
+
+
+def interceptors(settings: MonitorSettings) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+    """Bearer-token auth when ``tokens`` is set; raises :class:`ConfigError` naming the variable."""
+    try:
+        tokens = parse_tokens(settings.tokens.get_secret_value())
+    except TokenSpecError as exc:
+        raise ConfigError(f"{env_var_name(MonitorSettings, 'tokens')}: {exc}") from None
+    if not tokens:
+        log.warning(
+            "no tokens configured: every monitor RPC is open, TriggerRetraining included (set %s)",
+            env_var_name(MonitorSettings, "tokens"),
+        )
+        return []
+    return [BearerAuthInterceptor(tokens, METHOD_ROLES)]
 
 
 _background: set[asyncio.Task[None]] = set()

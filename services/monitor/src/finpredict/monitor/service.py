@@ -17,12 +17,15 @@ from finpredict.api.monitor.v1 import monitor_pb2_grpc as pb_grpc
 from finpredict.monitor.alerting import AlertmanagerClient, Watchers
 from finpredict.monitor.config import MonitorSettings
 from finpredict.monitor.engine import (
+    MAX_EVENT_TIME,
     AlertRecord,
     Engine,
     InvalidInputError,
     OutcomeIn,
     Prediction,
+    StorageError,
     WindowStats,
+    model_name_problem,
 )
 from finpredict.monitor.retrain import Job, Retrainer
 from finpredict.monitor.rules import Rule, load_rules
@@ -32,8 +35,33 @@ log = logging.getLogger("finpredict.monitor")
 _SIZES = {pb.WINDOW_SIZE_HOURLY: "hourly", pb.WINDOW_SIZE_DAILY: "daily"}
 
 
+_EPOCH = datetime.fromtimestamp(0, UTC)
+_MAX_S = int(MAX_EVENT_TIME.timestamp())
+MAX_REASON = 2_000
+
+
 def ts_to_dt(ts: Timestamp) -> datetime:
     return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC)
+
+
+def checked_dt(field: str, ts: Timestamp) -> datetime:
+    """``ts`` as a datetime; :class:`InvalidInputError` naming ``field`` outside 1970 to 9000."""
+    if not 0 <= ts.seconds < _MAX_S or not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidInputError(f"{field}: must be a time between 1970 and the year 9000")
+    return ts_to_dt(ts)
+
+
+def _event_time(ts: Timestamp) -> datetime:
+    """A record's time; out of range it is the epoch, which validation refuses naming the field
+    (one bad record is rejected, not its whole batch)."""
+    try:
+        return checked_dt("time", ts)
+    except InvalidInputError:
+        return _EPOCH
+
+
+def _status(exc: StorageError) -> grpc.StatusCode:
+    return grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE
 
 
 def dt_to_ts(t: datetime) -> Timestamp:
@@ -62,7 +90,7 @@ def record_from_proto(r: pb.PredictionRecord) -> Prediction:
         threshold=r.threshold,
         latency_ms=r.latency_ms,
         trace_id=r.trace_id,
-        time=ts_to_dt(r.time),
+        time=_event_time(r.time),
         features=features,
     )
 
@@ -212,7 +240,11 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
         async for batch in request_iterator:
             records = [record_from_proto(r) for r in batch.records]
             async with self.lock:
-                a, d, r, f = await asyncio.to_thread(self.engine.ingest, records, offset)
+                try:
+                    a, d, r, f = await asyncio.to_thread(self.engine.ingest, records, offset)
+                except StorageError as exc:
+                    log.error("ingest refused: %s", exc, extra={"full": exc.full})
+                    await context.abort(_status(exc), str(exc))
                 changed = await asyncio.to_thread(self.engine.evaluate)
                 self._deliver(changed)
             accepted += a
@@ -227,21 +259,29 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
     async def RecordOutcomes(  # noqa: N802 (gRPC method name)
         self, request: pb.RecordOutcomesRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.RecordOutcomesResponse:
-        outcomes = [
-            OutcomeIn(
-                o.request_id,
-                o.entity_id,
-                o.defaulted,
-                ts_to_dt(o.observed_at),
-                ts_to_dt(o.prediction_time) if o.HasField("prediction_time") else None,
-            )
-            for o in request.outcomes
-        ]
+        try:
+            outcomes = [
+                OutcomeIn(
+                    o.request_id,
+                    o.entity_id,
+                    o.defaulted,
+                    checked_dt(f"outcomes[{i}].observed_at", o.observed_at),
+                    checked_dt(f"outcomes[{i}].prediction_time", o.prediction_time)
+                    if o.HasField("prediction_time")
+                    else None,
+                )
+                for i, o in enumerate(request.outcomes)
+            ]
+        except InvalidInputError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         async with self.lock:
             try:
                 matched, unmatched, changed = await asyncio.to_thread(self.engine.record_outcomes, outcomes)
             except InvalidInputError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except StorageError as exc:
+                log.error("outcomes refused: %s", exc, extra={"full": exc.full})
+                await context.abort(_status(exc), str(exc))
             self._deliver(changed)
         return pb.RecordOutcomesResponse(
             matched=matched, unmatched=unmatched, changed=[alert_to_proto(a) for a in changed]
@@ -250,16 +290,21 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
     async def GetDriftReport(  # noqa: N802 (gRPC method name)
         self, request: pb.GetDriftReportRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.GetDriftReportResponse:
-        if not request.model.name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model.name: required")
+        problem = model_name_problem("model.name", request.model.name)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         if request.model.version < 1:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model.version: must be >= 1")
         size = _SIZES.get(request.window)
         if size is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "window: HOURLY or DAILY is required")
             raise AssertionError  # unreachable; abort raises
-        start = ts_to_dt(request.start) if request.HasField("start") else None
-        end = ts_to_dt(request.end) if request.HasField("end") else None
+        try:
+            start = checked_dt("start", request.start) if request.HasField("start") else None
+            end = checked_dt("end", request.end) if request.HasField("end") else None
+        except InvalidInputError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError from None  # unreachable; abort raises
         async with self.lock:
             windows = await asyncio.to_thread(
                 self.engine.report, request.model.name, request.model.version, size, start, end
@@ -295,8 +340,14 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
     async def TriggerRetraining(  # noqa: N802 (gRPC method name)
         self, request: pb.TriggerRetrainingRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.TriggerRetrainingResponse:
-        if not request.model:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model: required")
+        problem = model_name_problem("model", request.model)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if len(request.reason) > MAX_REASON or "\x00" in request.reason:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"reason: at most {MAX_REASON} characters, without NUL characters",
+            )
         if not self.retrainer.enabled:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -310,7 +361,12 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
     ) -> pb.EvaluateRulesResponse:
         if not request.HasField("now"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "now: required")
+        try:
+            now = checked_dt("now", request.now)
+        except InvalidInputError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError from None  # unreachable; abort raises
         async with self.lock:
-            changed = await asyncio.to_thread(self.engine.evaluate, ts_to_dt(request.now))
+            changed = await asyncio.to_thread(self.engine.evaluate, now)
             self._deliver(changed)
         return pb.EvaluateRulesResponse(changed=[alert_to_proto(a) for a in changed])

@@ -12,6 +12,7 @@ and a reader never sees a half-written file. Feature columns are prefixed with `
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import threading
@@ -43,6 +44,18 @@ OUTCOME_COLUMNS: dict[str, pl.DataType] = {
     "observed_at": pl.Datetime("us", "UTC"),
     "prediction_time": pl.Datetime("us", "UTC"),
 }
+
+
+class StoreReadError(Exception):
+    """A stored file cannot be read back; the message names the file."""
+
+
+def read_parquet(path: Path) -> pl.DataFrame:
+    """One stored file; :class:`StoreReadError` naming it when it is not readable Parquet."""
+    try:
+        return pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise StoreReadError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -81,10 +94,18 @@ class RecordStore:
         directory.mkdir(parents=True, exist_ok=True)
         final = directory / self._name()
         tmp = final.with_name(final.name + ".tmp")
-        with tmp.open("wb") as fh:
-            frame.write_parquet(fh, compression="zstd", statistics=True)
-            fh.flush()
-            os.fsync(fh.fileno())
+        # Encode in memory, then write: an I/O failure (disk full, a file size limit) surfaces as
+        # the OSError it is, and the partial file is removed at once.
+        buf = io.BytesIO()
+        frame.write_parquet(buf, compression="zstd", statistics=True)
+        try:
+            with tmp.open("wb") as fh:
+                fh.write(buf.getbuffer())
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         tmp.replace(final)
         _fsync_dir(directory)
         if new_dir:  # the new partition directories themselves must survive too
@@ -111,13 +132,13 @@ class RecordStore:
 
     def read_predictions(self) -> pl.DataFrame:
         """Every stored prediction (feature columns as stored, missing ones null)."""
-        frames = [pl.read_parquet(p) for p in self.prediction_files()]
+        frames = [read_parquet(p) for p in self.prediction_files()]
         if not frames:
             return pl.DataFrame(schema=PREDICTION_COLUMNS)
         return pl.concat(frames, how="diagonal_relaxed")
 
     def read_outcomes(self) -> pl.DataFrame:
-        frames = [pl.read_parquet(p) for p in self.outcome_files()]
+        frames = [read_parquet(p) for p in self.outcome_files()]
         if not frames:
             return pl.DataFrame(schema=OUTCOME_COLUMNS)
         return pl.concat(frames, how="diagonal_relaxed")

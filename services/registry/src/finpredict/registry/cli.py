@@ -26,6 +26,7 @@ from finpredict.common.auth import bearer_metadata
 TARGET_ENV = "FINPREDICT_REGISTRY_TARGET"
 TOKEN_ENV = "FINPREDICT_TOKEN"
 DEFAULT_TARGET = "127.0.0.1:50052"
+MAX_VERSION = 2**63 - 1  # versions are int64 on the wire
 
 app = typer.Typer(
     help="Model registry: list, show, lineage, promote, rollback, history.", no_args_is_help=True
@@ -139,7 +140,9 @@ def list_(
 def show(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[int, typer.Argument(help="Version number (or use --alias).")] = 0,
+    version: Annotated[
+        int, typer.Argument(help="Version number (or use --alias).", min=0, max=MAX_VERSION)
+    ] = 0,
     alias: Annotated[str, typer.Option(help="Show the version this alias points at.")] = "",
 ) -> None:
     """Show one version: artifact, metrics, gates, aliases."""
@@ -190,7 +193,7 @@ def show(
 def lineage(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[int, typer.Argument(help="Version number.")],
+    version: Annotated[int, typer.Argument(help="Version number.", min=1, max=MAX_VERSION)],
 ) -> None:
     """Where a version came from: code, data, params, W&B run, trigger, parents."""
     with _stub(ctx) as (stub, md):
@@ -230,10 +233,13 @@ def _print_event(e: pb.AliasEvent) -> None:
 def promote(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[int, typer.Argument(help="Version to point the alias at.")],
+    version: Annotated[int, typer.Argument(help="Version to point the alias at.", min=1, max=MAX_VERSION)],
     alias: Annotated[str, typer.Option(help="Alias to move.")] = "production",
     expect: Annotated[
-        int | None, typer.Option(help="Only move if the alias currently points here (0: not set).")
+        int | None,
+        typer.Option(
+            help="Only move if the alias currently points here (0: not set).", min=0, max=MAX_VERSION
+        ),
     ] = None,
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
 ) -> None:

@@ -16,7 +16,7 @@ from finpredict.common.server import ServiceBinding
 from finpredict.registry.config import RegistrySettings
 from finpredict.registry.db import create_db_engine, migrate
 from finpredict.registry.repo import Repository
-from finpredict.registry.service import METHOD_ROLES, SERVICE, RegistryServicer, WandbLinker
+from finpredict.registry.service import METHOD_ROLES, SERVICE, SWEPT_UPLOADS, RegistryServicer, WandbLinker
 from finpredict.registry.store import LocalArtifactStore
 
 log = logging.getLogger("finpredict.registry")
@@ -49,6 +49,7 @@ def build(settings: RegistrySettings) -> Registry:
         migrate(engine)
     store = LocalArtifactStore(settings.resolved_artifact_root())
     swept = store.sweep()
+    SWEPT_UPLOADS.inc(swept)
     if swept:
         log.info("removed unfinished uploads", extra={"count": swept})
     servicer = RegistryServicer(

@@ -76,6 +76,10 @@ REGISTRATIONS = Counter(
 ALIAS_MOVES = Counter(
     "finpredict_registry_alias_moves", "Alias moves, by kind (set, rollback, delete).", ["kind"]
 )
+SWEPT_UPLOADS = Counter(
+    "finpredict_registry_swept_uploads",
+    "Unfinished uploads (left by a crash) removed from the artifact store at start-up.",
+)
 REFUSALS = Counter(
     "finpredict_registry_refusals",
     "Refused registry operations, by reason (gates_failed, cas_conflict, checksum, invalid_argument).",
@@ -109,7 +113,10 @@ def decode_token(field: str, token: str, kind: type[T]) -> T | None:
         prefix, _, value = raw.partition(":")
         if prefix != "v1":
             raise ValueError
-        return kind(value)  # type: ignore[call-arg]
+        decoded = kind(value)  # type: ignore[call-arg]
+        if isinstance(decoded, int) and not 0 <= decoded < 2**63:  # ids are int64 in the database
+            raise ValueError
+        return decoded
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise v.InvalidArgumentError(field, "not a page token from a previous response") from None
 
@@ -444,8 +451,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     f"metrics[{i}].comparator", "must be GREATER_OR_EQUAL or LESS_OR_EQUAL"
                 )
             filters.append((mf.name, int(mf.comparator), v.finite(f"metrics[{i}].value", mf.value)))
-        after = _us(request.created_after) if request.HasField("created_after") else None
-        before = _us(request.created_before) if request.HasField("created_before") else None
+        after = before = None
+        if request.HasField("created_after"):
+            after = _us(v.timestamp("created_after", request.created_after))
+        if request.HasField("created_before"):
+            before = _us(v.timestamp("created_before", request.created_before))
         if after is not None and before is not None and after >= before:
             raise v.InvalidArgumentError("created_before", "must be later than created_after")
         if request.alias:

@@ -7,6 +7,9 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
+from google.protobuf.struct_pb2 import Struct, Value
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.registry.v1 import registry_pb2
 from finpredict.registry.repo import COMPARATOR_GE, COMPARATOR_LE, GateRow
@@ -58,6 +61,34 @@ def finite(field: str, value: float) -> float:
     if not math.isfinite(value):
         raise InvalidArgumentError(field, f"must be a finite number, got {value}")
     return value
+
+
+# The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+MIN_TIMESTAMP_S, MAX_TIMESTAMP_S = -62_135_596_800, 253_402_300_799
+
+
+def timestamp(field: str, value: Timestamp) -> Timestamp:
+    if not MIN_TIMESTAMP_S <= value.seconds <= MAX_TIMESTAMP_S or not 0 <= value.nanos < 1_000_000_000:
+        raise InvalidArgumentError(field, "must be a time between years 1 and 9999")
+    return value
+
+
+def struct(field: str, value: Struct) -> Struct:
+    """A Struct that converts to JSON: numbers must be finite (JSON has no NaN or infinity)."""
+    for key, item in value.fields.items():
+        _json_value(f"{field}[{key!r}]", item)
+    return value
+
+
+def _json_value(field: str, value: Value) -> None:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        finite(field, value.number_value)
+    elif kind == "struct_value":
+        struct(field, value.struct_value)
+    elif kind == "list_value":
+        for i, item in enumerate(value.list_value.values):
+            _json_value(f"{field}[{i}]", item)
 
 
 def tags(field: str, value: Mapping[str, str]) -> dict[str, str]:
@@ -161,6 +192,7 @@ def header(h: registry_pb2.VersionHeader) -> list[GateRow]:
         )
     if lin.trigger and lin.trigger not in ("manual", "schedule") and not lin.trigger.startswith("alert:"):
         raise InvalidArgumentError("header.lineage.trigger", "must be 'manual', 'schedule' or 'alert:<id>'")
+    struct("header.lineage.params", lin.params)
     if lin.dvc_lock_sha256 and not SHA_RE.match(lin.dvc_lock_sha256):
         raise InvalidArgumentError("header.lineage.dvc_lock_sha256", "must be 64 lower-case hex digits")
     for i, ref in enumerate(lin.parents):

@@ -1,0 +1,45 @@
+"""finpredict client SDK: typed scoring calls to the gateway.
+
+>>> from finpredict.client import ScoringClient
+>>> with ScoringClient("127.0.0.1:50051", token="...") as client:  # doctest: +SKIP
+...     result = client.score("credit-default", "biz-42", {"utilisation": 0.4, "industry": "retail"})
+
+:class:`ScoringClient` blocks, :class:`AsyncScoringClient` is its asyncio twin. Both retry
+``UNAVAILABLE`` / ``RESOURCE_EXHAUSTED`` with capped exponential back-off and jitter inside one
+overall deadline, re-using the request id, and raise typed :class:`ScoringError` subclasses.
+"""
+
+from finpredict.client.aio import AsyncScoringClient
+from finpredict.client.errors import (
+    AuthenticationError,
+    DeadlineExceededError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    ScoringError,
+    UnavailableError,
+)
+from finpredict.client.retry import NO_RETRY, RETRYABLE_CODES, RetryPolicy
+from finpredict.client.sync import ScoringClient
+from finpredict.client.types import Application, Decision, FeatureInput, ReasonCode, ScoreResult, Variant
+
+__all__ = [
+    "NO_RETRY",
+    "RETRYABLE_CODES",
+    "Application",
+    "AsyncScoringClient",
+    "AuthenticationError",
+    "DeadlineExceededError",
+    "Decision",
+    "FeatureInput",
+    "InvalidRequestError",
+    "ModelNotFoundError",
+    "PermissionDeniedError",
+    "ReasonCode",
+    "RetryPolicy",
+    "ScoreResult",
+    "ScoringClient",
+    "ScoringError",
+    "UnavailableError",
+    "Variant",
+]

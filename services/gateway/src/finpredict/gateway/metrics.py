@@ -1,0 +1,73 @@
+"""Prometheus metrics of the gateway (names are referenced by infra/prometheus rules and dashboards).
+
+Labels are bounded: model, version, variant, outcome, reason, verdict. Never entity or request ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from finpredict.common.metrics import LATENCY_BUCKETS
+
+SCORE_SECONDS = Histogram(
+    "finpredict_gateway_score_seconds",
+    "End-to-end scoring latency of a routed request (gateway in to response out), by variant.",
+    ["model", "version", "variant"],
+    buckets=LATENCY_BUCKETS,
+)
+SCORED_TOTAL = Counter(
+    "finpredict_gateway_scored_total",
+    "Applications scored, by model version, variant and outcome (ok or error).",
+    ["model", "version", "variant", "outcome"],
+)
+CANARY_FALLBACKS_TOTAL = Counter(
+    "finpredict_gateway_canary_fallbacks_total",
+    "Applications routed to the canary that were answered by stable because the canary failed.",
+    ["model"],
+)
+LOG_DROPPED_TOTAL = Counter(
+    "finpredict_gateway_prediction_log_dropped_total",
+    "Prediction records not delivered to the monitor, by reason (buffer_full, send_failed).",
+    ["reason"],
+)
+for _reason in ("buffer_full", "send_failed", "rejected"):
+    LOG_DROPPED_TOTAL.labels(_reason)  # exported at 0, so the first drop shows in rate()
+LOG_SENT_TOTAL = Counter(
+    "finpredict_gateway_prediction_log_sent_total", "Prediction records delivered to the monitor."
+)
+LOG_BUFFER_RECORDS = Gauge(
+    "finpredict_gateway_prediction_log_buffer_records", "Prediction records waiting to be sent."
+)
+ROLLOUT_WEIGHT_PERCENT = Gauge(
+    "finpredict_gateway_rollout_weight_percent", "Current canary weight of the model's rollout.", ["model"]
+)
+ROLLOUT_STEP = Gauge(
+    "finpredict_gateway_rollout_step", "Current step index of the model's rollout.", ["model"]
+)
+ROLLOUT_DECISIONS_TOTAL = Counter(
+    "finpredict_gateway_rollout_decisions_total",
+    "Rollout decisions, by verdict (wait, advance, rollback, promote, promoted, pause, resume, abort).",
+    ["model", "verdict"],
+)
+CIRCUIT_OPEN = Gauge(
+    "finpredict_gateway_circuit_open", "1 while the circuit to a model version is open.", ["model", "version"]
+)
+SHADOW_TOTAL = Counter(
+    "finpredict_gateway_shadow_total",
+    "Mirrored (shadow) calls, by outcome (ok, error, skipped when too many are in flight).",
+    ["model", "outcome"],
+)
+SHADOW_SCORE_DIFF = Histogram(
+    "finpredict_gateway_shadow_score_abs_diff",
+    "Absolute difference between the shadow version's score and the served score.",
+    ["model"],
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+BACKEND_BATCH_ROWS = Histogram(
+    "finpredict_gateway_backend_batch_rows",
+    "Rows per coalesced model-server call.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+BACKEND_RETRIES_TOTAL = Counter(
+    "finpredict_gateway_backend_retries_total", "Model-server calls retried after UNAVAILABLE.", ["model"]
+)

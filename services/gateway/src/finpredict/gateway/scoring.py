@@ -1,0 +1,293 @@
+"""The request path: route, validate, score, measure, mirror, log.
+
+One :class:`ScoringCore` serves the scoring API, the Open Inference Protocol and the benchmark:
+
+1. resolve `production` (cached) and route every application by its entity id: the running
+   rollout's split (stable/canary), else the running experiment's arms, else stable;
+2. validate each application against the schema of the version it was routed to;
+3. score each version's group with one (coalesced) model-server call, concurrently; a failed
+   canary group is answered by stable (counted) and recorded as canary errors;
+4. record latency, outcome and score in the rollout window and Prometheus; offer a record per
+   application to the prediction log; mirror to the shadow version after responding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from google.protobuf import timestamp_pb2
+from opentelemetry import trace
+
+from finpredict.api.common.v1 import types_pb2
+from finpredict.api.monitor.v1 import monitor_pb2
+from finpredict.api.serving.v1 import model_server_pb2 as ms_pb
+from finpredict.gateway import metrics
+from finpredict.gateway.backend import BackendError, ModelServerBackend, Scored
+from finpredict.gateway.catalog import Catalog
+from finpredict.gateway.controller import RolloutController
+from finpredict.gateway.policies import PolicyStore
+from finpredict.gateway.prediction_log import PredictionLog
+from finpredict.gateway.validation import validate_application, validate_model_name
+
+log = logging.getLogger("finpredict.gateway.scoring")
+# Shadow requests are batched over this window: nobody waits for them, and fewer model-server
+# calls keep the mirror from slowing the served traffic down.
+SHADOW_WINDOW_S = 0.025
+
+
+@dataclass(frozen=True)
+class Application:
+    """One application as the request path sees it."""
+
+    entity_id: str
+    features: Mapping[str, types_pb2.FeatureValue]
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one application goes."""
+
+    version: int
+    variant: str  # stable | canary | experiment
+    arm: str = ""
+    rollout_id: str = ""
+    step: int = -1
+
+
+@dataclass(frozen=True)
+class Result:
+    """The answer for one application."""
+
+    request_id: str
+    entity_id: str
+    prediction: ms_pb.Prediction
+    threshold: float
+    version: int
+    route: Route
+
+
+class ScoringCore:
+    def __init__(
+        self,
+        catalog: Catalog,
+        backend: ModelServerBackend,
+        controller: RolloutController,
+        policies: PolicyStore,
+        prediction_log: PredictionLog | None,
+        *,
+        shadow_concurrency: int = 64,
+    ) -> None:
+        self.catalog = catalog
+        self.backend = backend
+        self.controller = controller
+        self.policies = policies
+        self.prediction_log = prediction_log
+        self._shadow_slots = asyncio.Semaphore(shadow_concurrency)
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+
+    def route(self, model: str, entity_id: str, stable_version: int) -> Route:
+        rollout = self.controller.active(model)
+        if rollout is not None:
+            arm = self.controller.split(rollout).assign(entity_id)
+            return Route(arm.version, arm.name, rollout_id=rollout.id, step=rollout.step_index)
+        experiment = self.policies.experiments.get(model)
+        if experiment is not None:
+            arm = experiment.split().assign(entity_id)
+            return Route(arm.version, "experiment", arm=arm.name)
+        return Route(stable_version, "stable")
+
+    async def score(
+        self,
+        model: str,
+        applications: Sequence[Application],
+        *,
+        explain: bool = False,
+        top_k: int = 0,
+        paths: Sequence[str] | None = None,
+    ) -> list[Result]:
+        """Scores ``applications`` in order; raises RequestError, CatalogError or BackendError."""
+        started = time.perf_counter()
+        validate_model_name(model)
+        stable = await self.catalog.production(model)
+        routes = [self.route(model, a.entity_id, stable) for a in applications]
+        infos = {v: await self.catalog.version(model, v) for v in sorted({r.version for r in routes})}
+        for i, (app, route) in enumerate(zip(applications, routes, strict=True)):
+            path = paths[i] if paths is not None else f"applications[{i}]"
+            info = infos[route.version]
+            validate_application(info.schema, app.features, path, app.entity_id, app.request_id, info.specs)
+        groups: dict[Route, list[int]] = {}
+        for i, route in enumerate(routes):
+            groups.setdefault(route, []).append(i)
+        span = trace.get_current_span()
+        span.set_attribute("finpredict.model", model)
+        if len(groups) == 1:
+            only = next(iter(groups))
+            span.set_attribute("finpredict.model_version", only.version)
+            span.set_attribute("finpredict.variant", only.variant)
+            if only.step >= 0:
+                span.set_attribute("finpredict.rollout_step", only.step)
+        outcomes = await asyncio.gather(
+            *(
+                self._score_group(model, route, [applications[i] for i in idx], explain, top_k, started)
+                for route, idx in groups.items()
+            )
+        )
+        results: list[Result | None] = [None] * len(applications)
+        for idx, group_results in zip(groups.values(), outcomes, strict=True):
+            for i, result in zip(idx, group_results, strict=True):
+                results[i] = result
+        done = [r for r in results if r is not None]
+        self._log(model, applications, done, (time.perf_counter() - started) * 1000)
+        self._mirror(model, applications, done)
+        return done
+
+    async def _score_group(
+        self,
+        model: str,
+        route: Route,
+        apps: list[Application],
+        explain: bool,
+        top_k: int,
+        started: float,
+    ) -> list[Result]:
+        rows = [ms_pb.FeatureRow(features=a.features) for a in apps]
+        served_route = route
+        try:
+            scored = await self.backend.predict(model, route.version, rows, explain=explain, top_k=top_k)
+        except BackendError as exc:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            self._measure(model, route, len(apps), ok=False, elapsed_ms=elapsed_ms)
+            rollout = self.controller.active(model) if route.variant == "canary" else None
+            if rollout is None:
+                raise
+            # The canary failed: answer from stable, count it, and let the analysis see the errors.
+            metrics.CANARY_FALLBACKS_TOTAL.labels(model).inc(len(apps))
+            log.warning(
+                "canary failed, answered by stable", extra={"model": model, "grpc_code": exc.code.name}
+            )
+            served_route = Route(
+                rollout.stable_version, "stable", rollout_id=route.rollout_id, step=route.step
+            )
+            scored = await self.backend.predict(
+                model, served_route.version, rows, explain=explain, top_k=top_k
+            )
+            return self._results(apps, scored, served_route)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self._measure(model, route, len(apps), ok=True, elapsed_ms=elapsed_ms, scored=scored)
+        return self._results(apps, scored, served_route)
+
+    def _measure(
+        self, model: str, route: Route, n: int, *, ok: bool, elapsed_ms: float, scored: Scored | None = None
+    ) -> None:
+        version = str(route.version)
+        trace_id = _trace_id()
+        metrics.SCORE_SECONDS.labels(model, version, route.variant).observe(
+            elapsed_ms / 1000, exemplar={"trace_id": trace_id} if trace_id else None
+        )
+        for outcome in (
+            "ok",
+            "error",
+        ):  # both series exist from the first request (rate() sees the first error)
+            counter = metrics.SCORED_TOTAL.labels(model, version, route.variant, outcome)
+            if outcome == ("ok" if ok else "error"):
+                counter.inc(n)
+        if route.rollout_id:
+            if scored is None:
+                for _ in range(n):
+                    self.controller.record(route.rollout_id, route.variant, ok=False, latency_ms=elapsed_ms)
+            else:
+                for p in scored.predictions:
+                    self.controller.record(
+                        route.rollout_id, route.variant, ok=True, latency_ms=elapsed_ms, score=p.score
+                    )
+
+    @staticmethod
+    def _results(apps: list[Application], scored: Scored, route: Route) -> list[Result]:
+        return [
+            Result(a.request_id or uuid.uuid4().hex, a.entity_id, p, scored.threshold, route.version, route)
+            for a, p in zip(apps, scored.predictions, strict=True)
+        ]
+
+    def _log(self, model: str, apps: Sequence[Application], results: list[Result], latency_ms: float) -> None:
+        if self.prediction_log is None:
+            return
+        now = timestamp_pb2.Timestamp()
+        now.FromNanoseconds(time.time_ns())
+        trace_id = _trace_id()
+        for app, res in zip(apps, results, strict=True):
+            self.prediction_log.offer(
+                monitor_pb2.PredictionRecord(
+                    request_id=res.request_id,
+                    entity_id=res.entity_id,
+                    model=types_pb2.ModelRef(name=model, version=res.version),
+                    variant=res.route.arm or res.route.variant,
+                    features=app.features,
+                    score=res.prediction.score,
+                    threshold=res.threshold,
+                    latency_ms=latency_ms,
+                    trace_id=trace_id,
+                    time=now,
+                )
+            )
+
+    # ----- shadow ------------------------------------------------------------------------------
+
+    def _mirror(self, model: str, apps: Sequence[Application], results: list[Result]) -> None:
+        shadow = self.policies.shadows.get(model)
+        if shadow is None:
+            return
+        picked = [
+            (a, r)
+            for a, r in zip(apps, results, strict=True)
+            if r.version != shadow.version and shadow.mirrors(a.entity_id, r.request_id)
+        ]
+        if not picked:
+            return
+        if self._shadow_slots.locked():
+            metrics.SHADOW_TOTAL.labels(model, "skipped").inc(len(picked))
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow_call(model, shadow.version, picked))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow_call(self, model: str, version: int, picked: list[tuple[Application, Result]]) -> None:
+        async with self._shadow_slots:
+            rows = [ms_pb.FeatureRow(features=a.features) for a, _ in picked]
+            started = time.perf_counter()
+            try:
+                scored = await self.backend.predict(model, version, rows, defer_s=SHADOW_WINDOW_S)
+            except BackendError:
+                metrics.SHADOW_TOTAL.labels(model, "error").inc(len(picked))
+                return
+            latency_ms = (time.perf_counter() - started) * 1000
+            metrics.SHADOW_TOTAL.labels(model, "ok").inc(len(picked))
+            shadow_results = []
+            for (app, served), p in zip(picked, scored.predictions, strict=True):
+                metrics.SHADOW_SCORE_DIFF.labels(model).observe(abs(p.score - served.prediction.score))
+                shadow_results.append(
+                    Result(
+                        f"{served.request_id}:shadow",
+                        app.entity_id,
+                        p,
+                        scored.threshold,
+                        version,
+                        Route(version, "shadow"),
+                    )
+                )
+            self._log(model, [a for a, _ in picked], shadow_results, latency_ms)
+
+    async def close(self) -> None:
+        for task in list(self._shadow_tasks):
+            task.cancel()
+        await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
+
+
+def _trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""

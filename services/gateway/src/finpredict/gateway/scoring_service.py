@@ -1,0 +1,98 @@
+# ruff: noqa: N802  (gRPC method names are CamelCase)
+"""``finpredict.scoring.v1.ScoringService``: Score and ScoreBatch on the shared request path."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from finpredict.api.common.v1 import types_pb2
+from finpredict.api.scoring.v1 import scoring_pb2 as pb
+from finpredict.api.scoring.v1 import scoring_pb2_grpc as pb_grpc
+from finpredict.gateway.backend import BackendError
+from finpredict.gateway.catalog import CatalogError
+from finpredict.gateway.scoring import Application, Result, ScoringCore, _trace_id
+from finpredict.gateway.validation import RequestError, validate_batch_size
+
+T = TypeVar("T")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_VARIANTS = {
+    "stable": pb.VARIANT_STABLE,
+    "canary": pb.VARIANT_CANARY,
+    "experiment": pb.VARIANT_EXPERIMENT,
+}
+MAX_TOP_K = 45
+
+
+async def guarded(context: Context, call: Callable[[], Awaitable[T]]) -> T:
+    """Runs ``call``, turning the request path's errors into gRPC statuses with their messages."""
+    try:
+        return await call()
+    except RequestError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except (CatalogError, BackendError) as exc:
+        await context.abort(exc.code, str(exc))
+    raise AssertionError("unreachable")
+
+
+def check_top_k(explain: bool, top_k: int) -> int:
+    if top_k < 0 or top_k > MAX_TOP_K:
+        raise RequestError(f"top_k: {top_k} is outside [0, {MAX_TOP_K}]")
+    return (top_k or 4) if explain else 0
+
+
+def to_score(model: str, result: Result, explain: bool) -> pb.Score:
+    p = result.prediction
+    return pb.Score(
+        request_id=result.request_id,
+        entity_id=result.entity_id,
+        score=p.score,
+        decision=pb.DECISION_DECLINE if p.score >= result.threshold else pb.DECISION_APPROVE,
+        threshold=result.threshold,
+        model=types_pb2.ModelRef(name=model, version=result.version),
+        variant=_VARIANTS.get(result.route.variant, pb.VARIANT_UNSPECIFIED),
+        arm=result.route.arm,
+        reason_codes=p.reason_codes if explain else (),
+    )
+
+
+class ScoringServicer(pb_grpc.ScoringServiceServicer):
+    def __init__(self, core: ScoringCore, max_request_rows: int = 1000) -> None:
+        self._core = core
+        self._max_rows = max_request_rows
+
+    async def Score(self, request: pb.ScoreRequest, context: Context) -> pb.ScoreResponse:
+        async def call() -> pb.ScoreResponse:
+            if not request.HasField("application"):
+                raise RequestError("application: required")
+            top_k = check_top_k(request.explain, request.top_k)
+            a = request.application
+            results = await self._core.score(
+                request.model,
+                [Application(a.entity_id, a.features, a.request_id)],
+                explain=request.explain,
+                top_k=top_k,
+                paths=["application"],
+            )
+            score = to_score(request.model, results[0], request.explain)
+            return pb.ScoreResponse(result=score, trace_id=_trace_id())
+
+        return await guarded(context, call)
+
+    async def ScoreBatch(self, request: pb.ScoreBatchRequest, context: Context) -> pb.ScoreBatchResponse:
+        async def call() -> pb.ScoreBatchResponse:
+            validate_batch_size(len(request.applications), limit=self._max_rows)
+            top_k = check_top_k(request.explain, request.top_k)
+            results = await self._core.score(
+                request.model,
+                [Application(a.entity_id, a.features, a.request_id) for a in request.applications],
+                explain=request.explain,
+                top_k=top_k,
+            )
+            scores = [to_score(request.model, r, request.explain) for r in results]
+            return pb.ScoreBatchResponse(results=scores, trace_id=_trace_id())
+
+        return await guarded(context, call)

@@ -1,0 +1,952 @@
+"""The gateway end to end on real parts: registry, Ray Serve model server, monitor, gateway.
+
+The tests share one stack (module fixture) and run in file order: the rollouts change which
+version is `production`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import statistics
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from gateway_testkit import (
+    CLIENT,
+    CLIENT_TOKEN,
+    OPERATOR,
+    RECORDS,
+    DelayProxy,
+    GatewayCounts,
+    LogCounts,
+    Stack,
+    TimedTraffic,
+    Traffic,
+    applications,
+    cluster_pids,
+    features_of,
+    gateway_counts,
+    log_counts,
+    metric_value,
+    reconcile_log,
+    restart_registry,
+    start_gateway,
+    train,
+)
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from finpredict.api.inference import grpc_predict_v2_pb2 as oip
+from finpredict.api.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from finpredict.api.registry.v1 import registry_pb2
+from finpredict.api.rollout.v1 import rollout_pb2 as rpb
+from finpredict.api.scoring.v1 import scoring_pb2 as spb
+from finpredict.common.testing import ServiceProcess, wait_for
+from finpredict.common.testing_monitoring import OtlpTraceReceiver
+from finpredict.modelio.testing import SMALL_SCHEMA
+
+# The first test also pays for starting Ray and deploying the Serve app.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+LOOSE_LATENCY = {"max_p99_latency_ms": 5000.0, "max_p99_latency_ratio": 10.0}
+
+
+def _binomial_99(p: float, n: int) -> tuple[float, float]:
+    half = 2.576 * math.sqrt(p * (1 - p) / n)
+    return p - half, p + half
+
+
+def test_scores_one_application_with_version_variant_and_trace(stack: Stack) -> None:
+    app = spb.Application(entity_id="cust-1", features=features_of(RECORDS[0]), request_id="req-1")
+    resp = stack.client.scoring.Score(
+        spb.ScoreRequest(model=stack.model, application=app, explain=True, top_k=3),
+        metadata=CLIENT,
+        timeout=30,
+    )
+    r = resp.result
+    assert (r.model.name, r.model.version) == (stack.model, stack.versions["v1"])
+    assert r.variant == spb.VARIANT_STABLE
+    assert 0.0 <= r.score <= 1.0
+    assert r.decision == (spb.DECISION_DECLINE if r.score >= r.threshold else spb.DECISION_APPROVE)
+    assert r.request_id == "req-1"
+    assert r.entity_id == "cust-1"
+    assert len(r.reason_codes) == 3
+    assert all(rc.feature for rc in r.reason_codes)
+    assert len(resp.trace_id) == 32
+    assert int(resp.trace_id, 16) != 0
+
+
+def test_python_client_scores_through_the_gateway(stack: Stack) -> None:
+    from finpredict.client import Application, InvalidRequestError, ScoringClient, Variant
+
+    with ScoringClient(stack.gateway.target, token=CLIENT_TOKEN) as client:
+        one = client.score(stack.model, "sdk-1", RECORDS[3], explain=True, top_k=2)
+        assert one.version == stack.versions["v1"]
+        assert one.variant is Variant.STABLE
+        assert len(one.reason_codes) == 2
+        assert len(one.trace_id) == 32
+        apps = [Application(f"sdk-{i}", RECORDS[i]) for i in range(1200)]
+        many = client.score_batch(stack.model, apps, chunk_size=500)
+        assert [r.entity_id for r in many] == [a.entity_id for a in apps]
+        assert len({r.request_id for r in many}) == len(apps)
+        broken = [Application("ok", RECORDS[0]), Application("bad", {**RECORDS[1], "debt": -5.0})]
+        with pytest.raises(InvalidRequestError) as err:
+            client.score_batch(stack.model, broken)
+    assert err.value.index == 1
+    assert err.value.feature == "debt"
+
+
+def _bad(**override: object) -> spb.ScoreBatchRequest:
+    good = dict(RECORDS[1])
+    good["owner_income"] = 1000.0
+    rec = {**good, **{k: v for k, v in override.items() if not k.startswith("_")}}
+    feats = features_of({k: v for k, v in rec.items() if v != "_drop"})
+    return spb.ScoreBatchRequest(
+        model="",  # replaced below
+        applications=[
+            spb.Application(entity_id="e1", features=features_of(RECORDS[0])),
+            spb.Application(entity_id="e2", features=feats),
+        ],
+    )
+
+
+BAD_REQUESTS = [
+    ("unknown feature", _bad(shoe_size=42.0), 'applications[1].features["shoe_size"]'),
+    ("missing feature", _bad(debt="_drop"), 'applications[1].features["debt"]'),
+    ("wrong type", _bad(sector=3.0), 'applications[1].features["sector"]'),
+    ("string for a number", _bad(debt="lots"), 'applications[1].features["debt"]'),
+    (
+        "NaN where not allowed",
+        _bad(annual_revenue=float("nan")),
+        'applications[1].features["annual_revenue"]',
+    ),
+    ("infinite", _bad(debt=float("inf")), 'applications[1].features["debt"]'),
+    ("out of range", _bad(years_in_business=1000.0), 'applications[1].features["years_in_business"]'),
+    ("not an integer", _bad(late_payments_12m=1.5), 'applications[1].features["late_payments_12m"]'),
+    ("unknown category", _bad(sector="mining"), 'applications[1].features["sector"]'),
+]
+
+
+@pytest.mark.parametrize(("case", "request_message", "field"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_refuses_bad_requests_naming_the_field(
+    stack: Stack, case: str, request_message: spb.ScoreBatchRequest, field: str
+) -> None:
+    request_message.model = stack.model
+    with pytest.raises(grpc.RpcError) as err:
+        stack.client.scoring.ScoreBatch(request_message, metadata=CLIENT, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
+    assert field in err.value.details(), err.value.details()
+
+
+@pytest.mark.parametrize(
+    ("request_message", "field"),
+    [
+        (lambda m: spb.ScoreBatchRequest(model=m), "applications: empty batch"),
+        (
+            lambda m: spb.ScoreBatchRequest(
+                model=m, applications=applications([f"e{i}" for i in range(1001)])
+            ),
+            "applications: 1001 items exceed the batch limit",
+        ),
+        (lambda m: spb.ScoreBatchRequest(model="", applications=applications(["e"])), "model: required"),
+        (
+            lambda m: spb.ScoreBatchRequest(model=m, applications=applications([""])),
+            "applications[0].entity_id",
+        ),
+        (
+            lambda m: spb.ScoreBatchRequest(
+                model=m, applications=applications(["e"]), explain=True, top_k=-1
+            ),
+            "top_k",
+        ),
+        (lambda m: spb.ScoreRequest(model=m), "application: required"),
+    ],
+    ids=["empty batch", "oversized batch", "no model", "no entity id", "negative top_k", "no application"],
+)
+def test_refuses_bad_envelopes_naming_the_field(stack: Stack, request_message: object, field: str) -> None:
+    message = request_message(stack.model)  # type: ignore[operator]
+    call = (
+        stack.client.scoring.Score
+        if isinstance(message, spb.ScoreRequest)
+        else stack.client.scoring.ScoreBatch
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        call(message, metadata=CLIENT, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in err.value.details(), err.value.details()
+
+
+def test_unknown_model_is_not_invented(stack: Stack) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stack.client.score_batch("no-such-model", ["e1"])
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no-such-model" in err.value.details()
+
+
+def test_open_inference_protocol_routes_like_the_scoring_api(stack: Stack) -> None:
+    stub = oip_grpc.GRPCInferenceServiceStub(stack.client.channel)
+    assert stub.ServerLive(oip.ServerLiveRequest(), timeout=10).live  # open, like health
+    meta = stub.ModelMetadata(oip.ModelMetadataRequest(name=stack.model), metadata=CLIENT, timeout=10)
+    names = [t.name for t in meta.inputs]
+    assert names == [*(f.name for f in SMALL_SCHEMA.features), "entity_id"]
+    kinds = {t.name: t.datatype for t in meta.inputs}
+    assert kinds["sector"] == "BYTES"
+    assert kinds["debt"] == "FP64"
+    assert stub.ModelReady(oip.ModelReadyRequest(name=stack.model), metadata=CLIENT, timeout=10).ready
+
+    rows, ids = RECORDS[10:13], ["oip-a", "oip-b", "oip-c"]
+    inputs = []
+    for spec in SMALL_SCHEMA.features:
+        values = [r[spec.name] for r in rows]
+        if spec.kind == "categorical":
+            contents = oip.InferTensorContents(bytes_contents=[v.encode() for v in values])
+            inputs.append(
+                oip.ModelInferRequest.InferInputTensor(
+                    name=spec.name, datatype="BYTES", shape=[3], contents=contents
+                )
+            )
+        else:
+            contents = oip.InferTensorContents(fp64_contents=[math.nan if v is None else v for v in values])
+            inputs.append(
+                oip.ModelInferRequest.InferInputTensor(
+                    name=spec.name, datatype="FP64", shape=[3, 1], contents=contents
+                )
+            )
+    inputs.append(
+        oip.ModelInferRequest.InferInputTensor(
+            name="entity_id",
+            datatype="BYTES",
+            shape=[3],
+            contents=oip.InferTensorContents(bytes_contents=[i.encode() for i in ids]),
+        )
+    )
+    resp = stub.ModelInfer(
+        oip.ModelInferRequest(model_name=stack.model, id="r1", inputs=inputs), metadata=CLIENT, timeout=30
+    )
+    outputs = {o.name: o for o in resp.outputs}
+    assert resp.model_version == str(stack.versions["v1"])
+    expected = stack.client.scoring.ScoreBatch(
+        spb.ScoreBatchRequest(
+            model=stack.model,
+            applications=[
+                spb.Application(entity_id=i, features=features_of(r)) for i, r in zip(ids, rows, strict=True)
+            ],
+        ),
+        metadata=CLIENT,
+        timeout=30,
+    )
+    assert list(outputs["score"].contents.fp64_contents) == pytest.approx([r.score for r in expected.results])
+    assert list(outputs["variant"].contents.bytes_contents) == [b"stable"] * 3
+
+    bad = oip.ModelInferRequest(
+        model_name=stack.model,
+        inputs=[oip.ModelInferRequest.InferInputTensor(name="debt", datatype="INT8", shape=[1])],
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(bad, metadata=CLIENT, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert 'inputs[0] ("debt").datatype' in err.value.details()
+
+
+def test_rollout_changes_need_the_admin_role(stack: Stack) -> None:
+    req = rpb.StartRolloutRequest(model=stack.model, candidate_version=stack.versions["v2"])
+    with pytest.raises(grpc.RpcError) as err:
+        stack.client.rollouts.StartRollout(req, metadata=CLIENT, timeout=10)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as err:
+        stack.client.rollouts.StartRollout(req, timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as err:
+        stack.client.scoring.Score(spb.ScoreRequest(model=stack.model), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("weight", [1.0, 5.0, 25.0])
+def test_traffic_shares_follow_the_weights_and_customers_stay_put(stack: Stack, weight: float) -> None:
+    candidate = stack.versions["v2"]
+    rollout = stack.client.start_rollout(
+        stack.model, candidate, [weight, 100.0], interval_s=3600, min_requests=10
+    )
+    try:
+        ids = [uuid.uuid4().hex for _ in range(6000)]
+        first: dict[str, int] = {}
+        for start in range(0, len(ids), 500):
+            resp = stack.client.score_batch(stack.model, ids[start : start + 500])
+            for r in resp.results:
+                first[r.entity_id] = r.model.version
+                assert r.variant == (
+                    spb.VARIANT_CANARY if r.model.version == candidate else spb.VARIANT_STABLE
+                )
+        share = sum(v == candidate for v in first.values()) / len(ids)
+        lo, hi = _binomial_99(weight / 100, len(ids))
+        assert lo <= share <= hi, (weight, share)
+        again = stack.client.score_batch(stack.model, ids[:1000], offset=7)
+        assert all(first[r.entity_id] == r.model.version for r in again.results)
+        live = stack.client.rollout(rollout.id)
+        canary = next(m for m in live.metrics if m.variant == "canary")
+        assert canary.requests == sum(v == candidate for v in first.values()) + sum(
+            r.model.version == candidate for r in again.results
+        )
+    finally:
+        stack.client.abort(rollout.id)
+    assert stack.client.rollout(rollout.id).state == rpb.ROLLOUT_STATE_ABORTED
+
+
+def test_shadow_mirrors_without_changing_responses(stack: Stack) -> None:
+    shadow = stack.versions["bad"]
+    before = metric_value(stack.gateway.metrics_port, "finpredict_gateway_shadow_total", outcome="ok")
+    stack.client.rollouts.SetShadow(
+        rpb.SetShadowRequest(model=stack.model, version=shadow), metadata=OPERATOR, timeout=10
+    )
+    try:
+        resp = stack.client.score_batch(stack.model, [uuid.uuid4().hex for _ in range(300)])
+        assert {r.model.version for r in resp.results} == {stack.versions["v1"]}
+        assert {r.variant for r in resp.results} == {spb.VARIANT_STABLE}
+        wait_for(
+            lambda: (
+                metric_value(stack.gateway.metrics_port, "finpredict_gateway_shadow_total", outcome="ok")
+                >= before + 300
+            ),
+            30,
+            "shadow calls",
+        )
+    finally:
+        stack.client.rollouts.SetShadow(
+            rpb.SetShadowRequest(model=stack.model, version=0), metadata=OPERATOR, timeout=10
+        )
+
+
+def test_experiment_arms_split_traffic_with_per_arm_labels(stack: Stack) -> None:
+    arms = [
+        rpb.ExperimentArm(name="control", version=stack.versions["v1"], weight=70),
+        rpb.ExperimentArm(name="treatment", version=stack.versions["v2"], weight=30),
+    ]
+    exp = stack.client.rollouts.StartExperiment(
+        rpb.StartExperimentRequest(model=stack.model, arms=arms), metadata=OPERATOR, timeout=10
+    ).experiment
+    try:
+        ids = [uuid.uuid4().hex for _ in range(5000)]
+        seen: dict[str, int] = {}
+        for start in range(0, len(ids), 500):
+            for r in stack.client.score_batch(stack.model, ids[start : start + 500]).results:
+                assert r.variant == spb.VARIANT_EXPERIMENT
+                assert (r.arm, r.model.version) in {
+                    ("control", stack.versions["v1"]),
+                    ("treatment", stack.versions["v2"]),
+                }
+                seen[r.arm] = seen.get(r.arm, 0) + 1
+        lo, hi = _binomial_99(0.3, len(ids))
+        assert lo <= seen["treatment"] / len(ids) <= hi
+    finally:
+        stack.client.rollouts.StopExperiment(
+            rpb.StopExperimentRequest(experiment_id=exp.id), metadata=OPERATOR, timeout=10
+        )
+
+
+def test_one_request_is_traced_across_gateway_replica_and_registry(
+    stack: Stack, traces: OtlpTraceReceiver
+) -> None:
+    """The trace id returned to the client is on the gateway's span, the replica's Predict span, the
+    registry lookup made for that request, and on a latency bucket's exemplar in /metrics."""
+
+    def traced_score() -> tuple[str, set[tuple[str, str]]] | None:
+        # A `production` lookup happens once the alias cache (1 s) has expired: score until a
+        # request's trace shows it, then check every hop of that request.
+        app = spb.Application(entity_id=uuid.uuid4().hex, features=features_of(RECORDS[5]))
+        request = spb.ScoreRequest(model=stack.model, application=app)
+        resp = stack.client.scoring.Score(request, metadata=CLIENT, timeout=30)
+        trace_id = resp.trace_id
+        try:
+            hops = wait_for(
+                lambda: {(s["service"], s["name"]) for s in traces.spans_of(trace_id)} or None, 5, "spans"
+            )
+        except TimeoutError:
+            return None
+        if not any(service == "finpredict-registry" for service, _ in hops):
+            return None
+        return trace_id, hops
+
+    trace_id, hops = wait_for(traced_score, 60, "a request traced through the registry lookup")
+    names = {name for _, name in hops}
+    wait_for(
+        lambda: any(s["name"] == "ModelServer/Predict" for s in traces.spans_of(trace_id)), 30, "replica span"
+    )
+    spans = traces.spans_of(trace_id)
+    services = {s["service"] for s in spans}
+    assert {"finpredict-gateway", "finpredict-registry", "finpredict-model-server"} <= services, spans
+    assert "finpredict.registry.v1.RegistryService/GetVersion" in {s["name"] for s in spans} | names, spans
+    gateway_span = next(
+        s for s in spans if s["service"] == "finpredict-gateway" and s["name"].endswith("/Score")
+    )
+    assert gateway_span["attributes"]["finpredict.model"] == stack.model
+    assert gateway_span["attributes"]["finpredict.variant"] == "stable"
+    replica = next(s for s in spans if s["name"] == "ModelServer/Predict")
+    assert replica["parent_span_id"]  # continues the gateway's call, not a new trace
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{stack.gateway.metrics_port}/metrics",
+        headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        exposition = resp.read().decode()
+    exemplars = [
+        line for line in exposition.splitlines()
+        if line.startswith("finpredict_grpc_server_handling_seconds_bucket")
+        and 'ScoringService/Score"' in line and trace_id in line
+    ]  # fmt: skip
+    assert exemplars, "the request's trace id is not an exemplar of the gateway's Score latency"
+
+
+def test_bad_candidate_is_rolled_back_at_the_first_analysis_with_enough_traffic(stack: Stack) -> None:
+    rollout = stack.client.start_rollout(
+        stack.model,
+        stack.versions["bad"],
+        [5.0, 25.0, 100.0],
+        interval_s=1.0,
+        min_requests=300,
+        **LOOSE_LATENCY,
+    )
+    with Traffic(stack.gateway.target, stack.model) as traffic:
+        done = wait_for(
+            lambda: (r := stack.client.rollout(rollout.id)).state != rpb.ROLLOUT_STATE_PROGRESSING and r,
+            120,
+            "the bad candidate to be rolled back",
+        )
+    assert done.state == rpb.ROLLOUT_STATE_ROLLED_BACK, done
+    verdicts = [d.verdict for d in done.decisions]
+    assert verdicts[0] == "start", verdicts
+    assert verdicts[-1] == "rollback", verdicts
+    assert set(verdicts[1:-1]) <= {"wait"}  # it never passed a step
+    reason = done.decisions[-1].reason
+    assert "score distribution drifted" in reason, reason
+    assert "PSI" in reason or "KL" in reason, reason
+    assert not traffic.errors, traffic.errors
+    got = stack.registry.stub.GetVersion(
+        registry_pb2.GetVersionRequest(model=stack.model, alias="production"),
+        metadata=stack.registry.md,
+        timeout=10,
+    )
+    assert got.version.version == stack.versions["v1"]  # aliases untouched by a rollback
+    after = stack.client.score_batch(stack.model, [uuid.uuid4().hex for _ in range(500)])
+    assert {r.model.version for r in after.results} == {stack.versions["v1"]}
+    assert (
+        metric_value(
+            stack.gateway.metrics_port, "finpredict_gateway_rollout_decisions_total", verdict="rollback"
+        )
+        >= 1
+    )
+
+
+def test_good_candidate_is_promoted_and_survives_a_gateway_kill(stack: Stack) -> None:
+    rollout = stack.client.start_rollout(
+        stack.model,
+        stack.versions["v2"],
+        [1.0, 5.0, 25.0, 100.0],
+        interval_s=1.5,
+        min_requests=300,
+        **LOOSE_LATENCY,
+    )
+    with Traffic(stack.gateway.target, stack.model) as traffic:
+        at = wait_for(
+            lambda: (r := stack.client.rollout(rollout.id)).step_index >= 1 and r,
+            120,
+            "the rollout to reach step 5%",
+        )
+        assert at.state == rpb.ROLLOUT_STATE_PROGRESSING, at
+        os.kill(stack.gateway.proc.pid, signal.SIGKILL)
+        stack.gateway.proc.wait(timeout=30)
+        stack.restart_gateway()
+        resumed = stack.client.rollout(rollout.id)
+        assert resumed.id == rollout.id
+        assert resumed.step_index >= at.step_index
+        assert resumed.state in (rpb.ROLLOUT_STATE_PROGRESSING, rpb.ROLLOUT_STATE_PROMOTED)
+        done = wait_for(
+            lambda: (r := stack.client.rollout(rollout.id)).state != rpb.ROLLOUT_STATE_PROGRESSING and r,
+            180,
+            "the rollout to finish",
+        )
+    assert done.state == rpb.ROLLOUT_STATE_PROMOTED, done.decisions
+    advances = [d.step_index for d in done.decisions if d.verdict == "advance"]
+    assert advances == [0, 1, 2], done.decisions
+    assert set(traffic.errors) <= {"UNAVAILABLE"}, traffic.errors
+    got = stack.registry.stub.GetVersion(
+        registry_pb2.GetVersionRequest(model=stack.model, alias="production"),
+        metadata=stack.registry.md,
+        timeout=10,
+    )
+    assert got.version.version == stack.versions["v2"]
+    audit = stack.registry.stub.ListAuditLog(
+        registry_pb2.ListAuditLogRequest(model=stack.model), metadata=stack.registry.md, timeout=10
+    )
+    moves = [e for e in audit.entries if e.alias == "production" and e.to_version == stack.versions["v2"]]
+    assert moves
+    assert moves[0].actor == "rollout-controller"
+    assert rollout.id in moves[0].reason
+    resp = stack.client.score_batch(stack.model, [uuid.uuid4().hex for _ in range(200)])
+    assert {(r.model.version, r.variant) for r in resp.results} == {
+        (stack.versions["v2"], spb.VARIANT_STABLE)
+    }
+
+
+def test_scoring_goes_on_without_the_monitor_and_drops_are_counted(stack: Stack) -> None:
+    port = stack.gateway.metrics_port
+    stack.monitor.stop(timeout=30)
+    dropped_before = metric_value(port, "finpredict_gateway_prediction_log_dropped_total")
+    for _ in range(8):  # 4,000 records for a 2,000-record buffer
+        resp = stack.client.score_batch(stack.model, [uuid.uuid4().hex for _ in range(500)])
+        assert len(resp.results) == 500
+    assert (
+        metric_value(port, "finpredict_gateway_prediction_log_dropped_total", reason="buffer_full")
+        > dropped_before
+    )
+    sent_before = metric_value(port, "finpredict_gateway_prediction_log_sent_total")
+    stack.start_monitor()
+    stack.client.score_batch(stack.model, [uuid.uuid4().hex for _ in range(100)])
+    wait_for(
+        lambda: metric_value(port, "finpredict_gateway_prediction_log_sent_total") >= sent_before + 2000,
+        60,
+        "the prediction log to resume",
+    )
+
+
+def test_prediction_records_reach_the_monitor(stack: Stack) -> None:
+    from finpredict.api.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+
+    port = stack.gateway.metrics_port
+    sent_before = metric_value(port, "finpredict_gateway_prediction_log_sent_total")
+    resp = stack.client.score_batch(stack.model, [f"log-{uuid.uuid4().hex}" for _ in range(50)])
+    wait_for(
+        lambda: metric_value(port, "finpredict_gateway_prediction_log_sent_total") >= sent_before + 50,
+        30,
+        "the records to be sent",
+    )
+    channel = grpc.insecure_channel(stack.monitor.target)
+    try:
+        stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+        observed = Timestamp()
+        observed.GetCurrentTime()
+        outcomes = [
+            monitor_pb2.Outcome(
+                request_id=r.request_id, entity_id=r.entity_id, defaulted=False, observed_at=observed
+            )
+            for r in resp.results
+        ]
+        got = stub.RecordOutcomes(monitor_pb2.RecordOutcomesRequest(outcomes=outcomes), timeout=10)
+    finally:
+        channel.close()
+    assert (got.matched, got.unmatched) == (50, 0)
+
+
+# ----- faults under load -------------------------------------------------------------------------
+# Each test keeps ScoreBatch traffic going from two client threads (TimedTraffic: every call has a
+# deadline and is recorded), injects one fault, and checks what the clients saw, what the gateway
+# counted, what recovered by itself and how fast (printed: `pytest -rP` shows the figures). The
+# gateway kill is test_good_candidate_is_promoted_and_survives_a_gateway_kill above; the whole-Ray
+# kill is destructive and comes last.
+
+
+@pytest.fixture(scope="module")
+def spare_processes() -> Iterator[list[ServiceProcess]]:
+    """Processes a fault test started in place of the stack's own (stopped before the stack's teardown)."""
+    procs: list[ServiceProcess] = []
+    yield procs
+    for proc in reversed(procs):
+        proc.stop(timeout=30)
+
+
+def _production(stack: Stack) -> int:
+    got = stack.registry.stub.GetVersion(
+        registry_pb2.GetVersionRequest(model=stack.model, alias="production"),
+        metadata=stack.registry.md,
+        timeout=10,
+    )
+    return int(got.version.version)
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3) if values else math.nan
+
+
+def _report(fault: str, **figures: object) -> None:
+    print(f"\n[fault] {fault}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+def _accounts(
+    gateway: ServiceProcess,
+    stack: Stack,
+    traffic: TimedTraffic,
+    counts_before: GatewayCounts,
+    log_before: LogCounts,
+) -> tuple[GatewayCounts, LogCounts]:
+    """What the gateway counted since ``counts_before``, once its ScoreBatch counts match what the
+    clients saw and its prediction log has settled (deltas)."""
+    seen = traffic.codes
+    counted = wait_for(
+        lambda: (
+            (d := gateway_counts(gateway.metrics_port, stack.model) - counts_before).handled == seen and d
+        ),
+        30,
+        f"the gateway's ScoreBatch counts to match the clients' {dict(seen)}",
+    )
+    log = reconcile_log(
+        gateway.metrics_port, stack.monitor.metrics_port, stack.model, log_before, traffic.ok_results
+    )
+    return counted, log
+
+
+def _assert_accounts(
+    traffic: TimedTraffic, counted: GatewayCounts, log: LogCounts, log_before: LogCounts
+) -> None:
+    """Every application of an OK call was counted as scored and became a prediction record that
+    the monitor acknowledged (or a counted drop); every failed call counted as a backend error."""
+    assert counted.scored_ok == traffic.ok_results
+    failed = sum(n for code, n in traffic.codes.items() if code != "OK")
+    assert counted.scored_error == failed * traffic.batch
+    # the records buffered before the traffic were sent (or dropped) too
+    assert log.sent + log.dropped == traffic.ok_results + log_before.buffered, (log, log_before)
+    assert log.ingested == log.sent, log  # the monitor acknowledged exactly what the gateway sent
+    assert log.duplicates == 0, log
+
+
+def test_a_replica_killed_under_load_is_replaced_and_traffic_recovers(stack: Stack) -> None:
+    """kill -9 of one of the two model-server replicas: its in-flight calls fail at the Serve
+    proxy with UNAVAILABLE, which the gateway retries on the other replica; Serve starts a new
+    replica by itself. The clients see at most UNAVAILABLE for a short window."""
+    gw = stack.gateway
+    replicas = stack.ray.replica_pids()
+    assert len(replicas) == 2, replicas
+    before = gateway_counts(gw.metrics_port, stack.model)
+    log_before = log_counts(gw.metrics_port, stack.monitor.metrics_port, stack.model)
+    with TimedTraffic(gw.target, stack.model) as traffic:
+        traffic.wait_ok(time.monotonic(), 5, 60, "traffic before the fault")
+        victim = replicas[0]
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        new = wait_for(
+            lambda: (now := stack.ray.replica_pids()) and len(now) == 2 and victim not in now and now,
+            120,
+            "Serve to start a new replica",
+        )
+        replaced_s = time.monotonic() - killed_at
+        traffic.wait_ok(time.monotonic(), 10, 60, "traffic after the new replica started")
+    counted, log = _accounts(gw, stack, traffic, before, log_before)
+    recovery_s = traffic.recovery_s(killed_at)
+    _report(
+        "replica kill -9",
+        client_codes=dict(traffic.codes),
+        retries=counted.retries,
+        scored_error=counted.scored_error,
+        handled=dict(counted.handled),
+        client_outage_s=round(recovery_s, 2),
+        replica_replaced_s=round(replaced_s, 2),
+        records_sent=log.sent,
+        records_dropped=log.dropped,
+    )
+    _assert_accounts(traffic, counted, log, log_before)
+    assert set(new) - set(replicas), (replicas, new)
+    assert set(traffic.errors) <= {"UNAVAILABLE"}, [(r.code, r.details) for r in traffic.errors_after(0)]
+    assert recovery_s < 30, recovery_s
+    assert counted.circuits_open == 0
+
+
+def test_b_slow_backend_times_out_opens_the_circuit_and_recovers(stack: Stack) -> None:
+    """A second gateway reaches the Serve ingress through a proxy that can delay every answer.
+    With the delay (1 s) beyond its backend deadline (0.5 s) its clients get DEADLINE_EXCEEDED,
+    the circuit opens after 5 failures in a row (finpredict_gateway_circuit_open), and calls
+    fail fast with UNAVAILABLE; once the delay is gone the circuit closes after its cooldown
+    (1 s) and scoring recovers."""
+    version = str(_production(stack))
+    deadline_s, delay_s, cooldown_s = 0.5, 1.0, 1.0
+    with DelayProxy(stack.serve_port) as proxy:
+        gw = start_gateway(
+            stack.tmp / "gw-slow-backend",
+            stack.registry.target,
+            proxy.port,
+            stack.monitor.target,
+            FINPREDICT_GATEWAY_BACKEND_TIMEOUT_S=str(deadline_s),
+            FINPREDICT_GATEWAY_BREAKER_FAILURES="5",
+            FINPREDICT_GATEWAY_BREAKER_COOLDOWN_S=str(cooldown_s),
+        )
+        try:
+
+            def circuit() -> float:
+                return metric_value(
+                    gw.metrics_port, "finpredict_gateway_circuit_open", model=stack.model, version=version
+                )
+
+            before = gateway_counts(gw.metrics_port, stack.model)
+            log_before = log_counts(gw.metrics_port, stack.monitor.metrics_port, stack.model)
+            with TimedTraffic(gw.target, stack.model) as traffic:
+                traffic.wait_ok(time.monotonic(), 5, 60, "traffic through the proxy")
+                slowed_at = time.monotonic()
+                proxy.delay_s = delay_s
+                wait_for(lambda: circuit() == 1, 30, "the circuit to open")
+                opened_s = time.monotonic() - slowed_at
+                wait_for(
+                    lambda: sum("circuit" in r.details for r in traffic.errors_after(slowed_at)) >= 5,
+                    30,
+                    "calls to fail fast while the circuit is open",
+                )
+                healed_at = time.monotonic()
+                proxy.delay_s = 0.0
+                first_ok = traffic.wait_ok(healed_at, 5, 60, "scoring to recover")
+                wait_for(lambda: circuit() == 0, 30, "the circuit to close")
+            counted, log = _accounts(gw, stack, traffic, before, log_before)
+        finally:
+            stopped = gw.stop(timeout=30)
+    assert stopped == 0, gw.logs()[-3000:]
+    errors = traffic.errors_after(slowed_at)
+    timed_out = [r.ended - r.started for r in errors if r.code == "DEADLINE_EXCEEDED"]
+    fast = [r.ended - r.started for r in errors if r.code == "UNAVAILABLE" and "circuit" in r.details]
+    _report(
+        "backend delay",
+        client_codes=dict(traffic.codes),
+        circuit_opened_after_s=round(opened_s, 2),
+        deadline_exceeded_median_s=_median(timed_out),
+        fail_fast_median_s=_median(fast),
+        recovered_after_delay_removed_s=round(first_ok - healed_at, 2),
+        retries=counted.retries,
+        handled=dict(counted.handled),
+    )
+    _assert_accounts(traffic, counted, log, log_before)
+    assert set(traffic.errors) <= {"DEADLINE_EXCEEDED", "UNAVAILABLE"}, traffic.errors
+    assert timed_out, traffic.errors
+    # the gateway's deadline answered them, not the client's (10 s)
+    assert _median(timed_out) < deadline_s + 1.0, timed_out
+    # an open circuit answers without waiting for the backend
+    assert _median(fast) < deadline_s, fast
+    assert first_ok - healed_at < cooldown_s + 30
+
+
+def test_c_registry_killed_under_load_scoring_goes_on_and_admin_calls_fail_cleanly(
+    stack: Stack, spare_processes: list[ServiceProcess]
+) -> None:
+    """kill -9 of the registry: scoring goes on with the gateway's cached `production` (and the
+    replicas' loaded models); admin calls that need the registry (a version the gateway has not
+    seen) fail with UNAVAILABLE and change nothing. The registry restarted on the same port and
+    data dir has every write it acknowledged, and the gateway's admin calls work again."""
+    gw, registry = stack.gateway, stack.registry
+    fresh = registry.register(stack.model, train(seed=3, rounds=21), threshold=0.5)  # unknown to the gateway
+    acked: list[str] = []
+    writer_errors: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def write() -> None:  # the registry's clients keep writing through the kill
+        while not stop.is_set():
+            name = f"ack-{uuid.uuid4().hex[:12]}"
+            try:
+                registry.stub.CreateModel(
+                    registry_pb2.CreateModelRequest(name=name), metadata=registry.md, timeout=5
+                )
+                acked.append(name)
+            except grpc.RpcError as exc:
+                writer_errors[exc.code().name] += 1  # type: ignore[attr-defined]
+            stop.wait(0.05)
+
+    def admin_calls() -> dict[str, tuple[grpc.StatusCode, str]]:
+        calls = {
+            "SetShadow": lambda: stack.client.rollouts.SetShadow(
+                rpb.SetShadowRequest(model=stack.model, version=fresh), metadata=OPERATOR, timeout=10
+            ),
+            "StartRollout": lambda: stack.client.start_rollout(stack.model, fresh, [50.0], 3600, 10),
+            "StartExperiment": lambda: stack.client.rollouts.StartExperiment(
+                rpb.StartExperimentRequest(
+                    model=stack.model,
+                    arms=[
+                        rpb.ExperimentArm(name="a", version=stable_version, weight=50),
+                        rpb.ExperimentArm(name="b", version=fresh, weight=50),
+                    ],
+                ),
+                metadata=OPERATOR,
+                timeout=10,
+            ),
+        }
+        out = {}
+        for name, call in calls.items():
+            try:
+                call()
+                out[name] = (grpc.StatusCode.OK, "")
+            except grpc.RpcError as exc:
+                out[name] = (exc.code(), exc.details() or "")  # type: ignore[attr-defined]
+        return out
+
+    stable_version = _production(stack)
+    writer = threading.Thread(target=write, daemon=True)
+    before = gateway_counts(gw.metrics_port, stack.model)
+    log_before = log_counts(gw.metrics_port, stack.monitor.metrics_port, stack.model)
+    rollouts_before = len(
+        stack.client.rollouts.ListRollouts(rpb.ListRolloutsRequest(), metadata=CLIENT, timeout=10).rollouts
+    )
+    with TimedTraffic(gw.target, stack.model) as traffic:
+        writer.start()
+        try:
+            traffic.wait_ok(time.monotonic(), 5, 60, "traffic before the fault")
+            wait_for(lambda: len(acked) >= 3, 30, "registry writes before the fault")
+            killed_at = time.monotonic()
+            os.kill(registry.proc.proc.pid, signal.SIGKILL)
+            registry.proc.proc.wait(timeout=30)
+            # past the alias TTL (1 s) every call consults the registry and falls back on the cache
+            traffic.wait_ok(killed_at + 1.5, 10, 60, "scoring without the registry")
+            refused = admin_calls()
+            restart_at = time.monotonic()
+            registry.proc = restart_registry(registry.proc)
+            spare_processes.append(registry.proc)
+            restarted_s = time.monotonic() - restart_at
+            acked_before_restart = len(acked)
+            # the gateway reads the registry again (a version it has not cached, as admin calls do)
+            oip_stub = oip_grpc.GRPCInferenceServiceStub(stack.client.channel)
+            wait_for(
+                lambda: oip_stub.ModelMetadata(
+                    oip.ModelMetadataRequest(name=stack.model, version=str(fresh)),
+                    metadata=CLIENT,
+                    timeout=10,
+                ),
+                60,
+                "the gateway to reach the restarted registry",
+            )
+            gateway_back_s = time.monotonic() - restart_at
+            wait_for(lambda: len(acked) >= acked_before_restart + 3, 60, "registry writes after the restart")
+            traffic.wait_ok(time.monotonic(), 5, 60, "traffic after the restart")
+        finally:
+            stop.set()
+            writer.join(timeout=30)
+    counted, log = _accounts(gw, stack, traffic, before, log_before)
+    # the admin calls refused while the registry was down work now (after the traffic: a shadow
+    # would add records to the prediction log checked above)
+    shadow = stack.client.rollouts.SetShadow(
+        rpb.SetShadowRequest(model=stack.model, version=fresh, percent=10), metadata=OPERATOR, timeout=10
+    )
+    stack.client.rollouts.SetShadow(
+        rpb.SetShadowRequest(model=stack.model, version=0), metadata=OPERATOR, timeout=10
+    )
+    _report(
+        "registry kill -9",
+        retries=counted.retries,
+        client_codes=dict(traffic.codes),
+        admin_calls_while_down={k: v[0].name for k, v in refused.items()},
+        registry_writes_acked=len(acked),
+        registry_writes_refused=dict(writer_errors),
+        registry_restart_s=round(restarted_s, 2),
+        gateway_reads_registry_after_restart_s=round(gateway_back_s, 2),
+        records_sent=log.sent,
+    )
+    _assert_accounts(traffic, counted, log, log_before)
+    assert not traffic.errors, traffic.errors  # scoring never noticed
+    assert {k: v[0] for k, v in refused.items()} == dict.fromkeys(refused, grpc.StatusCode.UNAVAILABLE), (
+        refused
+    )
+    assert all("registry" in details for _, details in refused.values()), refused
+    after = stack.client.rollouts.ListRollouts(
+        rpb.ListRolloutsRequest(), metadata=CLIENT, timeout=10
+    ).rollouts
+    assert len(after) == rollouts_before  # the refused StartRollout left nothing behind
+    assert (shadow.version, shadow.percent) == (fresh, 10)
+    assert set(writer_errors) <= {"UNAVAILABLE"}, writer_errors
+    for name in acked:  # no acknowledged write lost
+        got = registry.stub.GetModel(
+            registry_pb2.GetModelRequest(name=name), metadata=registry.md, timeout=10
+        )
+        assert got.model.name == name
+    assert gw.health() == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_z_whole_ray_killed_under_load_clients_get_unavailable(stack: Stack) -> None:
+    """kill -9 of the whole Ray instance (the `ray start --head --block` process group: GCS,
+    raylet, Serve controller, proxy, replicas). Every client call ends before its deadline with
+    UNAVAILABLE (never another code, never a hang); the gateway's circuit opens and calls fail
+    fast; ModelReady says false.
+
+    The gateway's gRPC health stays SERVING on purpose: it reports whether the gateway process
+    can take calls, which it can (the rollout API, reads and clean UNAVAILABLE answers all
+    work). Marking it NOT_SERVING because its one backend is down would make a load balancer
+    drop every gateway replica at once and turn a fast, explained UNAVAILABLE into connection
+    errors, with nothing gained; the backend's state is reported by ModelReady (Open Inference
+    Protocol) and finpredict_gateway_circuit_open, which the alerts use.
+
+    Runs last: nothing restarts Ray; the stack's teardown must still work without it (it does:
+    the model-server driver has ended by itself, see below, and the other stops are by pid)."""
+    gw = stack.gateway
+    version = str(_production(stack))
+    ready_file = stack.tmp / "model-server" / "model-server.ready.json"
+    ms_control = f"127.0.0.1:{json.loads(ready_file.read_text())['port']}"
+    rollouts_before = [
+        r.id
+        for r in stack.client.rollouts.ListRollouts(
+            rpb.ListRolloutsRequest(), metadata=CLIENT, timeout=10
+        ).rollouts
+    ]
+    before = gateway_counts(gw.metrics_port, stack.model)
+    with TimedTraffic(gw.target, stack.model) as traffic:
+        traffic.wait_ok(time.monotonic(), 5, 60, "traffic before the fault")
+        killed_at = time.monotonic()
+        os.killpg(stack.ray.proc.pid, signal.SIGKILL)
+        stack.ray.proc.wait(timeout=30)
+        wait_for(lambda: not cluster_pids(stack.ray), 30, "every process of the Ray instance to exit")
+        wait_for(
+            lambda: (
+                metric_value(
+                    gw.metrics_port, "finpredict_gateway_circuit_open", model=stack.model, version=version
+                )
+                == 1
+            ),
+            30,
+            "the circuit to open",
+        )
+        opened_s = time.monotonic() - killed_at
+        wait_for(
+            lambda: sum("circuit" in r.details for r in traffic.errors_after(killed_at)) >= 10,
+            30,
+            "calls to fail fast",
+        )
+    after_kill = [r for r in traffic.snapshot() if r.ended >= killed_at]
+    codes_after = Counter(r.code for r in after_kill)
+    counted = wait_for(
+        lambda: (d := gateway_counts(gw.metrics_port, stack.model) - before).handled == traffic.codes and d,
+        30,
+        "the gateway's counts to match the clients'",
+    )
+    stub = oip_grpc.GRPCInferenceServiceStub(stack.client.channel)
+    ready = stub.ModelReady(oip.ModelReadyRequest(name=stack.model), metadata=CLIENT, timeout=10).ready
+    fast = [r.ended - r.started for r in after_kill if "circuit" in r.details]
+    _report(
+        "whole Ray kill -9",
+        client_codes_after_kill=dict(codes_after),
+        circuit_opened_after_s=round(opened_s, 2),
+        longest_call_s=round(traffic.longest_call_s(), 3),
+        fail_fast_median_s=_median(fast),
+        retries=counted.retries,
+        handled=dict(counted.handled),
+    )
+    assert set(codes_after) - {"OK"} == {"UNAVAILABLE"}, codes_after  # OK: answered just before the kill
+    assert traffic.longest_call_s() < traffic.timeout / 2, traffic.longest_call_s()  # never a hang
+    assert ready is False
+    assert gw.health() == health_pb2.HealthCheckResponse.SERVING
+    assert stub.ServerLive(oip.ServerLiveRequest(), timeout=10).live
+    listed = stack.client.rollouts.ListRollouts(rpb.ListRolloutsRequest(), metadata=CLIENT, timeout=10)
+    assert [r.id for r in listed.rollouts] == rollouts_before  # the gateway's own API still answers
+
+    # The model server's control plane: its health follows the Serve app only as long as Ray's
+    # GCS answers; with Ray gone, `serve.status()` blocks and the driver process ends itself once
+    # Ray's GCS reconnect timeout (60 s by default) has passed. Waiting for that here costs no
+    # more than the teardown would (stopping the driver waits for the same timeout).
+    def ms_serving() -> bool:
+        try:
+            with grpc.insecure_channel(ms_control) as ch:
+                status = (
+                    health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                )
+        except grpc.RpcError:
+            return False  # the process is gone
+        return bool(status == health_pb2.HealthCheckResponse.SERVING)
+
+    wait_for(lambda: not ms_serving(), 90, "the model server to stop serving")
+    print(
+        f"[fault] whole Ray kill -9: model server stopped serving after {time.monotonic() - killed_at:.1f} s"
+    )

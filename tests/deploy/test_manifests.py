@@ -1,0 +1,344 @@
+"""infra/k8s: every overlay renders, every object validates offline against the pinned Kubernetes
+schemas and the operators' CRDs, and the policy checks pass; each check fails on a planted
+violation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+from deploy_testkit import (
+    K8S,
+    OVERLAYS,
+    Obj,
+    check_containers,
+    check_grpc_probes,
+    check_namespaces,
+    check_network_policies,
+    check_pdbs,
+    check_references,
+    check_secrets,
+    check_service_accounts,
+    check_termination_grace,
+    find,
+    image_pinned,
+    policy_violations,
+    render_dir,
+    rendered,
+    schema_validator,
+)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_every_service(overlay: str) -> None:
+    objs = rendered(overlay)
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    for svc in ("gateway", "registry", "monitor"):
+        for kind in ("Deployment", "Service", "ServiceAccount", "ConfigMap", "PodDisruptionBudget"):
+            assert (kind, svc) in kinds, f"{overlay}: no {kind}/{svc}"
+    expected = {
+        ("RayService", "model-server"),
+        ("ServiceAccount", "model-server"),
+        ("HorizontalPodAutoscaler", "gateway"),
+        ("NetworkPolicy", "default-deny-all"),
+        ("PrometheusRule", "finpredict-alerts"),
+        ("PrometheusRule", "finpredict-recording"),
+        ("ServiceMonitor", "gateway"),
+        ("PodMonitor", "model-server"),
+        ("AlertmanagerConfig", "finpredict"),
+        ("ConfigMap", "grafana-dashboard-finpredict-slo"),
+    }
+    assert expected <= kinds
+    namespaces = {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"}
+    assert namespaces == {"finpredict-dev" if overlay == "dev" else "finpredict"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_validates_against_the_pinned_schemas(overlay: str) -> None:
+    validator = schema_validator()
+    errors = [e for obj in rendered(overlay) for e in validator.errors(obj)]
+    assert errors == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_policy_checks_pass(overlay: str) -> None:
+    assert policy_violations(rendered(overlay)) == []
+
+
+def test_overlays_differ_where_they_should() -> None:
+    dev, prod = rendered("dev"), rendered("prod")
+    assert find(dev, "HorizontalPodAutoscaler", "gateway")["spec"]["minReplicas"] == 1
+    assert find(prod, "HorizontalPodAutoscaler", "gateway")["spec"]["minReplicas"] == 3
+    reg = find(prod, "Deployment", "registry")
+    assert reg["spec"]["replicas"] == 2
+    env = {e["name"]: e for e in reg["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FINPREDICT_REGISTRY_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["optional"] is False
+    assert find(prod, "PersistentVolumeClaim", "registry-artifacts")["spec"]["accessModes"] == [
+        "ReadWriteMany"
+    ]
+    workers = find(prod, "RayService", "model-server")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert (workers["minReplicas"], workers["maxReplicas"]) == (2, 8)
+    for o in prod:
+        for c in o.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            assert c["image"].startswith("registry.example.com/finpredict/"), c["image"]
+
+
+def test_secrets_are_referenced_by_name() -> None:
+    """PostgreSQL, tokens, W&B and PagerDuty keys come from Secrets the operator creates."""
+    objs = rendered("prod")
+    refs = set()
+    for o in objs:
+        text = yaml.safe_dump(o)
+        for line in text.splitlines():
+            if "secretKeyRef" in line or "routingKey" in line:
+                refs.add(o["kind"])
+    assert {"Deployment", "RayService", "AlertmanagerConfig"} <= refs
+    am = find(objs, "AlertmanagerConfig", "finpredict")
+    pd = am["spec"]["receivers"][0]["pagerdutyConfigs"][0]["routingKey"]
+    assert pd == {"name": "finpredict-pagerduty", "key": "routing-key"}
+    reg_env = find(objs, "Deployment", "registry")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {e["name"] for e in reg_env} >= {"FINPREDICT_REGISTRY_DATABASE_URL", "WANDB_API_KEY"}
+
+
+def test_monitors_use_the_local_job_names() -> None:
+    """Rules and dashboards select job=~"finpredict-.*": the cluster uses the local job names."""
+    local = yaml.safe_load((K8S.parent / "prometheus" / "prometheus.yml").read_text())
+    local_jobs = {j["job_name"] for j in local["scrape_configs"]}
+    objs = rendered("prod")
+    jobs = set()
+    for o in objs:
+        if o["kind"] in ("ServiceMonitor", "PodMonitor"):
+            for ep in o["spec"].get("endpoints", []) + o["spec"].get("podMetricsEndpoints", []):
+                for r in ep.get("relabelings", []):
+                    if r.get("targetLabel") == "job":
+                        jobs.add(r["replacement"])
+    assert jobs == local_jobs
+
+
+# --- each check fails on a planted violation -------------------------------------------------
+
+
+def _deployment(objs: list[Obj], name: str = "gateway") -> Obj:
+    return find(objs, "Deployment", name)
+
+
+def _container(objs: list[Obj], name: str = "gateway") -> Obj:
+    c: Obj = _deployment(objs, name)["spec"]["template"]["spec"]["containers"][0]
+    return c
+
+
+def _worker(objs: list[Obj]) -> Obj:
+    w: Obj = find(objs, "RayService", "model-server")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    return w
+
+
+def _drop_limits(objs: list[Obj]) -> None:
+    del _container(objs)["resources"]["limits"]
+
+
+def _drop_worker_memory_limit(objs: list[Obj]) -> None:
+    del _worker(objs)["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+
+
+def _drop_readiness(objs: list[Obj]) -> None:
+    del _container(objs, "registry")["readinessProbe"]
+
+
+def _http_probe(objs: list[Obj]) -> None:
+    _container(objs)["livenessProbe"] = {"httpGet": {"path": "/", "port": 9451}}
+
+
+def _root_user(objs: list[Obj]) -> None:
+    c = _container(objs, "monitor")
+    c["securityContext"]["runAsNonRoot"] = False
+    c["securityContext"]["runAsUser"] = 0
+
+
+def _writable_root(objs: list[Obj]) -> None:
+    _container(objs)["securityContext"]["readOnlyRootFilesystem"] = False
+
+
+def _no_seccomp(objs: list[Obj]) -> None:
+    del _deployment(objs, "registry")["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]
+
+
+def _keep_capabilities(objs: list[Obj]) -> None:
+    _worker(objs)["template"]["spec"]["containers"][0]["securityContext"]["capabilities"] = {"drop": []}
+
+
+def _escalation(objs: list[Obj]) -> None:
+    del find(objs, "RayService", "model-server")["spec"]["rayClusterConfig"]["autoscalerOptions"][
+        "securityContext"
+    ]["allowPrivilegeEscalation"]
+
+
+def _latest_image(objs: list[Obj]) -> None:
+    _container(objs)["image"] = "finpredict/gateway:latest"
+
+
+def _untagged_worker_image(objs: list[Obj]) -> None:
+    _worker(objs)["template"]["spec"]["containers"][0]["image"] = "finpredict/model-server"
+
+
+def _no_pdb(objs: list[Obj]) -> None:
+    objs.remove(find(objs, "PodDisruptionBudget", "monitor"))
+
+
+def _blocking_pdb(objs: list[Obj]) -> None:
+    pdb = find(objs, "PodDisruptionBudget", "registry")
+    pdb["spec"].pop("maxUnavailable", None)
+    pdb["spec"]["minAvailable"] = _deployment(objs, "registry")["spec"]["replicas"]
+
+
+def _short_grace(objs: list[Obj]) -> None:
+    _deployment(objs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 30
+
+
+def _short_worker_grace(objs: list[Obj]) -> None:
+    _worker(objs)["template"]["spec"]["terminationGracePeriodSeconds"] = 5
+
+
+def _literal_token(objs: list[Obj]) -> None:
+    _container(objs)["env"].append({"name": "FINPREDICT_GATEWAY_REGISTRY_TOKEN", "value": "s3cr3t"})
+
+
+def _secret_object(objs: list[Obj]) -> None:
+    objs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": "finpredict"}})
+
+
+def _no_default_deny(objs: list[Obj]) -> None:
+    objs.remove(find(objs, "NetworkPolicy", "default-deny-all"))
+
+
+def _open_registry(objs: list[Obj]) -> None:
+    find(objs, "NetworkPolicy", "registry")["spec"]["ingress"].append({"ports": [{"port": 50052}]})
+
+
+def _monitor_from_clients(objs: list[Obj]) -> None:
+    find(objs, "NetworkPolicy", "monitor")["spec"]["ingress"][0]["from"] = []
+
+
+def _registry_from_a_stranger(objs: list[Obj]) -> None:
+    rule = find(objs, "NetworkPolicy", "registry")["spec"]["ingress"][0]
+    rule["from"].append({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "batch-job"}}})
+
+
+def _automount_token(objs: list[Obj]) -> None:
+    _deployment(objs, "monitor")["spec"]["template"]["spec"]["automountServiceAccountToken"] = True
+
+
+def _lax_namespace(objs: list[Obj]) -> None:
+    find(objs, "Namespace", "finpredict")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = (
+        "baseline"
+    )
+
+
+def _service_selects_nothing(objs: list[Obj]) -> None:
+    find(objs, "Service", "monitor")["spec"]["selector"] = {"app.kubernetes.io/name": "monitr"}
+
+
+def _monitor_wrong_port(objs: list[Obj]) -> None:
+    find(objs, "ServiceMonitor", "registry")["spec"]["endpoints"][0]["port"] = "prometheus"
+
+
+PLANTED: list[tuple[str, Callable[[list[Obj]], None], Callable[[list[Obj]], list[str]], str]] = [
+    ("limits", _drop_limits, check_containers, "no resources.limits.cpu"),
+    ("ray memory limit", _drop_worker_memory_limit, check_containers, "no resources.limits.memory"),
+    ("readiness probe", _drop_readiness, check_containers, "no readinessProbe"),
+    ("grpc probe", _http_probe, check_grpc_probes, "livenessProbe is not a gRPC probe"),
+    ("root user", _root_user, check_containers, "runAsNonRoot is not true"),
+    ("writable root fs", _writable_root, check_containers, "readOnlyRootFilesystem is not true"),
+    ("seccomp", _no_seccomp, check_containers, "seccompProfile is not RuntimeDefault"),
+    ("capabilities", _keep_capabilities, check_containers, "do not drop ALL"),
+    ("sidecar escalation", _escalation, check_containers, "allowPrivilegeEscalation is not false"),
+    ("latest image", _latest_image, check_containers, "is not pinned"),
+    ("untagged image", _untagged_worker_image, check_containers, "is not pinned"),
+    ("missing pdb", _no_pdb, check_pdbs, "no PodDisruptionBudget"),
+    ("blocking pdb", _blocking_pdb, check_pdbs, "allows no eviction"),
+    ("grace vs drain", _short_grace, check_termination_grace, "terminationGracePeriodSeconds 30 <= drain"),
+    ("ray grace", _short_worker_grace, check_termination_grace, "Serve's graceful shutdown"),
+    ("literal token", _literal_token, check_secrets, "has a literal value"),
+    ("secret object", _secret_object, check_secrets, "a Secret in the manifests"),
+    ("default deny", _no_default_deny, check_network_policies, "no default-deny"),
+    ("open registry", _open_registry, check_network_policies, "registry: port 50052 is reachable"),
+    ("open monitor", _monitor_from_clients, check_network_policies, "monitor: port 50054 is reachable"),
+    ("registry client", _registry_from_a_stranger, check_network_policies, "app:batch-job"),
+    ("token mount", _automount_token, check_service_accounts, "automountServiceAccountToken"),
+    ("pod security", _lax_namespace, check_namespaces, "restricted"),
+    ("service selector", _service_selects_nothing, check_references, "selects no pods"),
+    ("monitor port", _monitor_wrong_port, check_references, "no selected Service has a port"),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "check", "message"), [p[1:] for p in PLANTED], ids=[p[0] for p in PLANTED]
+)
+def test_policy_check_fails_on_a_planted_violation(
+    mutate: Callable[[list[Obj]], None], check: Callable[[list[Obj]], list[str]], message: str
+) -> None:
+    objs = rendered("prod")
+    assert check(objs) == []
+    mutate(objs)
+    violations = check(objs)
+    assert any(message in v for v in violations), violations
+    assert policy_violations(objs), "the full policy run must report it too"
+
+
+SCHEMA_PLANTED: list[tuple[str, Callable[[list[Obj]], Any], str]] = [
+    ("unknown field", lambda o: _deployment(o)["spec"].update(replica=3), "replica"),
+    ("wrong type", lambda o: _deployment(o)["spec"].update(replicas="two"), "replicas"),
+    ("bad probe", lambda o: _container(o)["readinessProbe"].update(grpc={"port": "grpc"}), "grpc"),
+    ("rayservice typo", lambda o: _worker(o).update(maxReplica=4), "maxReplica"),
+    ("ray type", lambda o: _worker(o).update(minReplicas="one"), "minReplicas"),
+    (
+        "servicemonitor field",
+        lambda o: find(o, "ServiceMonitor", "gateway")["spec"]["endpoints"][0].update(intervall="15s"),
+        "intervall",
+    ),
+    (
+        "prometheusrule shape",
+        lambda o: find(o, "PrometheusRule", "finpredict-alerts")["spec"].update(groups={"a": 1}),
+        "groups",
+    ),
+    (
+        "unknown kind",
+        lambda o: o.append({"apiVersion": "ray.io/v1", "kind": "RayServe", "metadata": {}}),
+        "no schema",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"), [p[1:] for p in SCHEMA_PLANTED], ids=[p[0] for p in SCHEMA_PLANTED]
+)
+def test_schema_validation_fails_on_a_planted_error(mutate: Callable[[list[Obj]], Any], message: str) -> None:
+    validator = schema_validator()
+    objs = rendered("prod")
+    mutate(objs)
+    errors = [e for obj in objs for e in validator.errors(obj)]
+    assert any(message in e for e in errors), errors
+
+
+def test_rendering_fails_on_a_broken_kustomization(tmp_path: Any) -> None:
+    (tmp_path / "kustomization.yaml").write_text("resources: [missing.yaml]\n")
+    with pytest.raises(AssertionError, match="kustomize build"):
+        render_dir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("image", "pinned"),
+    [
+        ("finpredict/gateway:0.1.0", True),
+        ("registry.example.com/finpredict/gateway:v1.2.3-rc.1", True),
+        ("rayproject/ray:2.60.0-py311-cpu", True),
+        ("finpredict/gateway@sha256:" + "a" * 64, True),
+        ("finpredict/gateway:latest", False),
+        ("finpredict/gateway:main", False),
+        ("finpredict/gateway", False),
+        ("finpredict/gateway:3.11", False),
+    ],
+)
+def test_image_pinning_rule(image: str, pinned: bool) -> None:
+    assert image_pinned(image) is pinned
