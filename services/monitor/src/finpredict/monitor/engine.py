@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -202,7 +203,9 @@ def alert_id(rule: str, model: str, version: int, feature: str = "") -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    # A temporary name of its own per write: two writers (e.g. two retraining jobs ending at
+    # once) never rename each other's file away; the last complete write wins.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     with tmp.open("w") as fh:
         fh.write(text)
         fh.flush()

@@ -92,7 +92,10 @@ class Retrainer:
             "retraining finished",
             extra={"job": job.id, "returncode": job.returncode, "version": job.version},
         )
-        self.on_done(job)
+        try:
+            self.on_done(job)
+        except Exception:  # the job is done either way; say why its bookkeeping failed
+            log.exception("recording a finished retraining job failed", extra={"job": job.id})
 
     async def stop(self) -> None:
         """Leaves running jobs alone (they are independent processes) but stops waiting."""
