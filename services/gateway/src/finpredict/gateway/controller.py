@@ -148,8 +148,11 @@ class RolloutController:
             **kwargs,  # type: ignore[arg-type]
         )
         rollout.decisions.append(
-            _decision(
-                rollout, "start", f"{actor or 'someone'} started {model} v{stable} -> v{candidate_version}"
+            Decision(
+                self._clock(),
+                rollout.step_index,
+                "start",
+                f"{actor or 'someone'} started {model} v{stable} -> v{candidate_version}",
             )
         )
         self._store.create(rollout)
@@ -301,7 +304,12 @@ class RolloutController:
             ):
                 rollout.state, rollout.ended_at = RolloutState.ABORTED, self._clock()
                 rollout.decisions.append(
-                    _decision(rollout, "abort", f"promotion refused by the registry: {details}")
+                    Decision(
+                        self._clock(),
+                        rollout.step_index,
+                        "abort",
+                        f"promotion refused by the registry: {details}",
+                    )
                 )
                 self._commit(rollout, "abort")
                 log.warning("promotion refused", extra={"rollout": rollout.id, "reason": details})
@@ -336,7 +344,3 @@ class RolloutController:
     def _export(self, rollout: Rollout) -> None:
         metrics.ROLLOUT_WEIGHT_PERCENT.labels(rollout.model).set(rollout.weight)
         metrics.ROLLOUT_STEP.labels(rollout.model).set(rollout.step_index)
-
-
-def _decision(rollout: Rollout, verdict: str, reason: str) -> Decision:
-    return Decision(time.time(), rollout.step_index, verdict, reason)

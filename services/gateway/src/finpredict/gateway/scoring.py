@@ -26,6 +26,7 @@ from opentelemetry import trace
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2
 from finpredict.api.serving.v1 import model_server_pb2 as ms_pb
+from finpredict.common.telemetry import current_trace_id
 from finpredict.gateway import metrics
 from finpredict.gateway.backend import BackendError, ModelServerBackend, Scored
 from finpredict.gateway.catalog import Catalog
@@ -186,17 +187,13 @@ class ScoringCore:
         self, model: str, route: Route, n: int, *, ok: bool, elapsed_ms: float, scored: Scored | None = None
     ) -> None:
         version = str(route.version)
-        trace_id = _trace_id()
+        trace_id = current_trace_id()
         metrics.SCORE_SECONDS.labels(model, version, route.variant).observe(
             elapsed_ms / 1000, exemplar={"trace_id": trace_id} if trace_id else None
         )
-        for outcome in (
-            "ok",
-            "error",
-        ):  # both series exist from the first request (rate() sees the first error)
-            counter = metrics.SCORED_TOTAL.labels(model, version, route.variant, outcome)
-            if outcome == ("ok" if ok else "error"):
-                counter.inc(n)
+        # Both outcome series exist from the first request, so rate() sees the first error.
+        metrics.SCORED_TOTAL.labels(model, version, route.variant, "ok" if ok else "error").inc(n)
+        metrics.SCORED_TOTAL.labels(model, version, route.variant, "error" if ok else "ok")
         if route.rollout_id:
             if scored is None:
                 for _ in range(n):
@@ -219,7 +216,7 @@ class ScoringCore:
             return
         now = timestamp_pb2.Timestamp()
         now.FromNanoseconds(time.time_ns())
-        trace_id = _trace_id()
+        trace_id = current_trace_id()
         for app, res in zip(apps, results, strict=True):
             self.prediction_log.offer(
                 monitor_pb2.PredictionRecord(
@@ -286,8 +283,3 @@ class ScoringCore:
         for task in list(self._shadow_tasks):
             task.cancel()
         await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
-
-
-def _trace_id() -> str:
-    ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else ""

@@ -11,9 +11,10 @@ import grpc
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.scoring.v1 import scoring_pb2 as pb
 from finpredict.api.scoring.v1 import scoring_pb2_grpc as pb_grpc
+from finpredict.common.telemetry import current_trace_id
 from finpredict.gateway.backend import BackendError
 from finpredict.gateway.catalog import CatalogError
-from finpredict.gateway.scoring import Application, Result, ScoringCore, _trace_id
+from finpredict.gateway.scoring import Application, Result, ScoringCore
 from finpredict.gateway.validation import RequestError, validate_batch_size
 
 T = TypeVar("T")
@@ -78,7 +79,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 paths=["application"],
             )
             score = to_score(request.model, results[0], request.explain)
-            return pb.ScoreResponse(result=score, trace_id=_trace_id())
+            return pb.ScoreResponse(result=score, trace_id=current_trace_id())
 
         return await guarded(context, call)
 
@@ -93,6 +94,6 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 top_k=top_k,
             )
             scores = [to_score(request.model, r, request.explain) for r in results]
-            return pb.ScoreBatchResponse(results=scores, trace_id=_trace_id())
+            return pb.ScoreBatchResponse(results=scores, trace_id=current_trace_id())
 
         return await guarded(context, call)
