@@ -1,0 +1,1 @@
+"""The local platform launcher: ``finpredict up | down | status``."""
