@@ -24,15 +24,15 @@ import grpc
 import numpy as np
 import yaml  # type: ignore[import-untyped]
 
-from finpredict.common.testing import ServiceExitedError, ServiceProcess, start_service, wait_for
 from finpredict.features import CREDIT_SCHEMA
 from finpredict.model_server.config import DEFAULT_SERVE_CONFIG
 from finpredict.modelio import save_model
-from finpredict.modelio.testing import TrainedModel, train_small_model
+from finpredict.testkit.models import TrainedModel, train_small_model
+from finpredict.testkit.process import ServiceExitedError, ServiceProcess, start_service, wait_for
 
 Call = Callable[[], Awaitable[Any]]
-BENCH_DIR = Path(__file__).resolve().parent
-PLAIN_SERVER = BENCH_DIR / "model_server" / "plain_server.py"
+REPO = Path(__file__).resolve().parents[1]
+PLAIN_SERVER = "benchmarks.model_server.plain_server"
 # Ray Serve's faster request path (services/model-server/README.md): set on the benchmarks' Ray.
 SERVE_THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
@@ -167,10 +167,11 @@ def machine_info() -> dict[str, Any]:
 
 
 def start_plain_server(
-    model_dir: Path, port_file: Path, script: Path = PLAIN_SERVER
+    model_dir: Path, port_file: Path, module: str = PLAIN_SERVER
 ) -> subprocess.Popen[bytes]:
-    """Starts the plain ``grpc.aio`` baseline (``script model_dir port_file``); see plain_server.py."""
-    return subprocess.Popen([sys.executable, str(script), str(model_dir), str(port_file)])
+    """Starts the plain ``grpc.aio`` baseline (``python -m module model_dir port_file`` from the
+    repository root); see plain_server.py."""
+    return subprocess.Popen([sys.executable, "-m", module, str(model_dir), str(port_file)], cwd=REPO)
 
 
 def plain_server_port(proc: subprocess.Popen[bytes], port_file: Path, timeout: float = 60.0) -> int:

@@ -1,7 +1,9 @@
-"""Runs every benchmark: each ``benchmarks/<topic>/bench_*.py`` script, in its own process.
+"""Runs every benchmark: each ``benchmarks/<topic>/bench_*.py`` module, in its own process.
 
 Each script measures finpredict against a baseline in the same run and writes its figures as
-JSON to ``benchmarks/results/<topic>.json``.  ``--only TOPIC`` runs one topic.
+JSON to ``benchmarks/results/<topic>.json``.  ``--only TOPIC`` runs one topic. Each runs as
+``python -m benchmarks.<topic>.bench_<name>`` from the repository root, so a benchmark imports the
+shared ``benchmarks.benchkit`` (and its harness from the installed ``finpredict.testkit``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
 
 
 def main() -> int:
@@ -27,9 +30,10 @@ def main() -> int:
         return 1
     failed = []
     for script in scripts:
-        print(f"==> {script.relative_to(ROOT.parent)}", flush=True)
+        module = ".".join(script.relative_to(REPO).with_suffix("").parts)
+        print(f"==> {module}", flush=True)
         t0 = time.perf_counter()
-        rc = subprocess.call([sys.executable, str(script), *rest])
+        rc = subprocess.call([sys.executable, "-m", module, *rest], cwd=REPO)
         print(f"<== {script.name}: exit {rc} in {time.perf_counter() - t0:.1f}s", flush=True)
         if rc:
             failed.append(script.name)

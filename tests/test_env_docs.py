@@ -2,7 +2,11 @@
 only those: the settings classes' variables (``env_prefix`` + field) and the direct reads
 (``os.environ``/``os.getenv``/typer ``envvar=``, the Rust core's ``std::env::var``) found by
 parsing the sources. The generated tables equal what ``scripts/gen_env_docs.py`` prints now,
-so a new setting fails this test until the README is regenerated."""
+so a new setting fails this test until the README is regenerated.
+
+The packages read the environment only through typed settings classes (``BaseSettings`` in a
+``config``/``settings`` module): a direct read in their sources fails here; setting a variable
+for a library they run (``os.environ.setdefault``) is allowed for the variables listed."""
 
 from __future__ import annotations
 
@@ -14,11 +18,28 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from pydantic_settings import BaseSettings
 
-from finpredict.common.config import ServiceSettings, env_var_name
+from finpredict.common.config import ClientSettings, ServiceSettings, env_var_name
 
 ROOT = Path(__file__).resolve().parents[1]
-REGENERATE = "run `uv run python scripts/gen_env_docs.py --write`"
+REGENERATE = "run `uv run --locked python scripts/gen_env_docs.py --write`"
+# The installed packages' sources (the test kit is dev-only, like the tests) and their settings modules.
+SRC_DIRS = ("libs/*/src", "services/*/src", "pipelines/src", "crates/drift_core/bindings/python/python")
+NOT_SRC = ("libs/api/src", "libs/testkit/src")
+SETTINGS_MODULES = frozenset({"config.py", "settings.py"})
+# What the packages may set (``os.environ.setdefault``) for the libraries they run, where no settings
+# class can: Ray reads its variables at import and in its workers, W&B and OpenMP their own.
+SET_FOR_LIBRARIES = frozenset(
+    {
+        "RAY_USAGE_STATS_ENABLED",
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV",
+        "RAY_DISABLE_FAILURE_SIGNAL_HANDLER",
+        "OMP_WAIT_POLICY",
+        "WANDB_SILENT",
+        "WANDB_DISABLE_GIT",
+    }
+)
 
 
 def _load() -> ModuleType:
@@ -45,25 +66,38 @@ def reads() -> list[object]:
     return list(gen.code_reads(ROOT))
 
 
-def _settings_classes_by_import() -> list[type[ServiceSettings]]:
-    """Independently of the generator: every ServiceSettings subclass in the config modules."""
+def _src_roots() -> list[Path]:
+    roots = [path for pattern in SRC_DIRS for path in sorted(ROOT.glob(pattern))]
+    return [root for root in roots if root.relative_to(ROOT).as_posix() not in NOT_SRC]
+
+
+def _settings_classes_by_import() -> list[type[BaseSettings]]:
+    """Independently of the generator: every BaseSettings subclass in the packages' ``config`` and
+    ``settings`` modules (so one defined anywhere else makes the generator's list differ)."""
     classes = []
-    for path in sorted(ROOT.glob("services/*/src/finpredict/*/config.py")):
-        module = importlib.import_module(f"finpredict.{path.parent.name}.config")
-        classes += [
-            obj
-            for _, obj in inspect.getmembers(module, inspect.isclass)
-            if issubclass(obj, ServiceSettings)
-            and obj is not ServiceSettings
-            and obj.__module__ == module.__name__
-        ]
+    for src in _src_roots():
+        for path in sorted(p for name in SETTINGS_MODULES for p in src.rglob(name)):
+            name = ".".join(path.relative_to(src).with_suffix("").parts)
+            module = importlib.import_module(name)
+            classes += [
+                obj
+                for _, obj in inspect.getmembers(module, inspect.isclass)
+                if issubclass(obj, BaseSettings)
+                and obj is not ServiceSettings
+                and obj.__module__ == module.__name__
+            ]
     return classes
+
+
+def _settings_variables() -> set[str]:
+    return {env_var_name(cls, name) for cls in _settings_classes_by_import() for name in cls.model_fields}
 
 
 def _services() -> list[str]:
     return [
         str(cls.model_config.get("env_prefix", "")).removeprefix("FINPREDICT_").rstrip("_")
         for cls in _settings_classes_by_import()
+        if issubclass(cls, ServiceSettings)
     ]
 
 
@@ -127,10 +161,19 @@ def test_the_collector_finds_every_kind_of_read() -> None:
 
 
 def test_the_generator_finds_every_settings_class() -> None:
-    expected = {cls.__qualname__ for cls in _settings_classes_by_import()}
-    assert len(expected) >= 4  # gateway, registry, model-server, monitor
-    found = {cls.__qualname__ for _, cls in gen.settings_classes(ROOT)}
-    assert found == expected
+    expected = {f"{cls.__module__}.{cls.__qualname__}" for cls in _settings_classes_by_import()}
+    assert {
+        "finpredict.gateway.config.GatewaySettings",
+        "finpredict.registry.config.RegistrySettings",
+        "finpredict.model_server.config.ModelServerSettings",
+        "finpredict.model_server.config.ReplicaSettings",
+        "finpredict.monitor.config.MonitorSettings",
+        "finpredict.common.config.ClientSettings",
+        "finpredict.pipelines.config.PipelineSettings",
+        "finpredict.pipelines.config.WandbSettings",
+    } <= expected
+    found = {f"{cls.__module__}.{cls.__qualname__}" for _, cls in gen.settings_classes(ROOT)}
+    assert found == expected, "a settings class outside a config/settings module, or one the generator misses"
     for _, cls in gen.settings_classes(ROOT):
         assert [s.var for s in gen.settings_of(cls, ROOT)] == [
             env_var_name(cls, name) for name in cls.model_fields
@@ -146,11 +189,10 @@ def test_every_read_names_its_variable(reads: list[object]) -> None:
 
 
 def test_every_variable_the_code_reads_is_documented(section: str, reads: list[object]) -> None:
-    settings_vars = {
-        env_var_name(cls, name) for cls in _settings_classes_by_import() for name in cls.model_fields
-    }
+    settings_vars = _settings_variables()
     read_vars = {r.var for r in reads if r.var is not None}  # type: ignore[attr-defined]
-    assert {"FINPREDICT_REGISTRY_TARGET", "WANDB_MODE", "DRIFT_CORE_NUM_THREADS"} <= read_vars
+    assert {"FINPREDICT_REGISTRY_TARGET", "FINPREDICT_TOKEN", "WANDB_MODE"} <= settings_vars
+    assert "DRIFT_CORE_NUM_THREADS" in read_vars
     needed = settings_vars | read_vars
     documented = gen.documented_variables(section, _services(), _prefixes(needed))
     missing = sorted(needed - documented)
@@ -158,9 +200,7 @@ def test_every_variable_the_code_reads_is_documented(section: str, reads: list[o
 
 
 def test_readme_names_no_variable_that_nothing_reads(section: str, reads: list[object]) -> None:
-    settings_vars = {
-        env_var_name(cls, name) for cls in _settings_classes_by_import() for name in cls.model_fields
-    }
+    settings_vars = _settings_variables()
     read_vars = {r.var for r in reads if r.var is not None}  # type: ignore[attr-defined]
     set_by_tasks = set(gen.taskfile_env(ROOT))
     known = settings_vars | read_vars | set_by_tasks
@@ -171,9 +211,7 @@ def test_readme_names_no_variable_that_nothing_reads(section: str, reads: list[o
 
 
 def test_every_direct_read_has_a_meaning(reads: list[object]) -> None:
-    settings_vars = {
-        env_var_name(cls, name) for cls in _settings_classes_by_import() for name in cls.model_fields
-    }
+    settings_vars = _settings_variables()
     direct = {r.var for r in reads if r.var is not None} - settings_vars  # type: ignore[attr-defined]
     assert sorted(direct - set(gen.OTHER_VARIABLES)) == [], (
         "add them to OTHER_VARIABLES in scripts/gen_env_docs.py"
@@ -185,3 +223,62 @@ def test_readme_tables_are_the_generator_output(section: str) -> None:
     current = gen.generated_part(section)
     assert current is not None, f"README.md's Configuration section has no generated part: {REGENERATE}"
     assert current == gen.render(ROOT), f"README.md's configuration tables are out of date: {REGENERATE}"
+
+
+def _direct_reads_in_packages(reads: list[object]) -> list[object]:
+    """The reads in the packages' sources outside their settings modules that are not a variable
+    set for a library."""
+    roots = tuple(f"{root.relative_to(ROOT).as_posix()}/" for root in _src_roots())
+    return [
+        r
+        for r in reads
+        if r.path.startswith(roots)  # type: ignore[attr-defined]
+        and Path(r.path).name not in SETTINGS_MODULES  # type: ignore[attr-defined]
+        and not (r.how == "os.environ.setdefault" and r.var in SET_FOR_LIBRARIES)  # type: ignore[attr-defined]
+    ]
+
+
+VIOLATIONS = """
+import os
+import typer
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["WANDB_DIR"] = "/tmp/wandb"
+env = {**os.environ, "FINPREDICT_TRIGGER": "manual"}
+
+os.environ.setdefault("FINPREDICT_SOMETHING", "1")
+os.getenv("FINPREDICT_TOKEN")
+os.environ.get("WANDB_MODE", "")
+Target = typer.Option("--target", envvar="FINPREDICT_GATEWAY_TARGET")
+"""
+
+
+def test_the_rule_tells_reads_from_writes() -> None:
+    found, _ = gen.scan_source(VIOLATIONS, "services/gateway/src/finpredict/gateway/example.py")
+    flagged = _direct_reads_in_packages(found)
+    assert [(r.var, r.how) for r in flagged] == [  # type: ignore[attr-defined]
+        ("FINPREDICT_SOMETHING", "os.environ.setdefault"),
+        ("FINPREDICT_TOKEN", "os.getenv"),
+        ("WANDB_MODE", "os.environ.get"),
+        ("FINPREDICT_GATEWAY_TARGET", "envvar="),
+    ]
+    found, _ = gen.scan_source(VIOLATIONS, "services/gateway/src/finpredict/gateway/config.py")
+    assert _direct_reads_in_packages(found) == []  # a settings module may
+
+
+def test_packages_read_the_environment_only_through_settings_classes(reads: list[object]) -> None:
+    direct = [f"{r.path}:{r.line}: {r.how} {r.var}" for r in _direct_reads_in_packages(reads)]  # type: ignore[attr-defined]
+    assert direct == [], (
+        "read these through a pydantic-settings class in the package's config/settings module "
+        "(finpredict.common.config.load_settings; the command lines share ClientSettings)"
+    )
+
+
+def test_every_command_line_group_shares_the_client_settings() -> None:
+    """The token and the addresses are defined once: no other settings class defines them."""
+    client_vars = {env_var_name(ClientSettings, name) for name in ClientSettings.model_fields}
+    for cls in _settings_classes_by_import():
+        if cls is ClientSettings:
+            continue
+        own = {env_var_name(cls, name) for name in cls.model_fields}
+        assert not own & client_vars, f"{cls.__qualname__} redefines {sorted(own & client_vars)}"

@@ -1,5 +1,8 @@
 """Every service starts from one command, serves health and reflection, and drains gracefully.
 
+Reflection resolves methods (``package.Service.Method``, what grpcurl and ghz ask first) as well
+as services, and bytes that are not a protobuf message get INVALID_ARGUMENT, on every service.
+
 Each service is started as its own process (``python -m finpredict.<service>``) on an
 ephemeral loopback port, exactly as a user or Kubernetes would start it.
 """
@@ -13,11 +16,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from finpredict.common.testing import start_service, wait_for
+from finpredict.testkit.process import start_service, wait_for
 
 # service -> gRPC services it must list through reflection (besides health and reflection)
 SERVICES = {
@@ -27,6 +31,17 @@ SERVICES = {
     "monitor": set(),
 }
 ALWAYS = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+# service -> a method symbol of its own and the file reflection must answer for it
+OWN_METHOD = {
+    "gateway": ("finpredict.scoring.v1.ScoringService.Score", "finpredict/scoring/v1/scoring.proto"),
+    "registry": ("finpredict.registry.v1.RegistryService.GetModel", "finpredict/registry/v1/registry.proto"),
+    "monitor": ("finpredict.monitor.v1.MonitorService.ListAlerts", "finpredict/monitor/v1/monitor.proto"),
+    # the control port serves only health and reflection (predictions go to Ray Serve's ingress)
+    "model-server": (
+        "grpc.reflection.v1alpha.ServerReflection.ServerReflectionInfo",
+        "grpc_reflection/v1alpha/reflection.proto",
+    ),
+}
 # The model server reports SERVING only once its Ray Serve app runs (a local Ray, cold): allow it longer.
 START_TIMEOUT_S = {"model-server": 240.0}
 
@@ -42,8 +57,45 @@ def test_starts_serves_health_and_reflection(service: str, tmp_path: Path) -> No
         # Every application service also reports SERVING by name.
         for name in listed - ALWAYS:
             assert proc.health(name) == health_pb2.HealthCheckResponse.SERVING, name
+        _assert_reflection_resolves_methods(proc.target, listed, OWN_METHOD[service])
+        _assert_garbage_is_invalid_argument(proc.target)
+        assert proc.health() == health_pb2.HealthCheckResponse.SERVING
     finally:
         assert proc.stop() == 0, proc.logs()
+
+
+def _file_of(channel: grpc.Channel, symbol: str) -> str:
+    """The file the server names for ``symbol`` (a fresh client: its cache never answers)."""
+    return str(ProtoReflectionDescriptorDatabase(channel).FindFileContainingSymbol(symbol).name)
+
+
+def _assert_reflection_resolves_methods(target: str, listed: set[str], own: tuple[str, str]) -> None:
+    with grpc.insecure_channel(target) as channel:
+        symbol, file = own
+        assert _file_of(channel, symbol) == file
+        assert _file_of(channel, "grpc.health.v1.Health.Check") == "grpc_health/v1/health.proto"
+        # ... and every method of every listed service, as a tool resolving it by name would.
+        pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+        for name in listed:
+            service = pool.FindServiceByName(name)
+            for method in service.methods:
+                assert _file_of(channel, method.full_name) == service.file.name, method.full_name
+        with pytest.raises(KeyError):
+            _file_of(channel, "grpc.health.v1.Health.NoSuchMethod")
+
+
+def _assert_garbage_is_invalid_argument(target: str) -> None:
+    """Bytes that are not a HealthCheckRequest: INVALID_ARGUMENT (grpc alone says UNKNOWN)."""
+    with grpc.insecure_channel(target) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=lambda b: b,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            check(b"\xff\xff\xff\xff", timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value  # type: ignore[attr-defined]
+    assert "not a valid protobuf message" in err.value.details()  # type: ignore[attr-defined]
 
 
 class _Stream:

@@ -3,84 +3,32 @@ for every service that takes its TLS settings from the shared skeleton (monitor,
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
 from finpredict.common.auth import bearer_metadata
 from finpredict.common.channel import create_channel
-from finpredict.common.testing import ServiceProcess, start_service, wait_for
-
-Pem = tuple[bytes, bytes]  # (certificate, private key)
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(
-    cn: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None, *, server: bool = False
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-    )
-    if issuer is None:  # a CA
-        builder = builder.issuer_name(_name(cn)).add_extension(
-            x509.BasicConstraints(ca=True, path_length=0), True
-        )
-        return builder.sign(key, hashes.SHA256()), key
-    builder = builder.issuer_name(issuer[0].subject)
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            False,
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-    else:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-    return builder.sign(issuer[1], hashes.SHA256()), key
-
-
-def _pem(pair: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> Pem:
-    cert, key = pair
-    return (
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-    )
+from finpredict.testkit.pki import Pem, issue, pem
+from finpredict.testkit.process import ServiceProcess, start_service, wait_for
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | Pem]:
     d = tmp_path_factory.mktemp("pki")
-    ca = _issue("finpredict test CA", None)
-    other_ca = _issue("someone else's CA", None)
+    ca = issue("finpredict test CA", None)
+    other_ca = issue("someone else's CA", None)
     files: dict[str, Path | Pem] = {}
-    for label, pem in {"ca": _pem(ca), "server": _pem(_issue("127.0.0.1", ca, server=True))}.items():
-        (d / f"{label}.crt").write_bytes(pem[0])
-        (d / f"{label}.key").write_bytes(pem[1])
+    for label, (cert, key) in {"ca": pem(ca), "server": pem(issue("127.0.0.1", ca, server=True))}.items():
+        (d / f"{label}.crt").write_bytes(cert)
+        (d / f"{label}.key").write_bytes(key)
         files[label + "_crt"] = d / f"{label}.crt"
         files[label + "_key"] = d / f"{label}.key"
-    files["client"] = _pem(_issue("gateway", ca))
-    files["foreign_client"] = _pem(_issue("intruder", other_ca))
+    files["client"] = pem(issue("gateway", ca))
+    files["foreign_client"] = pem(issue("intruder", other_ca))
     return files
 
 

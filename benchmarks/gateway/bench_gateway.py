@@ -27,7 +27,7 @@ replica, the rest of Ray, monitor, plain server; from /proc) and how many cores 
 other processes kept busy meanwhile (``cores_busy.others``: how disturbed the figure is).
 Writes ``benchmarks/results/gateway.json``.
 
-    python benchmarks/gateway/bench_gateway.py [--duration 4] [--repeats 3] [--rates 25,50,100,150]
+    python -m benchmarks.gateway.bench_gateway [--duration 4] [--repeats 3] [--rates 25,50,100,150]
 """
 
 from __future__ import annotations
@@ -49,25 +49,7 @@ from typing import Any
 
 import grpc
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "services/model-server/tests"))
-sys.path.insert(0, str(ROOT / "services/gateway/tests"))
-sys.path.insert(0, str(ROOT))
-
-from gateway_testkit import (  # type: ignore[import-not-found]  # noqa: E402
-    CLIENT,
-    OPERATOR,
-    REGISTRY_TOKENS,
-    REPLICA_TOKEN,
-    features_of,
-    metric_value,
-    monitor_process,
-    pass_gates,
-    start_gateway,
-)
-from serving_testkit import Registry, ray_cluster  # type: ignore[import-not-found]  # noqa: E402
-
-from benchmarks.benchkit import (  # noqa: E402
+from benchmarks.benchkit import (
     SERVE_THROUGHPUT_ENV,
     Call,
     bench_model,
@@ -86,20 +68,33 @@ from benchmarks.benchkit import (  # noqa: E402
     stop_process,
     warm_up,
 )
-from finpredict.api.common.v1 import types_pb2  # noqa: E402
-from finpredict.api.rollout.v1 import rollout_pb2 as rpb  # noqa: E402
-from finpredict.api.rollout.v1 import rollout_pb2_grpc as rpb_grpc  # noqa: E402
-from finpredict.api.scoring.v1 import scoring_pb2 as spb  # noqa: E402
-from finpredict.api.scoring.v1 import scoring_pb2_grpc as spb_grpc  # noqa: E402
-from finpredict.api.serving.v1 import model_server_pb2 as pb  # noqa: E402
-from finpredict.api.serving.v1 import model_server_pb2_grpc as pb_grpc  # noqa: E402
-from finpredict.common.testing import ServiceProcess  # noqa: E402
-from finpredict.features import CREDIT_SCHEMA  # noqa: E402
-from finpredict.modelio.testing import synthetic_records  # noqa: E402
+from finpredict.api.common.v1 import types_pb2
+from finpredict.api.rollout.v1 import rollout_pb2 as rpb
+from finpredict.api.rollout.v1 import rollout_pb2_grpc as rpb_grpc
+from finpredict.api.scoring.v1 import scoring_pb2 as spb
+from finpredict.api.scoring.v1 import scoring_pb2_grpc as spb_grpc
+from finpredict.api.serving.v1 import model_server_pb2 as pb
+from finpredict.api.serving.v1 import model_server_pb2_grpc as pb_grpc
+from finpredict.features import CREDIT_SCHEMA
+from finpredict.testkit.gateway import (
+    CLIENT,
+    OPERATOR,
+    REGISTRY_TOKENS,
+    REPLICA_TOKEN,
+    features_of,
+    monitor_process,
+    pass_gates,
+    start_gateway,
+)
+from finpredict.testkit.models import synthetic_records
+from finpredict.testkit.process import ServiceProcess
+from finpredict.testkit.scrape import metric_value
+from finpredict.testkit.serving import Registry, ray_cluster
 
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "bench"  # the plain server answers as bench:1 too
 APP = "model-server"  # the gateway's default Serve application
-PLAIN_SCRIPT = Path(__file__).with_name("plain_scoring_server.py")
+PLAIN_SCORING_SERVER = "benchmarks.gateway.plain_scoring_server"
 TARGETS = {
     "sequential_p50_ratio_max": 2.0,
     "sequential_p99_ratio_max": 2.5,
@@ -355,7 +350,7 @@ def stack(tmp: Path, args: argparse.Namespace) -> Iterator[Stack]:
         registry.set_alias(MODEL, "production", versions["stable"])
 
         port_file = tmp / "plain.port"
-        plain = start_plain_server(tmp / "model", port_file, script=PLAIN_SCRIPT)
+        plain = start_plain_server(tmp / "model", port_file, module=PLAIN_SCORING_SERVER)
         stop.callback(stop_process, plain)
         plain_port = plain_server_port(plain, port_file)
 

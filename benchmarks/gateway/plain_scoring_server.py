@@ -6,7 +6,7 @@ client API mounted next to ``Predict``: one ``Score`` is one in-process ``Predic
 model. What it leaves out is what the gateway benchmark measures: bearer auth, routing, schema
 validation, coalescing, the hop through Ray Serve's proxy to a replica, the prediction log.
 
-    python plain_scoring_server.py <model_dir> <port_file>
+    python -m benchmarks.gateway.plain_scoring_server <model_dir> <port_file>   (from the repository root)
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.model_server.plain_server import Plain, mount_predict, serve
 from finpredict.api.scoring.v1 import scoring_pb2 as spb

@@ -1,6 +1,6 @@
 """Load and soak of the gateway on a real local stack, driven by ghz at a fixed rate.
 
-The stack is the one the gateway's end-to-end tests start (services/gateway/tests/conftest.py),
+The stack is the one the gateway's end-to-end tests start (``finpredict.testkit.gateway.running_stack``),
 as real processes on loopback with ephemeral ports: a registry (model v1 in `production`, a
 good candidate v2), Ray (``ray start --head``) with the model server (two replicas), a monitor
 receiving the prediction log, and the gateway. ghz (``.tools/bin/ghz``, installed by
@@ -25,8 +25,8 @@ model-server driver, each Serve replica, the Serve proxy and controller) every `
 seconds; ``benchmarks/results/soak.json`` has the samples and each process's growth (first to
 last sample and a least-squares slope per minute).
 
-    python benchmarks/load/load_gateway.py load [--rate 50] [--duration 60]
-    python benchmarks/load/load_gateway.py soak [--minutes 10] [--rate 50] [--sample-s 10]
+    python -m benchmarks.load.load_gateway load [--rate 50] [--duration 60]
+    python -m benchmarks.load.load_gateway soak [--minutes 10] [--rate 50] [--sample-s 10]
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,35 +50,21 @@ from typing import Any
 import grpc
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "services/model-server/tests"))
-sys.path.insert(0, str(ROOT / "services/gateway/tests"))
-
-from gateway_testkit import (  # type: ignore[import-not-found]  # noqa: E402
+from finpredict.api.rollout.v1 import rollout_pb2 as rpb
+from finpredict.testkit.gateway import (
     CLIENT_TOKEN,
     OPERATOR,
     RECORDS,
-    REGISTRY_TOKENS,
-    REPLICA_TOKEN,
     GatewayClient,
+    Stack,
     features_of,
-    monitor_process,
-    pass_gates,
-    samples,
-    start_gateway,
-    total,
+    running_stack,
     train,
 )
-from serving_testkit import (  # type: ignore[import-not-found]  # noqa: E402
-    RayCluster,
-    Registry,
-    ray_cluster,
-    start_model_server,
-)
+from finpredict.testkit.process import ServiceProcess, wait_for
+from finpredict.testkit.scrape import samples, total
 
-from finpredict.api.rollout.v1 import rollout_pb2 as rpb  # noqa: E402
-from finpredict.common.testing import ServiceProcess, start_service, wait_for  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[2]
 GHZ = ROOT / ".tools" / "bin" / "ghz"
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL = "credit-load"
@@ -90,70 +75,10 @@ ROLLOUT_STEPS = [10.0, 50.0, 100.0]
 ROLLOUT_INTERVAL_S = 10.0
 
 
-@dataclass
-class Stack:
-    registry: Registry
-    registry_proc: ServiceProcess
-    ray: RayCluster
-    model_server: ServiceProcess
-    monitor: ServiceProcess
-    gateway: ServiceProcess
-    versions: dict[str, int]
-
-
-@contextlib.contextmanager
-def stack(work: Path) -> Iterator[Stack]:
-    """The gateway's end-to-end stack (as its conftest builds it), torn down by pid."""
-    reg_proc = start_service(
-        "registry",
-        work / "registry",
-        env={
-            "FINPREDICT_REGISTRY_DATA_DIR": str(work / "registry" / "data"),
-            "FINPREDICT_REGISTRY_TOKENS": REGISTRY_TOKENS,
-            "FINPREDICT_REGISTRY_LOG_FORMAT": "text",
-            "FINPREDICT_REGISTRY_SHUTDOWN_GRACE_S": "1",
-            "FINPREDICT_REGISTRY_WATCH_POLL_S": "0.5",
-        },
-    )
-    registry = Registry(reg_proc)
-    try:
-        registry.create_model(MODEL)
-        versions = {
-            "v1": registry.register(MODEL, train(seed=1, rounds=20), threshold=0.5),
-            "v2": registry.register(MODEL, train(seed=1, rounds=22), threshold=0.5),
-        }
-        for version in versions.values():
-            pass_gates(registry, MODEL, version)
-        registry.set_alias(MODEL, "production", versions["v1"])
-        with ray_cluster({"FINPREDICT_MODEL_SERVER_REGISTRY_TOKEN": REPLICA_TOKEN}) as ray:
-            (work / "model-server").mkdir()
-            ms_proc, serve_port = start_model_server(work / "model-server", ray, registry)
-            try:
-                monitor_port = _free_port()
-                monitor = monitor_process(work / "monitor", monitor_port)
-                try:
-                    gateway = start_gateway(
-                        work / "gateway", registry.target, serve_port, f"127.0.0.1:{monitor_port}"
-                    )
-                    try:
-                        yield Stack(registry, reg_proc, ray, ms_proc, monitor, gateway, versions)
-                    finally:
-                        gateway.stop(timeout=30)
-                finally:
-                    monitor.stop(timeout=30)
-            finally:
-                ms_proc.stop(timeout=60)
-    finally:
-        registry.close()
-        reg_proc.stop()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def stack(work: Path) -> contextlib.AbstractContextManager[Stack]:
+    """The gateway's end-to-end stack (the one its tests start), torn down by pid: v1 in
+    `production`, a good candidate v2."""
+    return running_stack(work, MODEL, {"v1": train(seed=1, rounds=20), "v2": train(seed=1, rounds=22)})
 
 
 def warm_up(s: Stack) -> None:
@@ -267,7 +192,7 @@ def service_pids(s: Stack) -> dict[str, int]:
     """Every service process of the stack, by role."""
     pids = {
         "gateway": s.gateway.proc.pid,
-        "registry": s.registry_proc.proc.pid,
+        "registry": s.registry.proc.proc.pid,
         "monitor": s.monitor.proc.pid,
         "model-server driver": s.model_server.proc.pid,
     }

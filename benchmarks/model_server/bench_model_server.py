@@ -12,7 +12,7 @@ request's scheduled send time, so a saturated server cannot hide its queue):
 Both Serve apps are deployed by ``python -m finpredict.model_server`` from a Serve config and
 load the model from a real registry. Writes ``benchmarks/results/model_server.json``.
 
-    python benchmarks/model_server/bench_model_server.py [--rates 50,100,200] [--duration 6] [--rows 1]
+    python -m benchmarks.model_server.bench_model_server [--rates 50,100,200] [--duration 6] [--rows 1]
 """
 
 from __future__ import annotations
@@ -27,19 +27,7 @@ from typing import Any
 
 import grpc
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "services/model-server/tests"))
-sys.path.insert(0, str(ROOT))
-
-from serving_testkit import (  # type: ignore[import-not-found]  # noqa: E402
-    READER_TOKEN,
-    TOKENS,
-    Registry,
-    ray_cluster,
-    to_rows,
-)
-
-from benchmarks.benchkit import (  # noqa: E402
+from benchmarks.benchkit import (
     SERVE_THROUGHPUT_ENV,
     bench_model,
     call_until_ready,
@@ -52,14 +40,22 @@ from benchmarks.benchkit import (  # noqa: E402
     stop_process,
     sweep,
 )
-from finpredict.api.common.v1 import types_pb2  # noqa: E402
-from finpredict.api.serving.v1 import model_server_pb2 as pb  # noqa: E402
-from finpredict.api.serving.v1 import model_server_pb2_grpc as pb_grpc  # noqa: E402
-from finpredict.features import CREDIT_SCHEMA  # noqa: E402
-from finpredict.model_server.scoring import row_records  # noqa: E402
-from finpredict.modelio import load_model_dir  # noqa: E402
-from finpredict.modelio.testing import synthetic_records  # noqa: E402
+from finpredict.api.common.v1 import types_pb2
+from finpredict.api.serving.v1 import model_server_pb2 as pb
+from finpredict.api.serving.v1 import model_server_pb2_grpc as pb_grpc
+from finpredict.features import CREDIT_SCHEMA
+from finpredict.model_server.scoring import row_records
+from finpredict.modelio import load_model_dir
+from finpredict.testkit.models import synthetic_records
+from finpredict.testkit.serving import (
+    READER_TOKEN,
+    TOKENS,
+    Registry,
+    ray_cluster,
+    to_rows,
+)
 
+ROOT = Path(__file__).resolve().parents[2]
 P99_GATE_MS = 50.0
 
 

@@ -1,6 +1,6 @@
 """Baseline: the same scoring code on a plain single-process ``grpc.aio`` server (no Ray).
 
-python plain_server.py <model_dir> <port_file>
+python -m benchmarks.model_server.plain_server <model_dir> <port_file>   (from the repository root)
 """
 
 from __future__ import annotations

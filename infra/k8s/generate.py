@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]  # (no types-PyYAML in the lock)
 
+from finpredict.common import addresses
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
 SERVE_CONFIG = (
@@ -31,7 +33,7 @@ RULES_DIR = ROOT / "infra" / "prometheus" / "rules"
 DASHBOARDS_DIR = ROOT / "infra" / "grafana" / "dashboards"
 
 # What differs in the cluster, set through the model server's own settings (nothing else does).
-REGISTRY_TARGET = "registry:50052"
+REGISTRY_TARGET = f"registry:{addresses.REGISTRY_PORT}"  # the registry Service (base/registry.yaml)
 APP_NAME = "model-server"
 
 PART_OF = {"app.kubernetes.io/part-of": "finpredict"}

@@ -22,12 +22,11 @@ from google.protobuf import json_format
 from sklearn.metrics import roc_auc_score
 
 from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
-from finpredict.common.testing import ServiceProcess, start_service
 from finpredict.features import records_to_matrix
 from finpredict.pipelines.artifact import load_model
-
-from . import wandb_log
-from .pipeline_repo import PipelineRepo, make_repo
+from finpredict.testkit import wandb_log
+from finpredict.testkit.pipeline import PipelineRepo, make_repo
+from finpredict.testkit.process import ServiceProcess, start_service
 
 TOKEN = "pipeline-test-token-0001"
 MODEL = "credit-default"
@@ -116,7 +115,9 @@ def test_first_run_trains_passes_gates_and_registers(repo: PipelineRepo, registr
     assert version.version == reg["version"]
     assert version.gates_passed
     assert version.artifact.sha256 == repo.read_json("models/model/manifest.json")["sha256"]
-    assert version.reference_profile == (repo.path / "models/reference_profile.bin").read_bytes()
+    profile = (repo.path / "models/reference_profile.bin").read_bytes()
+    assert version.reference_profile == profile
+    assert version.reference_profile_sha256 == hashlib.sha256(profile).hexdigest()
     lin = lineage(registry, version.version)
     assert lin.lineage.data_md5["data/raw/loans.parquet"] == lock_md5(
         repo, "ingest", "data/raw/loans.parquet"

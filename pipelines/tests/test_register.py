@@ -9,9 +9,9 @@ import grpc
 import pytest
 
 from finpredict.api.registry.v1 import registry_pb2_grpc
-from finpredict.common.testing import ServiceProcess, start_service
 from finpredict.pipelines.common import PipelineError
 from finpredict.pipelines.register import ensure_model
+from finpredict.testkit.process import ServiceProcess, start_service
 
 ADMIN = "admin-token-for-tests-01"
 WRITER = "writer-token-for-tests-01"

@@ -6,40 +6,24 @@ browser logs no error, and the screenshot is a real picture, not a blank page.""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import math
 import random
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-ROOT = Path(__file__).resolve().parents[2]
+from finpredict.demo import report as dr
+
 CHROMIUM = "/usr/bin/chromium"
 PLOTS = ["plot-drift", "plot-drift-lines", "plot-scores", "plot-rollout", "plot-latency"]
 DAYS = 14
 FEATURES = [f"feature_{i:02d}" for i in range(45)]
 DRIFTING = ["annual_revenue", "utilisation", "days_past_due"]
-
-
-def _load() -> ModuleType:
-    path = ROOT / "scripts" / "demo_report.py"
-    spec = importlib.util.spec_from_file_location("finpredict_demo_report", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-dr = _load()
 
 
 def synthetic_report(seed: int = 7) -> Any:

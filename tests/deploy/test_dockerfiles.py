@@ -9,7 +9,8 @@ import tomllib
 
 import pytest
 import yaml
-from deploy_testkit import ROOT, SERVICES, check_dockerfile, dockerfile_stages
+
+from finpredict.testkit.deploy import ROOT, SERVICES, check_dockerfile, dockerfile_stages
 
 
 def _package(service: str) -> str:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_testkit import (
+
+from finpredict.testkit.deploy import (
     K8S,
     OVERLAYS,
     Obj,

@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_testkit import K8S, OVERLAYS, find, rendered
 
-from finpredict.model_server.config import DEFAULT_SERVE_CONFIG, ModelServerSettings
+from finpredict.common import addresses
+from finpredict.common.config import env_var_name
+from finpredict.model_server.config import DEFAULT_SERVE_CONFIG, ModelServerSettings, ReplicaSettings
 from finpredict.model_server.driver import load_serve_config
+from finpredict.testkit.deploy import K8S, OVERLAYS, find, rendered
 
 
 def _generator() -> ModuleType:
@@ -60,6 +62,14 @@ def test_rayservice_runs_the_local_serve_config(overlay: str) -> None:
     assert _diff(_local_config(), in_cluster) == [".applications[0].args.registry_target"]
 
 
+def test_the_local_config_uses_the_default_addresses() -> None:
+    """The YAML cannot import ``finpredict.common.addresses``: the gateway's default model-server
+    target and the app's default registry target must still match it."""
+    config = _local_config()
+    assert config["grpc_options"]["port"] == addresses.SERVE_GRPC_PORT
+    assert config["applications"][0]["args"]["registry_target"] == addresses.REGISTRY_ADDRESS
+
+
 def test_the_registry_target_is_the_registry_service() -> None:
     objs = rendered("prod")
     service = find(objs, "Service", "registry")
@@ -82,7 +92,7 @@ def test_serve_ports_match_the_ray_pods_and_the_gateway() -> None:
     target = f"{rs['spec']['serveService']['metadata']['name']}:{svc_port}"
     assert gateway_env["FINPREDICT_GATEWAY_MODEL_SERVER_TARGET"] == target
     assert gateway_env["FINPREDICT_GATEWAY_MODEL_SERVER_APPLICATION"] == serve["applications"][0]["name"]
-    token_env = serve["applications"][0]["args"]["registry_token_env"]
+    token_env = env_var_name(ReplicaSettings, "model_server_registry_token")
     assert token_env in {e["name"] for e in worker["env"]}
 
 

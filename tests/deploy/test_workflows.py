@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from deploy_testkit import (
+
+from finpredict.testkit.deploy import (
     ROOT,
     WORKFLOWS,
     Obj,

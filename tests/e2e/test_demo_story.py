@@ -1,5 +1,5 @@
-"""The main job end to end: a shortened ``task demo`` story on the same code path
-(``scripts/demo_story.py``), on a stack of its own (its own run dir, free ports, its own Ray via
+"""The main job end to end: a shortened ``finpredict demo`` story on the same code path
+(``finpredict.demo.story``), on a stack of its own (its own run dir, free ports, its own Ray via
 the model server, its own DVC cache and remote), so it never meets a developer's ``task up``.
 
 The story runs once for the module (smaller training data, one-second analysis intervals,
@@ -23,12 +23,8 @@ from rich.console import Console
 
 from finpredict.api.monitor.v1 import monitor_pb2
 from finpredict.api.rollout.v1 import rollout_pb2
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from demo_story import StoryConfig, StoryResult, run_story  # noqa: E402
-from stack import Stack  # noqa: E402
+from finpredict.demo.story import StoryConfig, StoryResult, run_story
+from finpredict.stack.launcher import Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -21,15 +21,15 @@ from typing import Any
 import polars as pl
 import pytest
 import yaml
-from fuzz_testkit import fuzz_settings
 from hypothesis import example, given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from finpredict.monitor import replay as rp
+from finpredict.demo import replay as rp
 from finpredict.monitor.cli import app as drift_app
 from finpredict.pipelines.common import default_dataset_schema, run_stage
 from finpredict.registry.cli import app as models_app
+from finpredict.testkit.fuzz import fuzz_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 WIDE = {"COLUMNS": "400", "NO_COLOR": "1"}  # one line per message, whatever the path length

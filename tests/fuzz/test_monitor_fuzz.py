@@ -11,36 +11,32 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from fuzz_testkit import (
-    EXAMPLES,
-    assert_clean_logs,
-    call,
-    check_outcome,
-    fuzz_settings,
-    messages,
-    one_field_off,
-    requests_for,
-    rpc_names,
-    timestamps,
-)
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2
-from hypothesis import given
 from hypothesis import strategies as st
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc
-from finpredict.common.auth import bearer_metadata
-from finpredict.common.testing import ServiceProcess, start_service
-from finpredict.monitor import replay as rp
+from finpredict.demo import replay as rp
+from finpredict.testkit.fuzz import (
+    EXAMPLES,
+    FuzzTarget,
+    call,
+    fuzz_rpc,
+    fuzz_target,
+    messages,
+    one_field_off,
+    rpc_names,
+    timestamps,
+)
+from finpredict.testkit.process import start_service
 
 SERVICE = pb.DESCRIPTOR.services_by_name["MonitorService"]
 ADMIN_TOKEN = "fuzz-monitor-admin-0123456789"
@@ -113,13 +109,6 @@ EXTRA: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
-@dataclass
-class Target:
-    proc: ServiceProcess
-    channel: grpc.Channel
-    metadata: tuple[tuple[str, str], ...]
-
-
 def _kept_records(n: int) -> list[pb.PredictionRecord]:
     out = []
     for i in range(n):
@@ -132,7 +121,7 @@ def _kept_records(n: int) -> list[pb.PredictionRecord]:
 
 
 @pytest.fixture(scope="module")
-def monitor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def monitor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
     tmp: Path = tmp_path_factory.mktemp("monitor-fuzz")
     (tmp / "profiles" / MODEL).mkdir(parents=True)
     (tmp / "profiles" / MODEL / "1.bin").write_bytes(_PROFILE.to_bytes())
@@ -149,16 +138,15 @@ def monitor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             "FINPREDICT_MONITOR_SHUTDOWN_GRACE_S": "2",
         },
     )
-    channel = grpc.insecure_channel(proc.target)
-    md = bearer_metadata(ADMIN_TOKEN)
-    stub = monitor_pb2_grpc.MonitorServiceStub(channel)
-    kept = stub.IngestPredictions(
-        iter([pb.IngestPredictionsRequest(records=_kept_records(5))]), metadata=md, timeout=10
-    )
-    assert kept.accepted == 5, kept
-    try:
-        yield Target(proc, channel, md)
-        assert proc.health() == health_pb2.HealthCheckResponse.SERVING
+    with fuzz_target(proc, ADMIN_TOKEN) as target:
+        md = target.metadata
+        stub = monitor_pb2_grpc.MonitorServiceStub(target.channel)
+        kept = stub.IngestPredictions(
+            iter([pb.IngestPredictionsRequest(records=_kept_records(5))]), metadata=md, timeout=10
+        )
+        assert kept.accepted == 5, kept
+        yield target
+        # After everything: the records acknowledged before the fuzzing are all still counted.
         report = stub.GetDriftReport(
             pb.GetDriftReportRequest(
                 model=types_pb2.ModelRef(name=KEPT, version=1), window=pb.WINDOW_SIZE_DAILY
@@ -167,27 +155,15 @@ def monitor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             timeout=10,
         )
         assert sum(w.count for w in report.windows) == 5
-        assert_clean_logs(proc)
-    finally:
-        channel.close()
-        assert proc.stop(timeout=20) == 0, proc.logs()[-5000:]
 
 
 @pytest.mark.parametrize("method_name", rpc_names(SERVICE))
-def test_monitor_rpc_refuses_hostile_requests_clearly(monitor: Target, method_name: str) -> None:
-    method = SERVICE.methods_by_name[method_name]
+def test_monitor_rpc_refuses_hostile_requests_clearly(monitor: FuzzTarget, method_name: str) -> None:
     examples = max(4, EXAMPLES // 3) if method_name.startswith("Watch") else None
-
-    @fuzz_settings(examples)
-    @given(requests_for(method, HINTS, VALID.get(method_name), EXTRA.get(method_name)))
-    def run(request: Any) -> None:
-        outcome = call(monitor.channel, SERVICE, method, request, monitor.metadata)
-        check_outcome(method, request, outcome, monitor.proc)
-
-    run()
+    fuzz_rpc(monitor, SERVICE, method_name, HINTS, VALID.get(method_name), EXTRA.get(method_name), examples)
 
 
-def test_monitor_messages_over_the_size_limit_are_resource_exhausted(monitor: Target) -> None:
+def test_monitor_messages_over_the_size_limit_are_resource_exhausted(monitor: FuzzTarget) -> None:
     method = SERVICE.methods_by_name["TriggerRetraining"]
     request = pb.TriggerRetrainingRequest(model=MODEL, reason="x" * (17 * 1024 * 1024))
     outcome = call(monitor.channel, SERVICE, method, request, monitor.metadata)
@@ -220,7 +196,7 @@ def _record(**changes: Any) -> pb.PredictionRecord:
     ],
 )
 def test_monitor_rejects_bad_records_naming_the_field(
-    monitor: Target, changes: dict[str, Any], field: str
+    monitor: FuzzTarget, changes: dict[str, Any], field: str
 ) -> None:
     """Once UNKNOWN (datetime overflow, a file name too long, a path outside the profiles): now
     the record is rejected, the rest of the batch is not."""
@@ -263,7 +239,7 @@ def test_monitor_rejects_bad_records_naming_the_field(
     ],
 )
 def test_monitor_regressions_are_invalid_argument_naming_the_field(
-    monitor: Target, method_name: str, request_msg: Any, field: str
+    monitor: FuzzTarget, method_name: str, request_msg: Any, field: str
 ) -> None:
     method = SERVICE.methods_by_name[method_name]
     outcome = call(monitor.channel, SERVICE, method, request_msg, monitor.metadata)
@@ -271,7 +247,7 @@ def test_monitor_regressions_are_invalid_argument_naming_the_field(
     assert outcome.details.startswith(field), outcome.details
 
 
-def test_a_clock_far_ahead_of_the_data_is_evaluated_at_once(monitor: Target) -> None:
+def test_a_clock_far_ahead_of_the_data_is_evaluated_at_once(monitor: FuzzTarget) -> None:
     """EvaluateRules to the year 8999 once walked every hour in between (hours of CPU under the
     monitor's lock): days without records are now skipped in one step."""
     import time

@@ -11,24 +11,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from fuzz_testkit import (
-    EXAMPLES,
-    assert_clean_logs,
-    call,
-    check_outcome,
-    fuzz_settings,
-    messages,
-    one_field_off,
-    requests_for,
-    rpc_names,
-    timestamps,
-)
 from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2
@@ -38,9 +25,21 @@ from hypothesis import strategies as st
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.registry.v1 import registry_pb2 as pb
 from finpredict.api.registry.v1 import registry_pb2_grpc
-from finpredict.common.auth import bearer_metadata
-from finpredict.common.testing import ServiceProcess, start_service
 from finpredict.registry.service import encode_token
+from finpredict.testkit.fuzz import (
+    EXAMPLES,
+    FuzzTarget,
+    call,
+    check_outcome,
+    fuzz_rpc,
+    fuzz_settings,
+    fuzz_target,
+    messages,
+    one_field_off,
+    rpc_names,
+    timestamps,
+)
+from finpredict.testkit.process import start_service
 
 SERVICE = pb.DESCRIPTOR.services_by_name["RegistryService"]
 ADMIN_TOKEN = "fuzz-admin-token-0123456789"
@@ -137,15 +136,8 @@ EXTRA: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
-@dataclass
-class Target:
-    proc: ServiceProcess
-    channel: grpc.Channel
-    metadata: tuple[tuple[str, str], ...]
-
-
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
     tmp: Path = tmp_path_factory.mktemp("registry-fuzz")
     proc = start_service(
         "registry",
@@ -158,25 +150,19 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             "FINPREDICT_REGISTRY_WANDB_MODE": "offline",
         },
     )
-    channel = grpc.insecure_channel(proc.target)
-    md = bearer_metadata(ADMIN_TOKEN)
-    stub = registry_pb2_grpc.RegistryServiceStub(channel)
-    for name, versions in ((MODEL, 2), (KEPT, 1)):
-        stub.CreateModel(pb.CreateModelRequest(name=name, description="fuzzed"), metadata=md, timeout=10)
-        for _ in range(versions):
-            _register(stub, md, name)
-    stub.SetAlias(pb.SetAliasRequest(model=MODEL, alias="production", version=1), metadata=md, timeout=10)
-    try:
-        yield Target(proc, channel, md)
-        # After everything: still serving, the data from before the fuzzing still reads back whole.
-        assert proc.health() == health_pb2.HealthCheckResponse.SERVING
+    with fuzz_target(proc, ADMIN_TOKEN) as target:
+        stub = registry_pb2_grpc.RegistryServiceStub(target.channel)
+        md = target.metadata
+        for name, versions in ((MODEL, 2), (KEPT, 1)):
+            stub.CreateModel(pb.CreateModelRequest(name=name, description="fuzzed"), metadata=md, timeout=10)
+            for _ in range(versions):
+                _register(stub, md, name)
+        stub.SetAlias(pb.SetAliasRequest(model=MODEL, alias="production", version=1), metadata=md, timeout=10)
+        yield target
+        # After everything: the data from before the fuzzing still reads back whole.
         download = pb.DownloadArtifactRequest(model=KEPT, version=1)
         kept = b"".join(r.chunk for r in stub.DownloadArtifact(download, metadata=md, timeout=10))
         assert kept == ARTIFACT
-        assert_clean_logs(proc)
-    finally:
-        channel.close()
-        assert proc.stop(timeout=20) == 0, proc.logs()[-5000:]
 
 
 def _register(
@@ -191,20 +177,13 @@ def _register(
 
 
 @pytest.mark.parametrize("method_name", rpc_names(SERVICE))
-def test_registry_rpc_refuses_hostile_requests_clearly(registry: Target, method_name: str) -> None:
+def test_registry_rpc_refuses_hostile_requests_clearly(registry: FuzzTarget, method_name: str) -> None:
     method = SERVICE.methods_by_name[method_name]
     examples = max(4, EXAMPLES // 3) if method.server_streaming and method_name.startswith("Watch") else None
-
-    @fuzz_settings(examples)
-    @given(requests_for(method, HINTS, VALID.get(method_name), EXTRA.get(method_name)))
-    def run(request: Any) -> None:
-        outcome = call(registry.channel, SERVICE, method, request, registry.metadata)
-        check_outcome(method, request, outcome, registry.proc)
-
-    run()
+    fuzz_rpc(registry, SERVICE, method_name, HINTS, VALID.get(method_name), EXTRA.get(method_name), examples)
 
 
-def test_hostile_authorization_headers_are_unauthenticated(registry: Target) -> None:
+def test_hostile_authorization_headers_are_unauthenticated(registry: FuzzTarget) -> None:
     method = SERVICE.methods_by_name["ListModels"]
 
     @fuzz_settings()
@@ -222,7 +201,7 @@ def test_hostile_authorization_headers_are_unauthenticated(registry: Target) -> 
     run()
 
 
-def test_messages_over_the_size_limit_are_resource_exhausted(registry: Target) -> None:
+def test_messages_over_the_size_limit_are_resource_exhausted(registry: FuzzTarget) -> None:
     method = SERVICE.methods_by_name["CreateModel"]
     request = pb.CreateModelRequest(name="big", description="x" * (17 * 1024 * 1024))
     outcome = call(registry.channel, SERVICE, method, request, registry.metadata)
@@ -267,7 +246,7 @@ REGRESSIONS: list[tuple[str, Any, str]] = [
 
 @pytest.mark.parametrize(("method_name", "request_msg", "field"), REGRESSIONS)
 def test_registry_regressions_are_invalid_argument_naming_the_field(
-    registry: Target, method_name: str, request_msg: Any, field: str
+    registry: FuzzTarget, method_name: str, request_msg: Any, field: str
 ) -> None:
     method = SERVICE.methods_by_name[method_name]
     outcome = call(registry.channel, SERVICE, method, request_msg, registry.metadata)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from finpredict.common.testing import wait_for
-from finpredict.common.testing_monitoring import Daemon, WebhookReceiver, start_alertmanager
+from finpredict.testkit.monitoring import Daemon, WebhookReceiver, start_alertmanager
+from finpredict.testkit.process import wait_for
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 

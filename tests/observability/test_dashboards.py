@@ -27,8 +27,8 @@ import yaml
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as mpb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc as mpb_grpc
-from finpredict.common.testing import ServiceProcess, start_service, wait_for
-from finpredict.common.testing_monitoring import Daemon, start_prometheus
+from finpredict.testkit.monitoring import Daemon, start_prometheus
+from finpredict.testkit.process import ServiceProcess, start_service, wait_for
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 DASHBOARDS = sorted((INFRA / "grafana" / "dashboards").glob("*.json"))
@@ -246,7 +246,7 @@ def _quality_rules() -> dict[str, str]:
 def quality_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A monitor that replayed two days (a recession from the second, labels 30 h late), and a
     Prometheus scraping it with the project's rules."""
-    from finpredict.monitor import replay as rp
+    from finpredict.demo import replay as rp
 
     work = tmp_path_factory.mktemp("quality")
     (work / "profiles" / MODEL).mkdir(parents=True)

@@ -17,13 +17,13 @@ from finpredict.api.inference import grpc_predict_v2_pb2 as pb
 from finpredict.api.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from finpredict.common.interceptors import TRACE_ID_KEY
 from finpredict.common.metrics import LATENCY_BUCKETS
-from finpredict.common.testing import ServiceProcess, start_service, wait_for
-from finpredict.common.testing_monitoring import (
+from finpredict.testkit.monitoring import (
     Daemon,
     WebhookReceiver,
     start_alertmanager,
     start_prometheus,
 )
+from finpredict.testkit.process import ServiceProcess, start_service, wait_for
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 METHOD = "/inference.GRPCInferenceService/ServerMetadata"

@@ -10,8 +10,8 @@ import pytest
 
 from finpredict.api.inference import grpc_predict_v2_pb2 as pb
 from finpredict.api.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from finpredict.common.testing import start_service, wait_for
-from finpredict.common.testing_monitoring import OtlpTraceReceiver
+from finpredict.testkit.monitoring import OtlpTraceReceiver
+from finpredict.testkit.process import start_service, wait_for
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_SPAN = "b7ad6b7169203331"

@@ -26,12 +26,12 @@ from pathlib import Path
 import grpc
 import polars as pl
 import pytest
-from reliability_testkit import metric_value
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc
-from finpredict.common.testing import ServiceProcess, start_service, wait_for
+from finpredict.testkit.process import ServiceProcess, start_service, wait_for
+from finpredict.testkit.scrape import metric_value
 
 MODEL = "credit-default"
 T0 = 1_740_787_200  # 2025-03-01T00:00:00Z

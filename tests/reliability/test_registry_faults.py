@@ -24,12 +24,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from reliability_testkit import SlowProxy, metric_value
 
 from finpredict.api.registry.v1 import registry_pb2 as pb
 from finpredict.api.registry.v1 import registry_pb2_grpc
 from finpredict.common.auth import bearer_metadata
-from finpredict.common.testing import ServiceProcess, start_service, wait_for
+from finpredict.testkit.process import ServiceProcess, start_service, wait_for
+from finpredict.testkit.proxy import DelayProxy
+from finpredict.testkit.scrape import metric_value
 
 TOKEN = "reliability-admin-token-0123456789"
 MD = bearer_metadata(TOKEN)
@@ -151,9 +152,9 @@ def test_kill_9_under_write_load_loses_nothing_acknowledged(tmp_path: Path) -> N
 
 
 @pytest.fixture
-def slow_registry(tmp_path: Path) -> Iterator[tuple[ServiceProcess, SlowProxy]]:
+def slow_registry(tmp_path: Path) -> Iterator[tuple[ServiceProcess, DelayProxy]]:
     proc = start_service("registry", tmp_path / "run", env=_env(tmp_path))
-    proxy = SlowProxy(proc.port).start()
+    proxy = DelayProxy(proc.port).start()
     try:
         yield proc, proxy
     finally:
@@ -170,7 +171,7 @@ def _handled(proc: ServiceProcess, method: str, *codes: str) -> float:
 
 
 def test_slow_network_deadlines_and_nothing_half_written(
-    slow_registry: tuple[ServiceProcess, SlowProxy],
+    slow_registry: tuple[ServiceProcess, DelayProxy],
 ) -> None:
     proc, proxy = slow_registry
     with grpc.insecure_channel(proxy.target) as channel:

@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 import pytest
-from security_testkit import call_code, metric_value
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as mpb
@@ -25,9 +24,11 @@ from finpredict.api.monitor.v1 import monitor_pb2_grpc
 from finpredict.api.registry.v1 import registry_pb2 as rpb
 from finpredict.api.registry.v1 import registry_pb2_grpc
 from finpredict.common.auth import ADMIN, bearer_metadata
-from finpredict.common.testing import ServiceProcess, start_service
 from finpredict.monitor.server import METHOD_ROLES as MONITOR_ROLES
 from finpredict.registry.service import METHOD_ROLES as REGISTRY_ROLES
+from finpredict.testkit.process import ServiceProcess, start_service
+from finpredict.testkit.scrape import metric_value
+from finpredict.testkit.security import call_code
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN, WRITER_TOKEN, READER_TOKEN = (

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from security_testkit import call_code, download_bytes, files_under
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as mpb
@@ -26,8 +25,9 @@ from finpredict.api.monitor.v1 import monitor_pb2_grpc
 from finpredict.api.registry.v1 import registry_pb2 as rpb
 from finpredict.api.registry.v1 import registry_pb2_grpc
 from finpredict.common.auth import bearer_metadata
-from finpredict.common.testing import ServiceProcess, start_service
-from finpredict.monitor import replay as rp
+from finpredict.demo import replay as rp
+from finpredict.testkit.process import ServiceProcess, start_service
+from finpredict.testkit.security import call_code, download_bytes, files_under
 
 TOKEN = "paths-admin-token-0123456789"
 SECRET = b"planted outside the store: must never be served\n"

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from security_testkit import call_code, files_under, metric_value
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as mpb
@@ -27,8 +26,10 @@ from finpredict.api.monitor.v1 import monitor_pb2_grpc
 from finpredict.api.registry.v1 import registry_pb2 as rpb
 from finpredict.api.registry.v1 import registry_pb2_grpc
 from finpredict.common.auth import bearer_metadata
-from finpredict.common.testing import ServiceExitedError, start_service, wait_for
-from finpredict.monitor import replay as rp
+from finpredict.demo import replay as rp
+from finpredict.testkit.process import ServiceExitedError, start_service, wait_for
+from finpredict.testkit.scrape import metric_value
+from finpredict.testkit.security import call_code, files_under
 
 SECRETS = {
     name: f"{name}-{secrets.token_hex(12)}"

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
-from pydantic_settings import SettingsConfigDict
+from typing import Literal
 
-from finpredict.common.config import ConfigError, ServiceSettings, env_var_name, load_settings
+import pytest
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from finpredict.common import addresses
+from finpredict.common.config import (
+    ClientSettings,
+    ConfigError,
+    ServiceSettings,
+    env_var_name,
+    load_settings,
+)
 
 
 class DemoSettings(ServiceSettings):
@@ -51,3 +61,33 @@ def test_values_are_parsed_once_into_types(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_env_var_name() -> None:
     assert env_var_name(DemoSettings, "shutdown_grace_s") == "FINPREDICT_DEMO_SHUTDOWN_GRACE_S"
+
+
+class AliasedSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FINPREDICT_DEMO_", extra="ignore", frozen=True)
+
+    mode: Literal["a", "b"] = Field(default="a", validation_alias="OTHER_TOOL_MODE")
+
+
+def test_a_field_with_an_alias_is_read_from_the_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert env_var_name(AliasedSettings, "mode") == "OTHER_TOOL_MODE"
+    monkeypatch.setenv("OTHER_TOOL_MODE", "c")
+    with pytest.raises(ConfigError, match="OTHER_TOOL_MODE='c'"):
+        load_settings(AliasedSettings)
+    monkeypatch.setenv("OTHER_TOOL_MODE", "b")
+    assert load_settings(AliasedSettings).mode == "b"
+
+
+def test_client_settings_default_to_the_local_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ClientSettings.model_fields:
+        monkeypatch.delenv(env_var_name(ClientSettings, name), raising=False)
+    monkeypatch.setenv("FINPREDICT_GATEWAY_TARGET", "")  # empty counts as unset
+    monkeypatch.setenv("FINPREDICT_REGISTRY_TARGET", " registry:6000 ")
+    monkeypatch.setenv("FINPREDICT_TOKEN", "s3cret")
+    settings = load_settings(ClientSettings)
+    assert settings.gateway_target == addresses.GATEWAY_ADDRESS
+    assert settings.monitor_target == addresses.MONITOR_ADDRESS
+    assert settings.registry_target == "registry:6000"
+    assert settings.token.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+    assert settings.model_fields_set == {"registry_target", "token"}

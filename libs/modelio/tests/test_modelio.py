@@ -18,7 +18,7 @@ from finpredict.modelio import (
     save_model,
     sha256_hex,
 )
-from finpredict.modelio.testing import SMALL_SCHEMA, TrainedModel, synthetic_records, train_small_model
+from finpredict.testkit.models import SMALL_SCHEMA, TrainedModel, synthetic_records, train_small_model
 
 
 @pytest.fixture(scope="module")

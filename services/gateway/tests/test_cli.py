@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import typer
-from cli_testkit import ADMIN_TOKEN, READER_TOKEN, CliStack, cli_stack, fake_scoring, invoke
 from typer.testing import Result
 
 from finpredict.gateway.cli import BATCH_ROWS, parse_duration, read_applications, rollout_app, score_app
-from finpredict.modelio.testing import train_small_model
+from finpredict.testkit.cli import ADMIN_TOKEN, READER_TOKEN, CliStack, cli_stack, fake_scoring, invoke
+from finpredict.testkit.models import train_small_model
 
 UNREACHABLE = "127.0.0.1:1"
 APPLICATION = {

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,6 @@ from typing import Any
 
 import grpc
 import pytest
-from cli_testkit import RegistryAdmin, free_port
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -43,21 +41,12 @@ from finpredict.api.rollout.v1 import rollout_pb2 as rpb
 from finpredict.api.rollout.v1 import rollout_pb2_grpc as rpb_grpc
 from finpredict.api.scoring.v1 import scoring_pb2 as spb
 from finpredict.common.auth import bearer_metadata
-from finpredict.common.testing import ServiceExitedError, ServiceProcess, start_service, wait_for
-from finpredict.modelio.testing import SMALL_SCHEMA, synthetic_records, train_small_model
-
-_ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(_ROOT / "tests"))  # test_tls: the test PKI
-sys.path.insert(0, str(_ROOT / "tests" / "fuzz"))  # fuzz_testkit: strategies over proto messages
-
-from fuzz_testkit import (  # noqa: E402
-    assert_clean_logs,
-    call,
-    check_outcome,
-    fuzz_settings,
-    requests_for,
-)
-from test_tls import _issue, _pem  # noqa: E402
+from finpredict.common.net import free_port
+from finpredict.testkit.cli import RegistryAdmin
+from finpredict.testkit.fuzz import assert_clean_logs, call, check_outcome, fuzz_settings, requests_for
+from finpredict.testkit.models import SMALL_SCHEMA, synthetic_records, train_small_model
+from finpredict.testkit.pki import issue, pem
+from finpredict.testkit.process import ServiceExitedError, ServiceProcess, start_service, wait_for
 
 EXAMPLES = int(os.environ.get("FINPREDICT_FUZZ_EXAMPLES", "25"))
 
@@ -115,16 +104,16 @@ class Pki:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("gw-pki")
-    ca = _issue("finpredict test CA", None)
+    ca = issue("finpredict test CA", None)
     files = {
-        "ca": _pem(ca),
-        "server": _pem(_issue("127.0.0.1", ca, server=True)),
-        "client": _pem(_issue("gateway", ca)),
+        "ca": pem(ca),
+        "server": pem(issue("127.0.0.1", ca, server=True)),
+        "client": pem(issue("gateway", ca)),
     }
     for label, (cert, key) in files.items():
         (d / f"{label}.crt").write_bytes(cert)
         (d / f"{label}.key").write_bytes(key)
-    foreign = _pem(_issue("intruder", _issue("someone else's CA", None)))
+    foreign = pem(issue("intruder", issue("someone else's CA", None)))
     return Pki(
         d, d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key", foreign
     )

@@ -4,15 +4,13 @@ The registry and the replicas export their spans to one OTLP receiver of the tes
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from serving_testkit import (
+from finpredict.testkit.monitoring import OtlpTraceReceiver
+from finpredict.testkit.process import start_service
+from finpredict.testkit.serving import (
     READER_TOKEN,
     TOKENS,
     ModelServerClient,
@@ -22,9 +20,6 @@ from serving_testkit import (
     ray_cluster,
     start_model_server,
 )
-
-from finpredict.common.testing import start_service
-from finpredict.common.testing_monitoring import OtlpTraceReceiver
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_testkit import to_rows
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.serving.v1 import model_server_pb2 as pb
@@ -24,7 +23,8 @@ from finpredict.model_server.scoring import (
     warmup_record,
 )
 from finpredict.modelio import build_manifest, load_model_bytes
-from finpredict.modelio.testing import TrainedModel, synthetic_records, train_small_model
+from finpredict.testkit.models import TrainedModel, synthetic_records, train_small_model
+from finpredict.testkit.serving import to_rows
 
 
 @pytest.fixture(scope="module")

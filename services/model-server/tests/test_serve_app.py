@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 import xgboost as xgb
 from grpc_health.v1 import health_pb2
-from serving_testkit import Served, to_rows, unique
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.serving.v1 import model_server_pb2 as pb
 from finpredict.common.interceptors import TRACE_ID_KEY
-from finpredict.common.testing import wait_for
-from finpredict.common.testing_monitoring import OtlpTraceReceiver
 from finpredict.modelio import sha256_hex
-from finpredict.modelio.testing import TrainedModel, synthetic_records, train_small_model
+from finpredict.testkit.models import TrainedModel, synthetic_records, train_small_model
+from finpredict.testkit.monitoring import OtlpTraceReceiver
+from finpredict.testkit.names import unique
+from finpredict.testkit.process import wait_for
+from finpredict.testkit.serving import Served, to_rows
 
 pytestmark = pytest.mark.slow
 

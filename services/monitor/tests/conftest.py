@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from finpredict.common.testing import ServiceProcess, start_service
-from finpredict.monitor import replay as rp
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from monitor_testkit import MODEL, StartMonitor
+from finpredict.demo import replay as rp
+from finpredict.testkit.monitor import MODEL, StartMonitor
+from finpredict.testkit.process import ServiceProcess, start_service
 
 
 @pytest.fixture(scope="session")

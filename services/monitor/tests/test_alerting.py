@@ -13,14 +13,14 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from monitor_testkit import MODEL, StartMonitor, stub
 
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
-from finpredict.common.testing import ServiceProcess, wait_for
-from finpredict.common.testing_monitoring import Daemon, WebhookReceiver, start_alertmanager
-from finpredict.monitor import replay as rp
+from finpredict.demo import replay as rp
 from finpredict.monitor.config import DEFAULT_RULES_FILE
 from finpredict.monitor.service import dt_to_ts
+from finpredict.testkit.monitor import MODEL, StartMonitor, stub
+from finpredict.testkit.monitoring import Daemon, WebhookReceiver, start_alertmanager
+from finpredict.testkit.process import ServiceProcess, wait_for
 
 INFRA = Path(__file__).resolve().parents[3] / "infra"
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import grpc
 import polars as pl
-from monitor_testkit import MODEL, StartMonitor, stub
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
-from finpredict.common.testing import ServiceProcess, wait_for
-from finpredict.monitor import replay as rp
+from finpredict.demo import replay as rp
 from finpredict.monitor.service import dt_to_ts
+from finpredict.testkit.monitor import MODEL, StartMonitor, stub
+from finpredict.testkit.process import ServiceProcess, wait_for
 
 BATCH = 50
 

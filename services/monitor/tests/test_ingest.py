@@ -10,14 +10,14 @@ from datetime import timedelta
 import grpc
 import polars as pl
 import pytest
-from monitor_testkit import MODEL, StartMonitor, stub
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc as pb_grpc
-from finpredict.common.testing import ServiceProcess, start_service
-from finpredict.monitor import replay as rp
+from finpredict.demo import replay as rp
 from finpredict.monitor.service import dt_to_ts
+from finpredict.testkit.monitor import MODEL, StartMonitor, stub
+from finpredict.testkit.process import ServiceProcess, start_service
 
 
 def _records(

@@ -9,13 +9,13 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from monitor_testkit import MODEL, StartMonitor, stub
 from prometheus_client.parser import text_string_to_metric_families
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
-from finpredict.common.testing import ServiceProcess
-from finpredict.monitor import replay as rp
+from finpredict.demo import replay as rp
+from finpredict.testkit.monitor import MODEL, StartMonitor, stub
+from finpredict.testkit.process import ServiceProcess
 
 PER_HOUR = 30
 LABEL_DELAY = timedelta(hours=30)

@@ -13,17 +13,14 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from monitor_testkit import MODEL, StartMonitor, stub
 
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
-from finpredict.common.testing import ServiceProcess, start_service, wait_for
-from finpredict.monitor import replay as rp
+from finpredict.demo import replay as rp
 from finpredict.monitor.config import DEFAULT_RULES_FILE
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "pipelines" / "tests"))
-
-from pipeline_repo import make_repo  # the pipeline's own test repository builder
+from finpredict.testkit.monitor import MODEL, StartMonitor, stub
+from finpredict.testkit.pipeline import make_repo  # the pipeline's own test repository builder
+from finpredict.testkit.process import ServiceProcess, start_service, wait_for
 
 TOKEN = "monitor-retrain-token-0001"
 ROWS = 5000

@@ -13,16 +13,16 @@ import grpc
 import numpy as np
 import polars as pl
 import pytest
-from monitor_testkit import MODEL, stub
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 import drift_core
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
-from finpredict.common.testing import start_service
-from finpredict.monitor import replay as rp
+from finpredict.demo import replay as rp
 from finpredict.monitor.cli import app
+from finpredict.testkit.monitor import MODEL, stub
+from finpredict.testkit.process import start_service
 
 EPS = 1e-4
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from registry_testkit import ADMIN_TOKEN, Client, Postgres, Registry, running_registry, start_postgres
+from finpredict.testkit.registry import (
+    ADMIN_TOKEN,
+    Client,
+    Postgres,
+    Registry,
+    running_registry,
+    start_postgres,
+)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,16 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from registry_testkit import (
+
+from finpredict.api.registry.v1 import registry_pb2 as pb
+from finpredict.common.auth import (
+    BearerAuthInterceptor,
+    Principal,
+    TokenSpecError,
+    parse_tokens,
+)
+from finpredict.registry.service import METHOD_ROLES, SERVICE
+from finpredict.testkit.registry import (
     ADMIN_TOKEN,
     READER_TOKEN,
     WRITER_TOKEN,
@@ -24,15 +33,6 @@ from registry_testkit import (
     running_registry,
     upload_requests,
 )
-
-from finpredict.api.registry.v1 import registry_pb2 as pb
-from finpredict.common.auth import (
-    BearerAuthInterceptor,
-    Principal,
-    TokenSpecError,
-    parse_tokens,
-)
-from finpredict.registry.service import METHOD_ROLES, SERVICE
 
 
 @pytest.mark.parametrize(
@@ -198,9 +198,8 @@ def test_health_is_open_and_tokens_never_logged(reg: Registry) -> None:
 def test_bad_settings_fail_fast_naming_the_variable(
     tmp_path: Path, env: dict[str, str], variable: str
 ) -> None:
-    from registry_testkit import registry_env
-
-    from finpredict.common.testing import start_service
+    from finpredict.testkit.process import start_service
+    from finpredict.testkit.registry import registry_env
 
     with pytest.raises(RuntimeError) as exc:
         start_service("registry", tmp_path, env={**registry_env(tmp_path), **env}, timeout=30)

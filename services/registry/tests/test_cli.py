@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from registry_testkit import (
+from typer.testing import CliRunner
+
+from finpredict.api.registry.v1 import registry_pb2 as pb
+from finpredict.registry.cli import app
+from finpredict.testkit.registry import (
     ADMIN_TOKEN,
     PASSING,
     READER_TOKEN,
@@ -15,10 +19,6 @@ from registry_testkit import (
     register,
     running_registry,
 )
-from typer.testing import CliRunner
-
-from finpredict.api.registry.v1 import registry_pb2 as pb
-from finpredict.registry.cli import app
 
 
 @pytest.fixture(scope="module")

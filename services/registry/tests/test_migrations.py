@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,11 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from registry_testkit import Postgres
 from sqlalchemy import inspect
 
-from finpredict.registry.db import create_db_engine, migrate
+from finpredict.registry.db import HEAD_REVISION, MIGRATIONS_DIR, create_db_engine, migrate
 from finpredict.registry.schema import metadata
+from finpredict.testkit.registry import Postgres
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -33,7 +34,7 @@ def test_migrations_match_the_schema_and_are_idempotent(
             diff = compare_metadata(MigrationContext.configure(conn), metadata)
             assert diff == []
             assert (
-                conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == "0001_initial"
+                conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == HEAD_REVISION
             )
             assert conn.exec_driver_sql("SELECT last_event_id FROM registry_state").scalar_one() == 0
             if backend == "sqlite":
@@ -46,8 +47,6 @@ def test_migrations_match_the_schema_and_are_idempotent(
 def test_head_revision_constant_is_alembics_head() -> None:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
-
-    from finpredict.registry.db import HEAD_REVISION, MIGRATIONS_DIR
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -66,3 +65,36 @@ def test_migrate_subcommand(tmp_path: Path) -> None:
     )
     assert bad.returncode != 0
     assert b"usage" in bad.stderr
+
+
+def test_profile_checksums_are_backfilled_for_versions_registered_before_they_existed(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    try:
+        with engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001_initial")
+            conn.commit()
+            conn.exec_driver_sql(
+                "INSERT INTO models (id, name, description, tags_json, created_at_us, created_by, "
+                "latest_version) VALUES (1, 'm', '', '{}', 0, 'a', 2)"
+            )
+            for vid, profile in ((1, b"profile-bytes"), (2, b"")):
+                conn.exec_driver_sql(
+                    "INSERT INTO versions (id, model_id, version, status, description, created_at_us, "
+                    "created_by, artifact_sha256, artifact_size, artifact_uri, artifact_format, "
+                    "manifest_json, feature_schema_pb, threshold, lineage_json, wandb_link_status, "
+                    "reference_profile) VALUES (?, 1, ?, 1, '', 0, 'a', '', 0, '', '', '{}', ?, 0.5, '{}', '', ?)",
+                    (vid, vid, b"", profile),
+                )
+            conn.commit()
+        migrate(engine)
+        with engine.connect() as conn:
+            got = dict(conn.exec_driver_sql("SELECT id, reference_profile_sha256 FROM versions").all())
+        assert got == {1: hashlib.sha256(b"profile-bytes").hexdigest(), 2: ""}
+    finally:
+        engine.dispose()

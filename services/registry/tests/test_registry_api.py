@@ -14,7 +14,10 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
-from registry_testkit import (
+
+from finpredict.api.common.v1 import types_pb2
+from finpredict.api.registry.v1 import registry_pb2 as pb
+from finpredict.testkit.registry import (
     PASSING,
     READER_TOKEN,
     Client,
@@ -30,9 +33,6 @@ from registry_testkit import (
     unique,
     upload_requests,
 )
-
-from finpredict.api.common.v1 import types_pb2
-from finpredict.api.registry.v1 import registry_pb2 as pb
 
 
 def set_alias(client: Client, model: str, alias: str, version: int, expected: int | None = None) -> Any:
@@ -295,6 +295,20 @@ def test_upload_with_wrong_checksum_is_refused_and_leaves_nothing(registry: Regi
     assert register(admin, model, b"some bytes").version == 1
 
 
+def test_the_reference_profile_checksum_is_recorded_and_a_wrong_one_refused(admin: Client) -> None:
+    model = create_model(admin, "profsha")
+    with pytest.raises(grpc.RpcError) as exc:
+        register(admin, model, b"x", reference_profile=b"profile", reference_profile_sha256="0" * 64)
+    assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+    assert "header.reference_profile_sha256" in details_of(exc)
+    v = register(admin, model, b"x", reference_profile=b"profile", reference_profile_sha256=sha256(b"profile"))
+    got = admin.GetVersion(pb.GetVersionRequest(model=model, version=v.version)).version
+    assert (got.reference_profile, got.reference_profile_sha256) == (b"profile", sha256(b"profile"))
+    # a client that sends no checksum still gets one recorded; no profile, no checksum
+    assert register(admin, model, b"y", reference_profile=b"p2").reference_profile_sha256 == sha256(b"p2")
+    assert register(admin, model, b"z").reference_profile_sha256 == ""
+
+
 def test_retry_with_idempotency_key_returns_the_same_version(registry: Registry, admin: Client) -> None:
     model = create_model(admin, "idem")
     first = register(admin, model, b"abc", idempotency_key="run-42")
@@ -355,7 +369,7 @@ def _collect(
 
 
 def test_watch_aliases_sees_every_move_in_order_and_resumes(registry: Registry, admin: Client) -> None:
-    from finpredict.common.testing import wait_for
+    from finpredict.testkit.process import wait_for
 
     model = create_model(admin, "watch")
     for i in range(3):
@@ -596,7 +610,7 @@ def test_paging_through_search_audit_and_models(registry: Registry, admin: Clien
 
 
 def test_cancelled_upload_removes_its_temporary_file(registry: Registry, admin: Client) -> None:
-    from finpredict.common.testing import wait_for
+    from finpredict.testkit.process import wait_for
 
     model = create_model(admin, "cancel")
     tmp_dir = registry.data_dir / "artifacts" / "tmp"

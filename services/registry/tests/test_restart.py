@@ -8,7 +8,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from registry_testkit import (
+
+from finpredict.api.registry.v1 import registry_pb2 as pb
+from finpredict.testkit.process import start_service, wait_for
+from finpredict.testkit.registry import (
     ADMIN_TOKEN,
     Client,
     Postgres,
@@ -19,9 +22,6 @@ from registry_testkit import (
     registry_env,
     sha256,
 )
-
-from finpredict.api.registry.v1 import registry_pb2 as pb
-from finpredict.common.testing import start_service, wait_for
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
+from finpredict import metrics as m
 from finpredict.features import transform
 from finpredict.pipelines.common import (
     FEATURES_DIR,
@@ -78,10 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = {}
     for name in SPLITS:
         feature_frame(parts[name], ds).write_parquet(args.out / f"{name}.parquet", compression="zstd")
-        summary[name] = {
-            "rows": parts[name].height,
-            "default_rate": parts[name][ds.label].cast(pl.Float64).sum() / max(parts[name].height, 1),
-        }
+        labels = parts[name][ds.label].cast(pl.Float64).to_numpy()
+        summary[name] = {"rows": len(labels), "default_rate": m.default_rate(labels) if len(labels) else 0.0}
     for name in ("train", "test"):
         parts[name].select(ds.features.input_names).write_parquet(args.out / f"{name}_inputs.parquet")
     write_json(args.out / "schema.json", ds.to_dict())

@@ -6,9 +6,11 @@ feature schema, the decision threshold, the metrics and gate results, the refere
 and the lineage: git commit, the DVC md5 of every data path in ``dvc.lock``, the sha256 of
 ``dvc.lock``, the params, the W&B run id/path and the trigger.
 
-Environment: ``FINPREDICT_REGISTRY_TARGET`` (host:port, required) and
-``FINPREDICT_REGISTRY_TOKEN`` (bearer token with the writer role; the model is created first
-when missing, which needs admin). ``FINPREDICT_TRIGGER`` overrides ``register.trigger``.
+Environment: ``FINPREDICT_REGISTRY_TARGET`` (host:port, required; the clients' setting,
+:class:`~finpredict.common.config.ClientSettings`) and ``FINPREDICT_REGISTRY_TOKEN`` (bearer token
+with the writer role; the model is created first when missing, which needs admin).
+``FINPREDICT_TRIGGER`` overrides ``register.trigger`` (these two are
+:class:`~finpredict.pipelines.config.PipelineSettings`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from google.protobuf import struct_pb2
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
+from finpredict.common.config import ClientSettings, ConfigError, env_var_name, load_settings
 from finpredict.features import FeatureSchema
 from finpredict.pipelines.common import (
     DVC_LOCK,
@@ -46,10 +48,10 @@ from finpredict.pipelines.common import (
     sha256_file,
     write_json,
 )
+from finpredict.pipelines.config import PipelineSettings
 
 CHUNK = 1 << 20
-TARGET_ENV = "FINPREDICT_REGISTRY_TARGET"
-TOKEN_ENV = "FINPREDICT_REGISTRY_TOKEN"
+TARGET_ENV = env_var_name(ClientSettings, "registry_target")
 
 _KIND = {
     "numeric": types_pb2.FEATURE_TYPE_NUMERIC,
@@ -122,6 +124,7 @@ def build_header(params: dict[str, Any], model_name: str, trigger: str) -> regis
         for g in gates["gates"]
     ]
     numeric_metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    profile = PROFILE_FILE.read_bytes() if PROFILE_FILE.exists() else b""
     key = hashlib.sha256(
         (manifest["sha256"] + sha256_file(DVC_LOCK) + str(wandb_info.get("run_id", ""))).encode()
     ).hexdigest()
@@ -137,7 +140,8 @@ def build_header(params: dict[str, Any], model_name: str, trigger: str) -> regis
         gate_results=gate_results,
         tags={"wandb_mode": str(wandb_info.get("mode", "")), "pipeline": "dvc"},
         lineage=lineage,
-        reference_profile=PROFILE_FILE.read_bytes() if PROFILE_FILE.exists() else b"",
+        reference_profile=profile,
+        reference_profile_sha256=hashlib.sha256(profile).hexdigest() if profile else "",
         idempotency_key=key,
     )
 
@@ -208,13 +212,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.parse_args(argv)
     params = load_params()
     rp = section(params, "register")
-    target = os.environ.get(TARGET_ENV, "").strip()
-    if not target:
+    try:
+        client, settings = load_settings(ClientSettings), load_settings(PipelineSettings)
+    except ConfigError as exc:
+        raise PipelineError(str(exc)) from None
+    if "registry_target" not in client.model_fields_set:  # no default: a pipeline registers on purpose
         raise PipelineError(f"{TARGET_ENV} is not set (host:port of the registry); `task train` starts one")
     model_name = str(rp.get("model", "credit-default"))
-    trigger = os.environ.get("FINPREDICT_TRIGGER") or str(rp.get("trigger", "manual"))
+    trigger = settings.trigger or str(rp.get("trigger", "manual"))
     header = build_header(params, model_name, trigger)
-    version = register(target, os.environ.get(TOKEN_ENV, ""), header, MODEL_FILE)
+    version = register(client.registry_target, settings.registry_token.get_secret_value(), header, MODEL_FILE)
     result = {
         "model": version.model,
         "version": version.version,

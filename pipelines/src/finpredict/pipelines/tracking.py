@@ -4,7 +4,8 @@ Only functions that work offline are used (``init``, ``config``, ``log``, ``summ
 ``wandb.Table``/``wandb.plot.*``, ``log_artifact``); never ``use_artifact``, ``link_artifact``,
 ``wandb.Api()`` or ``artifact.wait()``. The run folder lives under ``WANDB_DIR`` (default
 ``<repo>/wandb``) and artifacts are staged under ``WANDB_DATA_DIR`` (default
-``<repo>/wandb/data``); ``wandb sync <run folder>`` uploads an offline run later.
+``<repo>/wandb/data``); ``wandb sync <run folder>`` uploads an offline run later. The variables
+are read once into :class:`~finpredict.pipelines.config.WandbSettings`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from finpredict.common.config import env_var_name, load_settings
+from finpredict.pipelines.config import WandbSettings
 
 
 @dataclass(frozen=True)
@@ -24,25 +28,21 @@ class TrackedRun:
     link_status: str
 
 
-def wandb_mode() -> str:
-    """``online`` only when an API key is set and WANDB_MODE does not say otherwise."""
-    explicit = os.environ.get("WANDB_MODE", "").strip().lower()
-    if explicit in {"offline", "disabled", "dryrun"}:
-        return "offline" if explicit == "dryrun" else explicit
-    if explicit == "online" or os.environ.get("WANDB_API_KEY"):
-        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    return "offline"
-
-
-def _prepare_env(root: Path) -> None:
-    os.environ.setdefault("WANDB_DIR", str(root / "wandb"))
-    os.environ.setdefault("WANDB_DATA_DIR", str(root / "wandb" / "data"))
-    os.environ.setdefault("WANDB_CACHE_DIR", str(root / "wandb" / "cache"))
-    os.environ.setdefault("WANDB_CONFIG_DIR", str(root / "wandb" / "config"))
+def _prepare_env(root: Path, settings: WandbSettings) -> Path:
+    """Creates W&B's folders (inside the project unless set) and hands them, quiet and without its
+    own git capture, to W&B, which reads its environment; returns the run folder."""
+    folders = {
+        "dir": settings.dir or root / "wandb",
+        "data_dir": settings.data_dir or root / "wandb" / "data",
+        "cache_dir": settings.cache_dir or root / "wandb" / "cache",
+        "config_dir": settings.config_dir or root / "wandb" / "config",
+    }
+    for field, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ[env_var_name(WandbSettings, field)] = str(folder)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_DISABLE_GIT", "true")
-    for key in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
-        Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
+    return folders["dir"]
 
 
 def log_run(
@@ -59,10 +59,11 @@ def log_run(
     root: Path | None = None,
 ) -> TrackedRun:
     """Logs one training run (params, metrics, plots, the model artifact) and finishes it."""
-    _prepare_env((root or Path.cwd()).resolve())
+    settings = load_settings(WandbSettings)
+    run_dir = _prepare_env((root or Path.cwd()).resolve(), settings)
     import wandb  # heavy import, only in the stage that tracks
 
-    mode = wandb_mode()
+    mode = settings.effective_mode()
     run = wandb.init(
         project=project,
         entity=entity or None,
@@ -70,7 +71,7 @@ def log_run(
         job_type="train",
         tags=tags,
         mode=mode,  # type: ignore[arg-type]
-        dir=os.environ["WANDB_DIR"],
+        dir=str(run_dir),
         settings=wandb.Settings(
             silent=True, disable_git=True, x_disable_stats=True, x_disable_meta=True, console="off"
         ),

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import numpy_reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import drift_core as dc
+from finpredict.testkit import drift_reference as ref
 
 SETTINGS = settings(max_examples=150, deadline=None)
 

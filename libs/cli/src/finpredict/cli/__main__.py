@@ -1,7 +1,8 @@
 """``finpredict``: one command line for the platform.
 
 Each service owns its sub-command in its own package (``finpredict.registry.cli`` provides
-``finpredict models``, and so on); this module only mounts the ones that are installed.
+``finpredict models``, and so on), and a few packages provide top-level verbs (``finpredict up``
+from ``finpredict.stack.cli``); this module only mounts the ones that are installed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,19 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "rollout": ("finpredict.gateway.cli", "rollout_app", "Canary rollouts: start, status, pause, resume."),
     "score": ("finpredict.gateway.cli", "score_app", "Score applications through the gateway."),
+    "outcomes": (
+        "finpredict.gateway.cli",
+        "outcomes_app",
+        "Record outcomes (did the customer default?) of scored applications.",
+    ),
     "drift": ("finpredict.monitor.cli", "app", "Drift reports and alerts."),
 }
+# top-level verbs: (module, attribute holding a typer.Typer whose commands are mounted at the root)
+COMMANDS: list[tuple[str, str]] = [
+    ("finpredict.stack.cli", "app"),  # up, down, status
+    ("finpredict.demo.cli", "app"),  # demo, replay
+    ("finpredict.pipelines.cli", "app"),  # train
+]
 
 
 def build_app() -> typer.Typer:
@@ -47,6 +59,12 @@ def build_app() -> typer.Typer:
         except (ModuleNotFoundError, AttributeError):
             continue  # that service's CLI is not part of this installation (yet)
         app.add_typer(sub, name=name, help=help_text)
+    for module, attr in COMMANDS:
+        try:
+            verbs: typer.Typer = getattr(importlib.import_module(module), attr)
+        except (ModuleNotFoundError, AttributeError):
+            continue  # that package is not part of this installation
+        app.registered_commands.extend(verbs.registered_commands)
     return app
 
 

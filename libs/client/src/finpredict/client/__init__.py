@@ -4,7 +4,9 @@
 >>> with ScoringClient("127.0.0.1:50051", token="...") as client:  # doctest: +SKIP
 ...     result = client.score("credit-default", "biz-42", {"utilisation": 0.4, "industry": "retail"})
 
-:class:`ScoringClient` blocks, :class:`AsyncScoringClient` is its asyncio twin. Both retry
+:class:`ScoringClient` blocks, :class:`AsyncScoringClient` is its asyncio twin. Both also record
+what became of scored applications (``record_outcomes([Outcome(request_id, defaulted=True)])``, a
+``writer`` token), which the monitor measures live accuracy with. Both retry
 ``UNAVAILABLE`` / ``RESOURCE_EXHAUSTED`` with capped exponential back-off and jitter inside one
 overall deadline, re-using the request id, and raise typed :class:`ScoringError` subclasses.
 """
@@ -21,7 +23,16 @@ from finpredict.client.errors import (
 )
 from finpredict.client.retry import NO_RETRY, RETRYABLE_CODES, RetryPolicy
 from finpredict.client.sync import ScoringClient
-from finpredict.client.types import Application, Decision, FeatureInput, ReasonCode, ScoreResult, Variant
+from finpredict.client.types import (
+    Application,
+    Decision,
+    FeatureInput,
+    Outcome,
+    OutcomeSummary,
+    ReasonCode,
+    ScoreResult,
+    Variant,
+)
 
 __all__ = [
     "NO_RETRY",
@@ -34,6 +45,8 @@ __all__ = [
     "FeatureInput",
     "InvalidRequestError",
     "ModelNotFoundError",
+    "Outcome",
+    "OutcomeSummary",
     "PermissionDeniedError",
     "ReasonCode",
     "RetryPolicy",

@@ -13,7 +13,15 @@ import grpc
 from finpredict.api.scoring.v1 import scoring_pb2
 from finpredict.client.errors import DeadlineExceededError, ScoringError, error_for
 from finpredict.client.retry import Deadline, RetryPolicy
-from finpredict.client.types import Application, FeatureInput, ScoreResult, feature_values, result_from_proto
+from finpredict.client.types import (
+    Application,
+    FeatureInput,
+    Outcome,
+    ScoreResult,
+    feature_values,
+    outcome_to_proto,
+    result_from_proto,
+)
 
 REQUEST_ID_KEY = "x-request-id"
 DEFAULT_CHUNK_SIZE = 500
@@ -129,6 +137,31 @@ def batch_chunks(
         )
         chunks.append(Chunk(offset=offset, request=request, request_id=new_request_id()))
     return chunks
+
+
+@dataclass(frozen=True)
+class OutcomeChunk:
+    """One RecordOutcomes call of a larger list: where it starts in the caller's list, and its request."""
+
+    offset: int
+    request: scoring_pb2.RecordOutcomesRequest
+    request_id: str
+
+
+def outcome_chunks(outcomes: Sequence[Outcome], *, chunk_size: int) -> list[OutcomeChunk]:
+    """Checks every outcome (before anything is sent) and splits them into calls of at most
+    ``chunk_size``."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    wire = [outcome_to_proto(i, o) for i, o in enumerate(outcomes)]
+    return [
+        OutcomeChunk(
+            offset=offset,
+            request=scoring_pb2.RecordOutcomesRequest(outcomes=wire[offset : offset + chunk_size]),
+            request_id=new_request_id(),
+        )
+        for offset in range(0, len(wire), chunk_size)
+    ]
 
 
 def chunk_results(chunk: Chunk, response: scoring_pb2.ScoreBatchResponse) -> list[ScoreResult]:

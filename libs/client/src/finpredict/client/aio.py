@@ -6,13 +6,25 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
 import grpc
 
 from finpredict.api.scoring.v1 import scoring_pb2_grpc
 from finpredict.client import _core
 from finpredict.client.retry import Deadline, RetryPolicy, jitter_source
-from finpredict.client.types import Application, FeatureInput, ScoreResult, result_from_proto
+from finpredict.client.types import (
+    Application,
+    FeatureInput,
+    Outcome,
+    OutcomeSummary,
+    ScoreResult,
+    result_from_proto,
+    summary_from_proto,
+)
+
+R = TypeVar("R")
+T = TypeVar("T")
 
 
 class AsyncScoringClient:
@@ -82,16 +94,8 @@ class AsyncScoringClient:
         request = _core.score_request(
             model, entity_id, features, explain=explain, top_k=top_k, request_id=rid
         )
-        metadata = _core.call_metadata(self._token, rid)
-        attempts = _core.Attempts(self._retry, _core.resolve_timeout(timeout, self._timeout), self._rand, rid)
-        while True:
-            attempt_timeout = attempts.start()
-            try:
-                response = await stub.Score(request, timeout=attempt_timeout, metadata=metadata)
-            except grpc.aio.AioRpcError as exc:
-                await self._sleep(attempts.failed(exc))
-                continue
-            return result_from_proto(response.result, response.trace_id)
+        response = await self._call(stub.Score, request, rid, _core.resolve_timeout(timeout, self._timeout))
+        return result_from_proto(response.result, response.trace_id)
 
     async def score_batch(
         self,
@@ -113,17 +117,65 @@ class AsyncScoringClient:
         chunks = _core.batch_chunks(
             model, applications, explain=explain, top_k=top_k, chunk_size=chunk_size or self._chunk_size
         )
-        if not chunks:
-            return []
         stub = self._get_stub()
         deadline = _core.resolve_timeout(timeout, self._timeout)
-        gate = asyncio.Semaphore(self._max_concurrency)
 
         async def run(chunk: _core.Chunk) -> list[ScoreResult]:
-            async with gate:
-                return await self._score_chunk(stub, chunk, deadline)
+            response = await self._call(
+                stub.ScoreBatch, chunk.request, chunk.request_id, deadline, chunk.offset
+            )
+            return _core.chunk_results(chunk, response)
 
-        tasks = [asyncio.ensure_future(run(chunk)) for chunk in chunks]
+        results: list[ScoreResult] = []
+        for part in await self._concurrently(run, chunks):
+            results.extend(part)
+        return results
+
+    async def record_outcomes(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        chunk_size: int | None = None,
+        timeout: _core.Timeout = _core.DEFAULT,  # noqa: ASYNC109 - a gRPC deadline spanning retries
+    ) -> OutcomeSummary:
+        """Records what became of scored applications, in up to ``max_concurrency`` concurrent
+        calls of at most ``chunk_size``; returns what the monitor made of them. Needs a token with
+        the gateway's ``writer`` role.
+
+        Every outcome is checked before anything is sent. Retried while the gateway (or its
+        monitor) is unavailable, with the same outcomes: the monitor keeps the first outcome of a
+        request, so a retry or a second call never counts one twice (it comes back as a
+        duplicate). ``timeout`` bounds the whole list. The first failing chunk cancels the others
+        and raises (an :class:`~finpredict.client.InvalidRequestError` carries the outcome's
+        ``index`` in ``outcomes``); calling again with the same outcomes is safe.
+        """
+        chunks = _core.outcome_chunks(outcomes, chunk_size=chunk_size or self._chunk_size)
+        stub = self._get_stub()
+        deadline = _core.resolve_timeout(timeout, self._timeout)
+
+        async def run(chunk: _core.OutcomeChunk) -> OutcomeSummary:
+            response = await self._call(
+                stub.RecordOutcomes, chunk.request, chunk.request_id, deadline, chunk.offset
+            )
+            return summary_from_proto(response)
+
+        summary = OutcomeSummary(0, 0, 0)
+        for part in await self._concurrently(run, chunks):
+            summary += part
+        return summary
+
+    async def _concurrently(self, run: Callable[[T], Awaitable[R]], chunks: Sequence[T]) -> list[R]:
+        """``run`` over ``chunks``, at most ``max_concurrency`` at a time; results in chunk order.
+        The first failure (in chunk order among those that failed) cancels the rest and is raised."""
+        gate = asyncio.Semaphore(self._max_concurrency)
+
+        async def gated(chunk: T) -> R:
+            async with gate:
+                return await run(chunk)
+
+        tasks = [asyncio.ensure_future(gated(chunk)) for chunk in chunks]
+        if not tasks:
+            return []
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
@@ -134,24 +186,25 @@ class AsyncScoringClient:
             error = None if task.cancelled() else task.exception()
             if error is not None:
                 raise error
-        results: list[ScoreResult] = []
-        for task in tasks:
-            results.extend(task.result())
-        return results
+        return [task.result() for task in tasks]
 
-    async def _score_chunk(
-        self, stub: scoring_pb2_grpc.ScoringServiceAsyncStub, chunk: _core.Chunk, deadline: Deadline
-    ) -> list[ScoreResult]:
-        metadata = _core.call_metadata(self._token, chunk.request_id)
-        attempts = _core.Attempts(self._retry, deadline, self._rand, chunk.request_id, chunk.offset)
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[R]],
+        request: Any,
+        request_id: str,
+        deadline: Deadline,
+        offset: int = 0,
+    ) -> R:
+        """One unary call, retried (same request and request id) within ``deadline``."""
+        metadata = _core.call_metadata(self._token, request_id)
+        attempts = _core.Attempts(self._retry, deadline, self._rand, request_id, offset)
         while True:
             attempt_timeout = attempts.start()
             try:
-                response = await stub.ScoreBatch(chunk.request, timeout=attempt_timeout, metadata=metadata)
+                return await method(request, timeout=attempt_timeout, metadata=metadata)
             except grpc.aio.AioRpcError as exc:
                 await self._sleep(attempts.failed(exc))
-                continue
-            return _core.chunk_results(chunk, response)
 
     async def close(self, grace: float | None = None) -> None:
         if self._channel is not None:

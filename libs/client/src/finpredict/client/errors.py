@@ -3,8 +3,8 @@
 Every error is a :class:`ScoringError` carrying the gRPC status ``code``, the server's
 ``message``, the ``request_id`` the call was sent with and how many ``attempts`` were made.
 ``INVALID_ARGUMENT`` becomes :class:`InvalidRequestError`, which also names the request ``field`` the
-gateway refused (``applications[3].features["utilisation"]``), the ``feature`` and, for
-batches, the ``index`` of the application in the caller's list.
+gateway refused (``applications[3].features["utilisation"]``, ``outcomes[2].observed_at``), the
+``feature`` and, for batches, the ``index`` of the application (or outcome) in the caller's list.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import grpc
 
 # ``applications[3].features["utilisation"]: 1.7 is above ...`` / ``model: required``
 _FIELD_RE = re.compile(r'^((?:[A-Za-z_]\w*)(?:\.[A-Za-z_]\w*|\[\d+\]|\["[^"]*"\])*): ')
-_INDEX_RE = re.compile(r"^applications\[(\d+)\]")
+_INDEX_RE = re.compile(r"^(applications|outcomes)\[(\d+)\]")
 _FEATURE_RE = re.compile(r'\.features\["([^"]*)"\]')
 
 
@@ -59,8 +59,8 @@ class InvalidRequestError(ScoringError):
         if field is not None:
             found = _INDEX_RE.match(field)
             if found:
-                index = int(found.group(1)) + index_offset
-                field = f"applications[{index}]" + field[found.end() :]
+                index = int(found.group(2)) + index_offset
+                field = f"{found.group(1)}[{index}]" + field[found.end() :]
                 message = field + message[match.end(1) :] if match else message
         super().__init__(code, message, request_id=request_id, attempts=attempts)
         self.field = field

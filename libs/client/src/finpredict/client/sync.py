@@ -6,13 +6,24 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
 import grpc
 
 from finpredict.api.scoring.v1 import scoring_pb2_grpc
 from finpredict.client import _core
 from finpredict.client.retry import Deadline, RetryPolicy, jitter_source
-from finpredict.client.types import Application, FeatureInput, ScoreResult, result_from_proto
+from finpredict.client.types import (
+    Application,
+    FeatureInput,
+    Outcome,
+    OutcomeSummary,
+    ScoreResult,
+    result_from_proto,
+    summary_from_proto,
+)
+
+R = TypeVar("R")
 
 
 class ScoringClient:
@@ -70,17 +81,9 @@ class ScoringClient:
         request = _core.score_request(
             model, entity_id, features, explain=explain, top_k=top_k, request_id=rid
         )
-        metadata = _core.call_metadata(self._token, rid)
         deadline = _core.resolve_timeout(timeout, self._timeout)
-        attempts = _core.Attempts(self._retry, deadline, self._rand, rid)
-        while True:
-            attempt_timeout = attempts.start()
-            try:
-                response = self._stub.Score(request, timeout=attempt_timeout, metadata=metadata)
-            except grpc.RpcError as exc:
-                self._sleep(attempts.failed(exc))
-                continue
-            return result_from_proto(response.result, response.trace_id)
+        response = self._call(self._stub.Score, request, rid, deadline)
+        return result_from_proto(response.result, response.trace_id)
 
     def score_batch(
         self,
@@ -108,16 +111,48 @@ class ScoringClient:
         return results
 
     def _score_chunk(self, chunk: _core.Chunk, deadline: Deadline) -> list[ScoreResult]:
-        metadata = _core.call_metadata(self._token, chunk.request_id)
-        attempts = _core.Attempts(self._retry, deadline, self._rand, chunk.request_id, chunk.offset)
+        response = self._call(self._stub.ScoreBatch, chunk.request, chunk.request_id, deadline, chunk.offset)
+        return _core.chunk_results(chunk, response)
+
+    def record_outcomes(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        chunk_size: int | None = None,
+        timeout: _core.Timeout = _core.DEFAULT,
+    ) -> OutcomeSummary:
+        """Records what became of scored applications, in calls of at most ``chunk_size``; returns
+        what the monitor made of them. Needs a token with the gateway's ``writer`` role.
+
+        Every outcome is checked before anything is sent. Retried while the gateway (or its
+        monitor) is unavailable, with the same outcomes: the monitor keeps the first outcome of a
+        request, so a retry or a second call never counts one twice (it comes back as a
+        duplicate). ``timeout`` bounds the whole list. A refused outcome raises
+        :class:`~finpredict.client.InvalidRequestError` whose ``index`` is its position in
+        ``outcomes``; the chunks before it were recorded.
+        """
+        chunks = _core.outcome_chunks(outcomes, chunk_size=chunk_size or self._chunk_size)
+        deadline = _core.resolve_timeout(timeout, self._timeout)
+        summary = OutcomeSummary(0, 0, 0)
+        for chunk in chunks:
+            response = self._call(
+                self._stub.RecordOutcomes, chunk.request, chunk.request_id, deadline, chunk.offset
+            )
+            summary += summary_from_proto(response)
+        return summary
+
+    def _call(
+        self, method: Callable[..., R], request: Any, request_id: str, deadline: Deadline, offset: int = 0
+    ) -> R:
+        """One unary call, retried (same request and request id) within ``deadline``."""
+        metadata = _core.call_metadata(self._token, request_id)
+        attempts = _core.Attempts(self._retry, deadline, self._rand, request_id, offset)
         while True:
             attempt_timeout = attempts.start()
             try:
-                response = self._stub.ScoreBatch(chunk.request, timeout=attempt_timeout, metadata=metadata)
+                return method(request, timeout=attempt_timeout, metadata=metadata)
             except grpc.RpcError as exc:
                 self._sleep(attempts.failed(exc))
-                continue
-            return _core.chunk_results(chunk, response)
 
     def close(self) -> None:
         self._channel.close()

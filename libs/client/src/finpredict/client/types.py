@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.scoring.v1 import scoring_pb2
@@ -80,6 +81,64 @@ class ScoreResult:
     @property
     def approved(self) -> bool:
         return self.decision is Decision.APPROVE
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one scored application, for :meth:`ScoringClient.record_outcomes`.
+
+    ``request_id`` is the one the score was answered with (:attr:`ScoreResult.request_id`);
+    ``observed_at`` (timezone-aware) defaults to the gateway's clock.
+    """
+
+    request_id: str
+    defaulted: bool
+    observed_at: datetime | None = None
+    entity_id: str = ""
+
+
+@dataclass(frozen=True)
+class OutcomeSummary:
+    """What the monitor made of recorded outcomes."""
+
+    matched: int
+    """Matched to their logged prediction: they count in the monitor's accuracy."""
+    unmatched: int
+    """Their prediction is not logged yet: kept, and matched when it arrives (or, after the
+    monitor's bounded wait, counted as orphaned)."""
+    duplicates: int
+    """Ignored: their request already had an outcome (a replay is never counted twice)."""
+
+    def __add__(self, other: OutcomeSummary) -> OutcomeSummary:
+        return OutcomeSummary(
+            self.matched + other.matched, self.unmatched + other.unmatched, self.duplicates + other.duplicates
+        )
+
+    @property
+    def total(self) -> int:
+        return self.matched + self.unmatched + self.duplicates
+
+
+def outcome_to_proto(i: int, outcome: Outcome) -> scoring_pb2.Outcome:
+    """The wire outcome; ``TypeError``/``ValueError`` name ``outcomes[i]`` before anything is sent."""
+    if not isinstance(outcome, Outcome):
+        raise TypeError(f"outcomes[{i}]: expected an Outcome, got {type(outcome).__name__}")
+    if not outcome.request_id:
+        raise ValueError(f"outcomes[{i}].request_id: required (the request id the score was answered with)")
+    if outcome.defaulted not in (0, 1):
+        raise TypeError(f"outcomes[{i}].defaulted: expected a bool, got {outcome.defaulted!r}")
+    msg = scoring_pb2.Outcome(
+        request_id=outcome.request_id, entity_id=outcome.entity_id, defaulted=bool(outcome.defaulted)
+    )
+    if outcome.observed_at is not None:
+        if outcome.observed_at.tzinfo is None:
+            raise ValueError(f"outcomes[{i}].observed_at: needs a timezone (e.g. datetime.now(UTC))")
+        msg.observed_at.FromDatetime(outcome.observed_at)
+    return msg
+
+
+def summary_from_proto(response: scoring_pb2.RecordOutcomesResponse) -> OutcomeSummary:
+    return OutcomeSummary(response.matched, response.unmatched, response.duplicates)
 
 
 def feature_values(features: Mapping[str, FeatureInput]) -> dict[str, types_pb2.FeatureValue]:

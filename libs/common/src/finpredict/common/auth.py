@@ -38,6 +38,8 @@ from typing import Any
 
 import grpc
 
+from finpredict.common.interceptors import rebuild_handler
+
 log = logging.getLogger("finpredict.auth")
 
 ADMIN = "admin"
@@ -221,28 +223,6 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         return _with_principal(handler, principal)
 
 
-_KINDS = (
-    ("unary_unary", grpc.unary_unary_rpc_method_handler),
-    ("unary_stream", grpc.unary_stream_rpc_method_handler),
-    ("stream_unary", grpc.stream_unary_rpc_method_handler),
-    ("stream_stream", grpc.stream_stream_rpc_method_handler),
-)
-
-
-def _rebuild(
-    handler: grpc.RpcMethodHandler[Any, Any], make: Callable[[Any], Any]
-) -> grpc.RpcMethodHandler[Any, Any]:
-    for attr, factory in _KINDS:
-        behavior = getattr(handler, attr)
-        if behavior is not None:
-            return factory(  # type: ignore[no-any-return]
-                make(behavior),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-    return handler
-
-
 def _refusal(
     handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -260,7 +240,7 @@ def _refusal(
 
         return refuse
 
-    return _rebuild(handler, make)
+    return rebuild_handler(handler, make)
 
 
 def _with_principal(
@@ -289,4 +269,4 @@ def _with_principal(
 
         return call
 
-    return _rebuild(handler, make)
+    return rebuild_handler(handler, make)

@@ -2,7 +2,9 @@
 
 Each service subclasses :class:`ServiceSettings` with its own ``env_prefix`` (for example
 ``FINPREDICT_GATEWAY_``) and calls :func:`load_settings` once at start-up. A bad value fails
-fast with a :class:`ConfigError` whose message names the environment variable.
+fast with a :class:`ConfigError` whose message names the environment variable. Every other
+package reads its variables the same way, through a ``BaseSettings`` class in its ``config``
+(or ``settings``) module; :class:`ClientSettings` holds what every command-line client reads.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from finpredict.common import addresses
 
 
 class ConfigError(ValueError):
@@ -23,7 +27,7 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FINPREDICT_", extra="ignore", frozen=True)
 
-    host: str = Field(default="127.0.0.1", description="Address the gRPC server binds to.")
+    host: str = Field(default=addresses.LOCALHOST, description="Address the gRPC server binds to.")
     port: int = Field(default=0, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
     metrics_port: int = Field(
         default=0, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks a free port, -1 disables."
@@ -52,11 +56,56 @@ class ServiceSettings(BaseSettings):
     )
 
 
-S = TypeVar("S", bound=ServiceSettings)
+class ClientSettings(BaseSettings):
+    """The clients' settings: the caller's token and the services' addresses.
+
+    Read by every command-line group (``finpredict models``, ``rollout``, ``score``, ``drift``) and
+    the pipeline's register stage; a ``--token``/``--target`` option wins over them. An empty
+    variable counts as unset.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="FINPREDICT_",
+        extra="ignore",
+        frozen=True,
+        env_ignore_empty=True,
+        str_strip_whitespace=True,
+    )
+
+    token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Bearer token of the `finpredict` command line (or `--token`); `task up` writes one "
+        "to `.run/secrets.env`.",
+    )
+    gateway_target: str = Field(
+        default=addresses.GATEWAY_ADDRESS,
+        description="Gateway address of `finpredict rollout` and `finpredict score` (or `--target`).",
+    )
+    registry_target: str = Field(
+        default=addresses.REGISTRY_ADDRESS,
+        description="Registry address of `finpredict models` (or `--target`) and of the pipeline's "
+        "register stage, which needs it set (`task train` starts a registry for it).",
+    )
+    monitor_target: str = Field(
+        default=addresses.MONITOR_ADDRESS,
+        description="Monitor address of `finpredict drift` (or `--target`).",
+    )
 
 
-def env_var_name(settings_cls: type[ServiceSettings], field: str) -> str:
-    """The environment variable that sets ``field`` of ``settings_cls``."""
+S = TypeVar("S", bound=BaseSettings)
+
+
+def env_var_name(settings_cls: type[BaseSettings], field: str) -> str:
+    """The environment variable that sets ``field`` of ``settings_cls``: its prefix and name, or its
+    ``validation_alias`` (``field`` may also be that alias, as validation errors name it)."""
+    info = settings_cls.model_fields.get(field)
+    if info is None:
+        fields = settings_cls.model_fields.values()
+        aliases = {f.validation_alias.upper() for f in fields if isinstance(f.validation_alias, str)}
+        if field.upper() in aliases:
+            return field.upper()
+    elif isinstance(info.validation_alias, str):
+        return info.validation_alias.upper()
     prefix = settings_cls.model_config.get("env_prefix", "") or ""
     return f"{prefix}{field}".upper()
 
@@ -72,6 +121,12 @@ def load_settings(settings_cls: type[S]) -> S:
             value = err.get("input")
             problems.append(f"{env_var_name(settings_cls, field)}={value!r}: {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    if isinstance(settings, ServiceSettings):
+        _check_tls(settings_cls, settings)
+    return settings
+
+
+def _check_tls(settings_cls: type[BaseSettings], settings: ServiceSettings) -> None:
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         raise ConfigError(
             f"{env_var_name(settings_cls, 'tls_cert_file')} and {env_var_name(settings_cls, 'tls_key_file')} "
@@ -82,4 +137,3 @@ def load_settings(settings_cls: type[S]) -> S:
             f"{env_var_name(settings_cls, 'tls_client_ca_file')} needs "
             f"{env_var_name(settings_cls, 'tls_cert_file')} (mutual TLS requires TLS)"
         )
-    return settings

@@ -32,6 +32,13 @@ REQUEST_ID_KEY = "x-request-id"
 TRACE_ID_KEY = "x-trace-id"
 # Codes that mean "the server is broken" rather than "the caller asked for something wrong".
 _SERVER_FAULTS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
+# (request streaming, response streaming) -> the grpc_type label
+_GRPC_TYPES = {
+    (False, False): "unary",
+    (False, True): "server_stream",
+    (True, False): "client_stream",
+    (True, True): "bidi_stream",
+}
 
 
 def _metadata_value(metadata: Any, key: str) -> str:
@@ -110,6 +117,32 @@ class _Call:
         self._span_cm.__exit__(None, None, None)
 
 
+_HANDLER_KINDS = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler),
+)
+
+
+def rebuild_handler(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    make: Callable[[Any], Any],
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """The same kind of handler with ``make(behavior)`` as its behavior (and, when given, another
+    request deserializer); what a server interceptor returns to wrap a method."""
+    for attr, factory in _HANDLER_KINDS:
+        behavior = getattr(handler, attr)
+        if behavior is not None:
+            return factory(  # type: ignore[no-any-return]
+                make(behavior),
+                request_deserializer=request_deserializer or handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    return handler
+
+
 def _is_cancel(exc: BaseException) -> bool:
     import asyncio
 
@@ -132,22 +165,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
             return None  # type: ignore[unreachable]
         method = handler_call_details.method
         metadata = handler_call_details.invocation_metadata
-        kinds = (
-            ("unary_unary", "unary", grpc.unary_unary_rpc_method_handler),
-            ("unary_stream", "server_stream", grpc.unary_stream_rpc_method_handler),
-            ("stream_unary", "client_stream", grpc.stream_unary_rpc_method_handler),
-            ("stream_stream", "bidi_stream", grpc.stream_stream_rpc_method_handler),
-        )
-        for attr, grpc_type, factory in kinds:
-            behavior = getattr(handler, attr)
-            if behavior is not None:
-                wrapped = self._wrap(behavior, method, grpc_type, metadata)
-                return factory(  # type: ignore[no-any-return]
-                    wrapped,
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
+        grpc_type = _GRPC_TYPES[(handler.request_streaming, handler.response_streaming)]
+        return rebuild_handler(handler, lambda behavior: self._wrap(behavior, method, grpc_type, metadata))
 
     def _wrap(self, behavior: Any, method: str, grpc_type: str, metadata: Any) -> Any:
         service = self.service

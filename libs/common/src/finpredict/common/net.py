@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 
+from finpredict.common.addresses import LOCALHOST
 
-def free_port(host: str = "127.0.0.1") -> int:
+
+def free_port(host: str = LOCALHOST) -> int:
     """A free TCP port on ``host`` (for programs that cannot bind port 0 and report it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

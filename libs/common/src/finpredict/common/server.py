@@ -1,7 +1,8 @@
 """The gRPC server skeleton every finpredict service runs on.
 
 - ``grpc.aio`` server with the observability interceptor (plus any service interceptors),
-- the standard ``grpc.health.v1.Health`` service and server reflection,
+- the standard ``grpc.health.v1.Health`` service and server reflection (method symbols too),
+- ``INVALID_ARGUMENT`` for requests whose bytes are not a protobuf message,
 - Prometheus ``/metrics`` over HTTP,
 - plaintext by default, TLS or mutual TLS by settings,
 - graceful drain on SIGTERM/SIGINT: health goes NOT_SERVING, new RPCs keep being served for
@@ -23,12 +24,13 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from finpredict.common.config import ServiceSettings
+from finpredict.common.decoding import DecodeErrorInterceptor
 from finpredict.common.interceptors import ObservabilityInterceptor
 from finpredict.common.logging import configure_logging
 from finpredict.common.metrics import start_metrics_server
+from finpredict.common.reflection import enable_reflection
 from finpredict.common.telemetry import configure_tracing, shutdown_tracing
 
 log = logging.getLogger("finpredict.server")
@@ -68,7 +70,8 @@ class ServiceRunner:
         for start_hook in self.on_start:
             await start_hook()
         server = grpc.aio.server(
-            interceptors=[ObservabilityInterceptor(self.name), *self.interceptors],
+            # Innermost last: undecodable requests are refused after authentication.
+            interceptors=[ObservabilityInterceptor(self.name), *self.interceptors, DecodeErrorInterceptor()],
             options=[
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -84,10 +87,7 @@ class ServiceRunner:
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [b.full_name for b in self.bindings]
-        reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server,
-        )
+        enable_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server)
         address = f"{s.host}:{s.port}"
         if s.tls_cert_file is not None and s.tls_key_file is not None:
             creds = grpc.ssl_server_credentials(

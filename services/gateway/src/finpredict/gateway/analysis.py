@@ -15,7 +15,6 @@ label arrives.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
 from typing import Literal
@@ -23,6 +22,7 @@ from typing import Literal
 import numpy as np
 
 import drift_core
+from finpredict import metrics
 
 Action = Literal["wait", "advance", "rollback"]
 # Latency and score samples kept per variant and window (uniform reservoir beyond this).
@@ -83,25 +83,8 @@ class VariantWindow:
         return float(np.quantile(self.latencies_ms, q)) if self.latencies_ms else 0.0
 
     def auc(self) -> float:
-        """AUC-ROC of the labeled scores (Mann-Whitney U with ties averaged); NaN if one class."""
-        if not self.labeled:
-            return math.nan
-        scores = np.array([s for s, _ in self.labeled])
-        labels = np.array([d for _, d in self.labeled])
-        n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-        if n_pos == 0 or n_neg == 0:
-            return math.nan
-        order = scores.argsort(kind="mergesort")
-        ranks = np.empty(len(scores))
-        sorted_scores = scores[order]
-        i = 0
-        while i < len(scores):  # average ranks over ties
-            j = i
-            while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-                j += 1
-            ranks[order[i : j + 1]] = (i + j) / 2 + 1
-            i = j + 1
-        return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+        """AUC-ROC of the labeled scores (:func:`finpredict.metrics.auc_roc`); NaN without both classes."""
+        return metrics.auc_roc([d for _, d in self.labeled], [s for s, _ in self.labeled])
 
 
 @dataclass(frozen=True)

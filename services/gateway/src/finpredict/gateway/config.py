@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from finpredict.common import addresses
 from finpredict.common.config import ServiceSettings
 
 
@@ -15,29 +16,32 @@ class GatewaySettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="FINPREDICT_GATEWAY_", extra="ignore", frozen=True)
 
-    port: int = Field(default=50051, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
+    port: int = Field(
+        default=addresses.GATEWAY_PORT, ge=0, le=65535, description="gRPC port; 0 picks a free port."
+    )
     metrics_port: int = Field(default=9451, ge=-1, le=65535, description="Prometheus port; -1 disables.")
     tokens: SecretStr = Field(
         default=SecretStr(""),
         description="Bearer tokens the gateway accepts ('token=subject:role[|role],...' or JSON): "
-        "scoring needs 'reader', rollout changes 'admin'.",
+        "scoring needs 'reader', recording outcomes 'writer', rollout changes 'admin'.",
     )
     data_dir: Path = Field(default=Path(".run/gateway"), description="Rollout and experiment state (SQLite).")
-    registry_target: str = Field(default="127.0.0.1:50052", description="Registry gRPC address.")
+    registry_target: str = Field(default=addresses.REGISTRY_ADDRESS, description="Registry gRPC address.")
     registry_token: SecretStr = Field(
         default=SecretStr(""),
         description="Bearer token for the registry; needs 'admin' to promote at the end of a rollout.",
     )
     model_server_target: str = Field(
-        default="127.0.0.1:50063", description="Model server address (Ray Serve's gRPC ingress)."
+        default=addresses.SERVE_GRPC_ADDRESS, description="Model server address (Ray Serve's gRPC ingress)."
     )
     model_server_application: str = Field(default="model-server", description="Serve application name.")
     monitor_target: str = Field(
-        default="127.0.0.1:50054", description="Monitor gRPC address; empty disables the prediction log."
+        default=addresses.MONITOR_ADDRESS,
+        description="Monitor gRPC address; empty disables the prediction log and outcomes.",
     )
     monitor_token: SecretStr = Field(
         default=SecretStr(""),
-        description="Bearer token for the monitor (needs 'writer' when the monitor requires tokens).",
+        description="Bearer token for the monitor: the prediction log and outcomes need 'writer'.",
     )
     tls_ca_file: Path | None = Field(
         default=None, description="CA bundle to verify the registry, model server and monitor (enables TLS)."
@@ -56,7 +60,7 @@ class GatewaySettings(ServiceSettings):
     )
     max_batch_rows: int = Field(default=256, ge=1, le=10_000, description="Most rows in one coalesced call.")
     max_request_rows: int = Field(
-        default=1000, ge=1, le=100_000, description="Most applications in one request."
+        default=1000, ge=1, le=100_000, description="Most applications (or outcomes) in one request."
     )
     breaker_failures: int = Field(
         default=5, ge=1, description="Consecutive backend failures that open a version's circuit."

@@ -8,15 +8,21 @@ measurement, prediction log), so an existing inference client can call finpredic
   integer features; NaN means missing) or ``BYTES`` (categorical), shape ``[-1]``; plus an
   optional ``entity_id`` ``BYTES`` input used for sticky routing.
 - ``ModelInfer`` takes those inputs as typed contents or ``raw_input_contents`` (``FP32``,
-  ``FP64`` or ``BYTES``, shape ``[N]`` or ``[N, 1]``) and answers ``score`` (FP64), ``decision``
-  (BYTES: approve/decline), ``model_version`` (INT64) and ``variant`` (BYTES), one per row.
-  Without ``entity_id`` a row is routed by the request id and its index.
+  ``FP64``, ``INT32``, ``INT64`` or ``BOOL`` for numbers, ``BYTES`` for categories; shape ``[N]``
+  or ``[N, 1]``) and answers ``score`` (FP64), ``decision`` (BYTES: approve/decline),
+  ``model_version`` (INT64) and ``variant`` (BYTES), one per row, or only the ``outputs`` asked
+  for. Without ``entity_id`` a row is routed by the request id and its index.
+- Responses mirror the request, as Triton and KServe servers do (several standard clients read
+  only raw outputs): inputs as ``raw_input_contents`` get every output as ``raw_output_contents``,
+  typed contents get typed contents. Raw layouts are little-endian; a raw ``BYTES`` element is
+  a 4-byte little-endian length followed by its bytes.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -34,6 +40,16 @@ SERVER_NAME = "finpredict"
 SERVER_VERSION = "0.1.0"
 ENTITY_INPUT = "entity_id"
 Context = grpc.aio.ServicerContext[Any, Any]
+# Number datatypes: the typed contents field and the raw layout (numpy dtype, little-endian).
+NUMBER_TYPES = {
+    "FP32": ("fp32_contents", "<f4"),
+    "FP64": ("fp64_contents", "<f8"),
+    "INT32": ("int_contents", "<i4"),
+    "INT64": ("int64_contents", "<i8"),
+    "BOOL": ("bool_contents", "u1"),
+}
+OUTPUTS = {"score": "FP64", "decision": "BYTES", "model_version": "INT64", "variant": "BYTES"}
+Value = float | int | bool | bytes
 
 
 def _datatype(spec: types_pb2.FeatureSpec) -> str:
@@ -52,19 +68,15 @@ def model_metadata(info: VersionInfo) -> pb.ModelMetadataResponse:
         platform="xgboost_ubj",
         inputs=inputs,
         outputs=[
-            pb.ModelMetadataResponse.TensorMetadata(name="score", datatype="FP64", shape=[-1]),
-            pb.ModelMetadataResponse.TensorMetadata(name="decision", datatype="BYTES", shape=[-1]),
-            pb.ModelMetadataResponse.TensorMetadata(name="model_version", datatype="INT64", shape=[-1]),
-            pb.ModelMetadataResponse.TensorMetadata(name="variant", datatype="BYTES", shape=[-1]),
+            pb.ModelMetadataResponse.TensorMetadata(name=name, datatype=datatype, shape=[-1])
+            for name, datatype in OUTPUTS.items()
         ],
     )
 
 
 def _rows_of(tensor: pb.ModelInferRequest.InferInputTensor, where: str) -> int:
     shape = list(tensor.shape)
-    if len(shape) == 2 and shape[1] == 1:
-        return int(shape[0])
-    if len(shape) != 1:
+    if len(shape) not in (1, 2) or shape[1:] not in ([], [1]):
         raise RequestError(f"{where}.shape: {shape} must be [N] or [N, 1]")
     if shape[0] < 0:
         raise RequestError(f"{where}.shape: {shape} has a negative size")
@@ -73,38 +85,51 @@ def _rows_of(tensor: pb.ModelInferRequest.InferInputTensor, where: str) -> int:
 
 def _bytes_items(raw: bytes, n: int, where: str) -> list[bytes]:
     """Decodes the OIP raw BYTES layout: each element is a 4-byte little-endian length, then the bytes."""
-    out, pos = [], 0
+    out: list[bytes] = []
+    pos = 0
     for _ in range(n):
         if pos + 4 > len(raw):
-            raise RequestError(f"{where}: raw BYTES content is truncated")
+            raise RequestError(f"{where}: raw BYTES content is truncated ({len(out)} of {n} elements)")
         (size,) = struct.unpack_from("<I", raw, pos)
         pos += 4
         if pos + size > len(raw):
-            raise RequestError(f"{where}: raw BYTES content is truncated")
+            raise RequestError(f"{where}: raw BYTES content is truncated ({len(out)} of {n} elements)")
         out.append(raw[pos : pos + size])
         pos += size
+    if pos != len(raw):
+        raise RequestError(f"{where}: raw BYTES content has {len(raw) - pos} bytes after its {n} elements")
     return out
+
+
+def _raw_numbers(raw: bytes, datatype: str, n: int, where: str) -> list[Value]:
+    dtype = np.dtype(NUMBER_TYPES[datatype][1])
+    if len(raw) != n * dtype.itemsize:
+        raise RequestError(
+            f"{where}: raw content has {len(raw)} bytes, expected {n * dtype.itemsize} for {n} {datatype}"
+        )
+    values = np.frombuffer(raw, dtype=dtype)
+    if datatype == "BOOL":
+        if values.size and values.max() > 1:
+            raise RequestError(f"{where}: raw BOOL content has a byte other than 0 or 1")
+        return [bool(v) for v in values]
+    return values.tolist()  # type: ignore[no-any-return]
 
 
 def _values(
     tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, n: int, where: str
-) -> list[float] | list[bytes]:
+) -> Sequence[Value]:
     dt = tensor.datatype
-    if dt in ("FP32", "FP64"):
-        if raw is not None:
-            width = 4 if dt == "FP32" else 8
-            if len(raw) != n * width:
-                raise RequestError(
-                    f"{where}: raw content has {len(raw)} bytes, expected {n * width} for {n} {dt}"
-                )
-            return [float(v) for v in np.frombuffer(raw, dtype="<f4" if dt == "FP32" else "<f8")]
-        values: list[float] | list[bytes] = list(
-            tensor.contents.fp32_contents if dt == "FP32" else tensor.contents.fp64_contents
+    if dt != "BYTES" and dt not in NUMBER_TYPES:
+        raise RequestError(
+            f"{where}.datatype: {dt!r} is not supported ({', '.join([*NUMBER_TYPES, 'BYTES'])})"
         )
-    elif dt == "BYTES":
-        values = _bytes_items(raw, n, where) if raw is not None else list(tensor.contents.bytes_contents)
-    else:
-        raise RequestError(f"{where}.datatype: {dt!r} is not supported (FP32, FP64 or BYTES)")
+    if raw is not None:
+        if tensor.contents.ByteSize():
+            raise RequestError(f"{where}.contents: must be empty when the input comes in raw_input_contents")
+        return _bytes_items(raw, n, where) if dt == "BYTES" else _raw_numbers(raw, dt, n, where)
+    values: list[Value] = list(
+        getattr(tensor.contents, "bytes_contents" if dt == "BYTES" else NUMBER_TYPES[dt][0])
+    )
     if len(values) != n:
         raise RequestError(f"{where}: {len(values)} values for shape [{n}]")
     return values
@@ -121,13 +146,15 @@ def applications_from_infer(
         raise RequestError(f"raw_input_contents: {len(raw)} entries for {len(request.inputs)} inputs")
     kinds = {s.name: s.type for s in info.schema.features}
     n: int | None = None
-    columns: dict[str, list[Any]] = {}
+    columns: dict[str, Sequence[Any]] = {}
     for i, tensor in enumerate(request.inputs):
         where = f'inputs[{i}] ("{tensor.name}")'
         if tensor.name in columns:
             raise RequestError(f"{where}.name: duplicate input")
         if tensor.name != ENTITY_INPUT and tensor.name not in kinds:
             raise RequestError(f"{where}.name: unknown input (not in the model's schema)")
+        if tensor.name == ENTITY_INPUT and tensor.datatype != "BYTES":
+            raise RequestError(f"{where}.datatype: {tensor.datatype!r}, the entity ids are BYTES")
         rows = _rows_of(tensor, where)
         if n is None:
             n = rows
@@ -147,7 +174,7 @@ def applications_from_infer(
                     features[name] = types_pb2.FeatureValue(category=v.decode())
                 except UnicodeDecodeError:
                     raise RequestError(f'inputs ("{name}")[{row}]: not valid UTF-8') from None
-            elif math.isnan(v):
+            elif isinstance(v, float) and math.isnan(v):
                 features[name] = types_pb2.FeatureValue()  # NaN: missing (validation decides if allowed)
             else:
                 features[name] = types_pb2.FeatureValue(number=float(v))
@@ -206,49 +233,54 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
             info = await self._info(request.model_name, "")
             apps = applications_from_infer(request, info, self._max_rows)
+            names = requested_outputs(request)
             paths = [f"inputs[row {i}]" for i in range(len(apps))]
             results = await self._core.score(request.model_name, apps, paths=paths)
             versions = sorted({r.version for r in results})
-            return pb.ModelInferResponse(
+            columns: dict[str, list[Value]] = {
+                "score": [r.prediction.score for r in results],
+                "decision": [
+                    b"decline" if r.prediction.score >= r.threshold else b"approve" for r in results
+                ],
+                "model_version": [r.version for r in results],
+                "variant": [(r.route.arm or r.route.variant).encode() for r in results],
+            }
+            response = pb.ModelInferResponse(
                 model_name=request.model_name,
                 model_version=str(versions[0]) if len(versions) == 1 else "",
                 id=request.id,
-                outputs=[
-                    _output(
-                        "score",
-                        "FP64",
-                        pb.InferTensorContents(fp64_contents=[r.prediction.score for r in results]),
-                    ),
-                    _output(
-                        "decision",
-                        "BYTES",
-                        pb.InferTensorContents(
-                            bytes_contents=[
-                                b"decline" if r.prediction.score >= r.threshold else b"approve"
-                                for r in results
-                            ]
-                        ),
-                    ),
-                    _output(
-                        "model_version",
-                        "INT64",
-                        pb.InferTensorContents(int64_contents=[r.version for r in results]),
-                    ),
-                    _output(
-                        "variant",
-                        "BYTES",
-                        pb.InferTensorContents(
-                            bytes_contents=[(r.route.arm or r.route.variant).encode() for r in results]
-                        ),
-                    ),
-                ],
             )
+            for name in names:
+                add_output(response, name, columns[name], raw=bool(request.raw_input_contents))
+            return response
 
         return await guarded(context, call)
 
 
-def _output(
-    name: str, datatype: str, contents: pb.InferTensorContents
-) -> pb.ModelInferResponse.InferOutputTensor:
-    n = max(len(contents.fp64_contents), len(contents.bytes_contents), len(contents.int64_contents))
-    return pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=[n], contents=contents)
+def requested_outputs(request: pb.ModelInferRequest) -> list[str]:
+    """The outputs the request asks for, in its order; all of them when it names none."""
+    names = [o.name for o in request.outputs]
+    for i, name in enumerate(names):
+        if name not in OUTPUTS:
+            raise RequestError(f'outputs[{i}] ("{name}").name: unknown output ({", ".join(OUTPUTS)})')
+        if name in names[:i]:
+            raise RequestError(f'outputs[{i}] ("{name}").name: duplicate output')
+    return names or list(OUTPUTS)
+
+
+def _raw_bytes(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def add_output(response: pb.ModelInferResponse, name: str, values: list[Value], raw: bool) -> None:
+    """Appends output ``name`` as typed contents, or (``raw``) in ``raw_output_contents``."""
+    datatype = OUTPUTS[name]
+    tensor = response.outputs.add(name=name, datatype=datatype, shape=[len(values)])
+    if raw:
+        if datatype == "BYTES":
+            response.raw_output_contents.append(_raw_bytes(values))  # type: ignore[arg-type]
+        else:
+            response.raw_output_contents.append(np.asarray(values, dtype=NUMBER_TYPES[datatype][1]).tobytes())
+    else:
+        field = "bytes_contents" if datatype == "BYTES" else NUMBER_TYPES[datatype][0]
+        getattr(tensor.contents, field).extend(values)

@@ -27,13 +27,25 @@ CANARY_FALLBACKS_TOTAL = Counter(
 )
 LOG_DROPPED_TOTAL = Counter(
     "finpredict_gateway_prediction_log_dropped_total",
-    "Prediction records not delivered to the monitor, by reason (buffer_full, send_failed).",
+    "Prediction records not delivered to the monitor, by reason (buffer_full, send_failed, rejected).",
     ["reason"],
 )
 for _reason in ("buffer_full", "send_failed", "rejected"):
     LOG_DROPPED_TOTAL.labels(_reason)  # exported at 0, so the first drop shows in rate()
 LOG_SENT_TOTAL = Counter(
     "finpredict_gateway_prediction_log_sent_total", "Prediction records delivered to the monitor."
+)
+OUTCOMES_TOTAL = Counter(
+    "finpredict_gateway_outcomes_total",
+    "Outcomes clients reported (RecordOutcomes), by what the monitor made of them: matched, unmatched "
+    "(waiting for their prediction), duplicate (already recorded); failed when the monitor did not answer.",
+    ["result"],
+)
+for _result in ("matched", "unmatched", "duplicate", "failed"):
+    OUTCOMES_TOTAL.labels(_result)
+LOG_SENDER_RESTARTS_TOTAL = Counter(
+    "finpredict_gateway_prediction_log_sender_restarts_total",
+    "Times the prediction-log sender failed unexpectedly (its batch counted as dropped) and started again.",
 )
 LOG_BUFFER_RECORDS = Gauge(
     "finpredict_gateway_prediction_log_buffer_records", "Prediction records waiting to be sent."

@@ -1,5 +1,6 @@
 # ruff: noqa: N802  (gRPC method names are CamelCase)
-"""``finpredict.scoring.v1.ScoringService``: Score and ScoreBatch on the shared request path."""
+"""``finpredict.scoring.v1.ScoringService``: Score and ScoreBatch on the shared request path, and
+RecordOutcomes forwarded to the monitor (:mod:`~finpredict.gateway.outcomes`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from finpredict.api.scoring.v1 import scoring_pb2_grpc as pb_grpc
 from finpredict.common.telemetry import current_trace_id
 from finpredict.gateway.backend import BackendError
 from finpredict.gateway.catalog import CatalogError
+from finpredict.gateway.outcomes import MonitorError, OutcomeForwarder
 from finpredict.gateway.scoring import Application, Result, ScoringCore
 from finpredict.gateway.validation import RequestError, validate_batch_size
 
@@ -34,7 +36,7 @@ async def guarded(context: Context, call: Callable[[], Awaitable[T]]) -> T:
         return await call()
     except RequestError as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    except (CatalogError, BackendError) as exc:
+    except (CatalogError, BackendError, MonitorError) as exc:
         await context.abort(exc.code, str(exc))
     raise AssertionError("unreachable")
 
@@ -61,9 +63,12 @@ def to_score(model: str, result: Result, explain: bool) -> pb.Score:
 
 
 class ScoringServicer(pb_grpc.ScoringServiceServicer):
-    def __init__(self, core: ScoringCore, max_request_rows: int = 1000) -> None:
+    def __init__(
+        self, core: ScoringCore, max_request_rows: int = 1000, outcomes: OutcomeForwarder | None = None
+    ) -> None:
         self._core = core
         self._max_rows = max_request_rows
+        self._outcomes = outcomes
 
     async def Score(self, request: pb.ScoreRequest, context: Context) -> pb.ScoreResponse:
         async def call() -> pb.ScoreResponse:
@@ -97,3 +102,15 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             return pb.ScoreBatchResponse(results=scores, trace_id=current_trace_id())
 
         return await guarded(context, call)
+
+    async def RecordOutcomes(
+        self, request: pb.RecordOutcomesRequest, context: Context
+    ) -> pb.RecordOutcomesResponse:
+        outcomes = self._outcomes
+        if outcomes is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this gateway has no monitor (its monitor target is empty): outcomes cannot be recorded",
+            )
+            raise AssertionError("unreachable")
+        return await guarded(context, lambda: outcomes.record(request, context.time_remaining()))

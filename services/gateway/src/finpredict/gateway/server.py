@@ -23,6 +23,7 @@ from finpredict.api.scoring.v1 import scoring_pb2_grpc
 from finpredict.common.auth import (
     OPEN_SERVICE_PREFIXES,
     READER,
+    WRITER,
     BearerAuthInterceptor,
     TokenSpecError,
     bearer_metadata,
@@ -36,6 +37,7 @@ from finpredict.gateway.catalog import Catalog
 from finpredict.gateway.config import GatewaySettings
 from finpredict.gateway.controller import RolloutController
 from finpredict.gateway.inference import InferenceServicer
+from finpredict.gateway.outcomes import OutcomeForwarder
 from finpredict.gateway.policies import PolicyStore
 from finpredict.gateway.prediction_log import PredictionLog
 from finpredict.gateway.rollout import RolloutStore
@@ -53,6 +55,9 @@ METHOD_ROLES: dict[str, str] = {
     **ROLLOUT_ROLES,
     f"/{SCORING_SERVICE}/Score": READER,
     f"/{SCORING_SERVICE}/ScoreBatch": READER,
+    # Outcomes are ground truth that moves accuracy alerts (and retraining): a scoring client's reader
+    # token cannot write them; the job that knows what became of the loans holds a writer token.
+    f"/{SCORING_SERVICE}/RecordOutcomes": WRITER,
     **{f"/{OIP_SERVICE}/{m}": READER for m in ("ModelReady", "ModelMetadata", "ModelInfer")},
 }
 # Liveness, readiness and server metadata are open, like gRPC health (probes carry no token).
@@ -122,17 +127,20 @@ class Gateway:
         policies = PolicyStore(s.data_dir / "policies.db")
         self.stores = [rollout_store, policies]
         self.controller = RolloutController(rollout_store, catalog, tick_s=s.controller_tick_s)
+        outcomes = None
         if s.monitor_target:
+            monitor = monitor_pb2_grpc.MonitorServiceStub(self._channel(s.monitor_target))
+            monitor_token = s.monitor_token.get_secret_value()
+            monitor_md = bearer_metadata(monitor_token) if monitor_token else ()
             self.prediction_log = PredictionLog(
-                monitor_pb2_grpc.MonitorServiceStub(self._channel(s.monitor_target)),
+                monitor,
                 capacity=s.log_buffer_records,
                 batch_records=s.log_batch_records,
                 flush_s=s.log_flush_s,
-                metadata=bearer_metadata(monitor_token)
-                if (monitor_token := s.monitor_token.get_secret_value())
-                else (),
+                metadata=monitor_md,
             )
             self.prediction_log.start()
+            outcomes = OutcomeForwarder(monitor, monitor_md, max_outcomes=s.max_request_rows)
         self.core = ScoringCore(
             catalog,
             backend,
@@ -141,7 +149,7 @@ class Gateway:
             self.prediction_log,
             shadow_concurrency=s.shadow_concurrency,
         )
-        self.scoring = ScoringServicer(self.core, s.max_request_rows)
+        self.scoring = ScoringServicer(self.core, s.max_request_rows, outcomes)
         self.inference = InferenceServicer(self.core, s.max_request_rows)
         self.rollouts = RolloutServicer(self.controller, policies, catalog)
         self.controller.start_loop()

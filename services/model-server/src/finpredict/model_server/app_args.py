@@ -6,22 +6,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from finpredict.common import addresses
+
 
 class AppArgs(BaseModel):
-    """What ``build_app(args)`` accepts; unknown keys are refused (typos fail at deploy time)."""
+    """What ``build_app(args)`` accepts; unknown keys are refused (typos fail at deploy time).
+
+    Secrets and the OTLP endpoint are not arguments: each replica reads them from its own
+    environment (:class:`~finpredict.model_server.config.ReplicaSettings`).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    registry_target: str = Field(default="127.0.0.1:50052", description="host:port of the registry.")
-    registry_token_env: str = Field(
-        default="FINPREDICT_MODEL_SERVER_REGISTRY_TOKEN",
-        description="Environment variable (of the replica) holding the registry bearer token.",
-    )
-    otlp_endpoint_env: str = Field(
-        default="FINPREDICT_MODEL_SERVER_OTLP_ENDPOINT",
-        description="Environment variable (of the replica) holding the OTLP/gRPC endpoint its spans are "
-        "exported to; unset or empty: spans are created (trace ids flow to the registry) but not exported.",
-    )
+    registry_target: str = Field(default=addresses.REGISTRY_ADDRESS, description="host:port of the registry.")
     registry_timeout_s: float = Field(default=30.0, gt=0, description="Deadline of registry calls.")
     max_models_per_replica: int = Field(default=4, ge=1, description="LRU bound of loaded versions.")
     batching: bool = Field(default=True, description="Coalesce concurrent requests with @serve.batch.")

@@ -1,16 +1,18 @@
 """ModelServer settings, read once from ``FINPREDICT_MODEL_SERVER_*`` environment variables.
 
 ``port``/``metrics_port`` are the control server's (health, reflection, metrics of the
-supervisor); predictions go to Serve's gRPC ingress on ``serve_grpc_port``.
+supervisor); predictions go to Serve's gRPC ingress on ``serve_grpc_port``. Each Serve replica
+reads its own :class:`ReplicaSettings` (its process has its own environment).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from finpredict.common import addresses
 from finpredict.common.config import ServiceSettings
 
 DEFAULT_SERVE_CONFIG = Path(__file__).with_name("serve_config.yaml")
@@ -21,7 +23,12 @@ class ModelServerSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="FINPREDICT_MODEL_SERVER_", extra="ignore", frozen=True)
 
-    port: int = Field(default=50053, ge=0, le=65535, description="Control gRPC port; 0 picks a free port.")
+    port: int = Field(
+        default=addresses.MODEL_SERVER_PORT,
+        ge=0,
+        le=65535,
+        description="Control gRPC port; 0 picks a free port.",
+    )
     metrics_port: int = Field(default=9453, ge=-1, le=65535, description="Prometheus port; -1 disables.")
     serve_config: Path = Field(default=DEFAULT_SERVE_CONFIG, description="The Serve config (YAML).")
     serve_grpc_port: int = Field(
@@ -46,3 +53,35 @@ class ModelServerSettings(ServiceSettings):
     delete_app_on_exit: bool = Field(
         default=True, description="On SIGTERM, delete the Serve app from a shared cluster after draining."
     )
+
+
+class ReplicaSettings(BaseSettings):
+    """What each Serve replica reads from its own environment.
+
+    That is the environment of ``ray start`` (a local Ray started by the supervisor inherits the
+    supervisor's) or of the KubeRay worker pod, never the Serve config, which Ray stores and shows
+    in its dashboard.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FINPREDICT_", extra="ignore", frozen=True)
+
+    model_server_registry_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Registry bearer token (reader role) the Serve replicas download versions with.",
+    )
+    services_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="The replicas' registry token when `FINPREDICT_MODEL_SERVER_REGISTRY_TOKEN` is empty "
+        "(`task up` writes one to `.run/secrets.env`).",
+    )
+    model_server_otlp_endpoint: str = Field(
+        default="",
+        description="OTLP/gRPC endpoint the replicas export their spans to (as the supervisor does); "
+        "empty: spans are created (trace ids flow to the registry) but not exported.",
+    )
+
+    @property
+    def registry_token(self) -> str:
+        """The token the replica sends to the registry."""
+        own = self.model_server_registry_token.get_secret_value()
+        return own or self.services_token.get_secret_value()

@@ -28,10 +28,12 @@ from ray.serve.grpc_util import RayServegRPCContext
 
 from finpredict.api.registry.v1 import registry_pb2
 from finpredict.api.serving.v1 import model_server_pb2 as pb
+from finpredict.common.config import load_settings
 from finpredict.common.interceptors import TRACE_ID_KEY
 from finpredict.common.telemetry import configure_tracing, current_trace_id, extract_context, flush_tracing
 from finpredict.model_server import metrics
 from finpredict.model_server.app_args import AppArgs, model_id, parse_args, parse_model_id
+from finpredict.model_server.config import ReplicaSettings
 from finpredict.model_server.registry_client import ArtifactFetchError, RegistryClient
 from finpredict.model_server.scoring import (
     InvalidRequestError,
@@ -78,15 +80,14 @@ class ModelServer:
     def __init__(self, args: dict[str, Any] | AppArgs | None = None) -> None:
         self.args = parse_args(args)
         a = self.args
-        # the service token of a local stack (`task up` writes FINPREDICT_SERVICES_TOKEN) as fallback
-        token = os.environ.get(a.registry_token_env) or os.environ.get("FINPREDICT_SERVICES_TOKEN", "")
-        self.registry = RegistryClient(a.registry_target, token, a.registry_timeout_s)
+        env = load_settings(ReplicaSettings)
+        self.registry = RegistryClient(a.registry_target, env.registry_token, a.registry_timeout_s)
         self.replica = serve.get_replica_context().replica_id.unique_id
         # Each replica is its own process: it exports its spans itself (the endpoint reaches it
         # through the environment of `ray start` or of the worker pod, like the registry token).
         configure_tracing(
             "model-server",
-            os.environ.get(a.otlp_endpoint_env, ""),
+            env.model_server_otlp_endpoint,
             schedule_delay_ms=SPAN_EXPORT_DELAY_MS,
             resource_attributes={"service.instance.id": self.replica, "finpredict.component": "replica"},
         )

@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]  # (no types-PyYAML in the lock)
 
+from finpredict.common.net import free_port
 from finpredict.model_server.config import ModelServerSettings
 
 log = logging.getLogger("finpredict.model_server.driver")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def load_serve_config(settings: ModelServerSettings) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from finpredict.monitor import metrics as m
-from finpredict.monitor.engine import AlertRecord
+from finpredict.monitor.evaluation import AlertRecord
 
 log = logging.getLogger("finpredict.monitor.alerting")
 

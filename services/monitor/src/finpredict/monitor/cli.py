@@ -1,31 +1,49 @@
-"""``finpredict drift``: drift report, alerts and replays (mounted by the root CLI)."""
+"""``finpredict drift``: drift report and alerts (mounted by the root CLI)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
+from pydantic_settings import BaseSettings
 from rich.console import Console
 from rich.table import Table
 
 import drift_core
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc as pb_grpc
+from finpredict.common import addresses
 from finpredict.common.auth import bearer_metadata
+from finpredict.common.config import ClientSettings, ConfigError, env_var_name, load_settings
+from finpredict.monitor.config import MonitorSettings
 
-app = typer.Typer(help="Drift reports, model-quality alerts and replays.", no_args_is_help=True)
+app = typer.Typer(help="Drift reports and model-quality alerts.", no_args_is_help=True)
 console = Console()
 
-Target = Annotated[str, typer.Option(help="Monitor address host:port.", envvar="FINPREDICT_MONITOR_TARGET")]
-Token = Annotated[
-    str,
+TARGET_ENV = env_var_name(ClientSettings, "monitor_target")
+TOKEN_ENV = env_var_name(ClientSettings, "token")
+DATA_DIR_ENV = env_var_name(MonitorSettings, "data_dir")
+PROFILES_DIR_ENV = env_var_name(MonitorSettings, "profiles_dir")
+
+S = TypeVar("S", bound=BaseSettings)
+
+Target = Annotated[
+    str | None,
     typer.Option(
-        help="Bearer token (when the monitor has FINPREDICT_MONITOR_TOKENS).", envvar="FINPREDICT_TOKEN"
+        help=f"Monitor address host:port (default: {TARGET_ENV}, else {addresses.MONITOR_ADDRESS}).",
+        show_default=False,
+    ),
+]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Bearer token, when the monitor has {env_var_name(MonitorSettings, 'tokens')} "
+        f"(default: {TOKEN_ENV}).",
+        show_default=False,
     ),
 ]
 
@@ -46,10 +64,32 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientIntercepto
         return continuation(self._details(details), request_iterator)
 
 
+def _load(settings_cls: type[S]) -> S:
+    """Settings read from the environment; a bad value is a usage error naming the variable."""
+    try:
+        return load_settings(settings_cls)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 @contextmanager
-def _channel(target: str, token: str) -> Iterator[grpc.Channel]:
+def _channel(target: str | None, token: str | None) -> Iterator[grpc.Channel]:
+    """A channel to the monitor: the options, else the client settings (the environment)."""
+    settings = _load(ClientSettings)
+    target = settings.monitor_target if target is None else target
+    token = settings.token.get_secret_value() if token is None else token
     with grpc.insecure_channel(target) as channel:
         yield grpc.intercept_channel(channel, _Bearer(token)) if token else channel
+
+
+def _monitor_dirs(data_dir: Path | None, profiles_dir: Path | None) -> tuple[Path, Path]:
+    """The monitor's data and profiles dirs: the options, else its settings (the environment); the
+    profiles dir is ``<data dir>/profiles`` unless its variable is set."""
+    settings = _load(MonitorSettings)
+    data = settings.data_dir if data_dir is None else data_dir
+    if profiles_dir is not None:
+        return data, profiles_dir
+    return data, settings.profiles_dir if "profiles_dir" in settings.model_fields_set else data / "profiles"
 
 
 @app.command()
@@ -57,15 +97,23 @@ def report(
     model: Annotated[str, typer.Option(help="Model name.")],
     version: Annotated[int, typer.Option(help="Model version.", min=1)],
     data_dir: Annotated[
-        Path, typer.Option(help="The monitor's data dir.", envvar="FINPREDICT_MONITOR_DATA_DIR")
-    ],
+        Path | None,
+        typer.Option(
+            help=f"The monitor's data dir (default: {DATA_DIR_ENV}, "
+            f"else {MonitorSettings.model_fields['data_dir'].default}).",
+            show_default=False,
+        ),
+    ] = None,
     profile: Annotated[
         Path | None,
         typer.Option(help="Reference profile file (default: <profiles-dir>/<model>/<version>.bin)."),
     ] = None,
     profiles_dir: Annotated[
         Path | None,
-        typer.Option(help="The monitor's profiles dir.", envvar="FINPREDICT_MONITOR_PROFILES_DIR"),
+        typer.Option(
+            help=f"The monitor's profiles dir (default: {PROFILES_DIR_ENV}, else <data-dir>/profiles).",
+            show_default=False,
+        ),
     ] = None,
     out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("drift-report.html"),
     psi_threshold: Annotated[float, typer.Option(help="PSI threshold drawn on the charts.")] = 0.25,
@@ -74,7 +122,8 @@ def report(
     from finpredict.monitor.report import compute, render
     from finpredict.monitor.store import StoreReadError
 
-    path = profile or ((profiles_dir or data_dir / "profiles") / model / f"{version}.bin")
+    data_dir, profiles_dir = _monitor_dirs(data_dir, profiles_dir)
+    path = profile or (profiles_dir / model / f"{version}.bin")
     if not path.is_file():
         raise typer.BadParameter(f"no reference profile at {path}", param_hint="--profile")
     try:
@@ -105,10 +154,10 @@ def report(
 
 @app.command()
 def alerts(
-    target: Target = "127.0.0.1:50054",
+    target: Target = None,
     firing_only: Annotated[bool, typer.Option(help="Only firing alerts.")] = False,
     model: Annotated[str, typer.Option(help="Model name filter.")] = "",
-    token: Token = "",
+    token: Token = None,
 ) -> None:
     """List model-quality alerts."""
     with _channel(target, token) as channel:
@@ -130,56 +179,3 @@ def alerts(
             str(a.retrained_version or ""),
         )
     console.print(table)
-
-
-@app.command()
-def replay(
-    target: Target = "127.0.0.1:50054",
-    token: Token = "",
-    model: Annotated[str, typer.Option(help="Model name.")] = "credit-default",
-    version: Annotated[int, typer.Option(help="Model version.", min=1)] = 1,
-    days: Annotated[int, typer.Option(min=1, help="The stream ends at 00:00 of this day.")] = 30,
-    first_day: Annotated[int, typer.Option(min=0, help="The stream starts at 00:00 of this day.")] = 0,
-    per_hour: Annotated[int, typer.Option(min=1)] = 200,
-    scenario: Annotated[str, typer.Option(help="dgp drift scenario (none, recession, ...).")] = "none",
-    shift_day: Annotated[int, typer.Option(help="Day (0-based) the scenario starts.")] = 10,
-    degrade_from_day: Annotated[
-        int | None, typer.Option(help="Serve a silently degraded model from this day.")
-    ] = None,
-    degrade_until_day: Annotated[int | None, typer.Option(help="... until this day.")] = None,
-    label_delay_hours: Annotated[float | None, typer.Option(help="Send outcomes after this delay.")] = None,
-    seed: Annotated[int, typer.Option()] = 1,
-    write_profile: Annotated[
-        Path | None, typer.Option(help="First write the replay's reference profile into this profiles dir.")
-    ] = None,
-) -> None:
-    """Feed a generated stream through a running monitor on a simulated clock; print time to detect."""
-    from finpredict.monitor import replay as rp
-
-    sc = rp.Scenario(
-        days=days,
-        first_day=first_day,
-        per_hour=per_hour,
-        drift=scenario,
-        shift_day=shift_day,
-        degrade_from_day=degrade_from_day,
-        degrade_until_day=degrade_until_day,
-        seed=seed,
-    )
-    if write_profile is not None:
-        dest = write_profile / model / f"{version}.bin"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(rp.reference_profile().to_bytes())
-        console.print(f"wrote reference profile {dest} (restart the monitor if it already saw this version)")
-    stream = rp.generate(sc)
-    delay = timedelta(hours=label_delay_hours) if label_delay_hours is not None else None
-    with _channel(target, token) as channel:
-        result = rp.replay(channel, stream, model, version, label_delay=delay)
-    console.print(f"accepted {result.accepted}, duplicates {result.duplicates}, rejected {result.rejected}")
-    shift = sc.shift_time if scenario != "none" else None
-    for a in result.changes:
-        when = a.resolved_at if a.state == pb.ALERT_STATE_RESOLVED else a.started_at
-        t = when.ToDatetime().replace(tzinfo=sc.start.tzinfo)
-        ttd = f" (+{(t - shift).total_seconds() / 3600:.0f} h after the shift)" if shift is not None else ""
-        state = pb.AlertState.Name(a.state).removeprefix("ALERT_STATE_").lower()
-        console.print(f"{t.isoformat()} {state:8} {a.rule} {','.join(a.features)} {a.value:.4g}{ttd}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from finpredict.common import addresses
 from finpredict.common.config import ServiceSettings
 
 DEFAULT_RULES_FILE = Path(__file__).with_name("rules.yaml")
@@ -17,16 +18,37 @@ class MonitorSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="FINPREDICT_MONITOR_", extra="ignore", frozen=True)
 
-    port: int = Field(default=50054, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
+    port: int = Field(
+        default=addresses.MONITOR_PORT, ge=0, le=65535, description="gRPC port; 0 picks a free port."
+    )
     metrics_port: int = Field(default=9454, ge=-1, le=65535, description="Prometheus port; -1 disables.")
     data_dir: Path = Field(
         default=Path(".run/monitor"),
         description="Where the prediction and outcome logs (Parquet) and the alert state live.",
     )
-    profiles_dir: Path = Field(
-        default=Path(".run/monitor/profiles"),
-        description="Reference profiles, one file per version: <profiles_dir>/<model>/<version>.bin "
-        "(drift_core Profile.to_bytes(), as the pipeline's profile stage writes it).",
+    profiles_dir: Path | None = Field(
+        default=None,
+        description="The reference profiles' cache, one version per file: <profiles_dir>/<model>/<version>.bin "
+        "(drift_core Profile.to_bytes(), with its registry sha256 and feature schema beside it), filled "
+        "from the registry on first sight of a version; a file put there by hand is used as is. "
+        "Default: <data_dir>/profiles.",
+    )
+    registry_target: str = Field(
+        default=addresses.REGISTRY_ADDRESS,
+        description="Registry gRPC address the reference profiles are fetched from; empty: only the "
+        "profiles already in the cache are used.",
+    )
+    registry_token: SecretStr = Field(
+        default=SecretStr(""), description="Bearer token for the registry (the 'reader' role suffices)."
+    )
+    registry_tls_ca_file: Path | None = Field(
+        default=None, description="CA bundle to verify the registry (enables TLS to it)."
+    )
+    profile_retry_initial_s: float = Field(
+        default=1.0, gt=0, description="First wait before a failed profile fetch is retried (then doubled)."
+    )
+    profile_retry_max_s: float = Field(
+        default=300.0, gt=0, description="Longest wait between retries of a profile fetch."
     )
     rules_file: Path = Field(default=DEFAULT_RULES_FILE, description="The alert rules (YAML).")
     alertmanager_url: str = Field(
@@ -53,8 +75,51 @@ class MonitorSettings(ServiceSettings):
         default=SecretStr(""),
         description="Bearer tokens: 'token=subject:role[|role],...' or a JSON map (see "
         "finpredict.common.auth). Ingest and outcomes need writer, reads need reader, EvaluateRules and "
-        "TriggerRetraining need admin. Empty leaves every RPC open (a warning at start-up).",
+        "TriggerRetraining need admin. Empty refuses every RPC (a warning at start-up), like the "
+        "registry and the gateway.",
     )
     retrain_workdir: Path | None = Field(
         default=None, description="Working directory of the retraining command (default: the monitor's)."
     )
+    retention_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="Days of event time the prediction log, the outcome log and the request-id index "
+        "keep, counted back from the monitor's clock (the latest event or evaluation time); older "
+        "records are deleted, and refused when they arrive.",
+    )
+    snapshot_interval_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Least wall-clock seconds between snapshots of the window state (a restart reads "
+        "the snapshot and only the logs written after it); one is also written at shutdown.",
+    )
+    max_future_skew_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Records, outcomes and EvaluateRules times more than this many seconds ahead of the "
+        "wall clock are refused (they would move the evaluation clock forward).",
+    )
+    outcome_wait_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long an outcome for a request the monitor has not seen waits for its prediction "
+        "before it is counted as orphaned and dropped.",
+    )
+    max_waiting_outcomes: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most outcomes waiting for their prediction; beyond it the oldest is orphaned.",
+    )
+    watch_queue_size: int = Field(
+        default=1000,
+        ge=1,
+        description="Alert changes queued per WatchAlerts subscriber; one that falls further behind is "
+        "dropped with RESOURCE_EXHAUSTED (and counted).",
+    )
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where the reference profiles are cached: ``profiles_dir``, else ``<data_dir>/profiles``."""
+        return self.profiles_dir if self.profiles_dir is not None else self.data_dir / "profiles"

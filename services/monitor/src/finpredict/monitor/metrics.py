@@ -32,8 +32,31 @@ for _field in (*REJECTABLE_FIELDS, "features"):
     RECORDS_REJECTED.labels(_field)
 RECORDS_UNPROFILED = Counter(
     "finpredict_monitor_records_unprofiled_total",
-    "Records stored but not folded into drift windows: the version has no reference profile.",
-    _MV,
+    "Records stored but never folded into drift windows, by why the version has no reference profile: "
+    "no_profile (the registry holds none for it), not_found (the registry does not know the version), "
+    "no_registry (none cached and no registry configured). Records of a version whose profile is still "
+    "being fetched are not counted: they are folded when it arrives.",
+    [*_MV, "reason"],
+)
+RECORDS_EXPIRED = Counter(
+    "finpredict_monitor_records_expired_total",
+    "Records, outcomes and index entries deleted because they fell out of the retention period, by kind "
+    "(predictions, outcomes).",
+    ["kind"],
+)
+PROFILE_FETCHES = Counter(
+    "finpredict_monitor_profile_fetches_total",
+    "Reference profile fetches from the registry, by result: ok, or why it failed: unavailable, denied, "
+    "error (retried with backoff), checksum (the bytes do not match the registry's sha256), invalid "
+    "(not a drift_core profile) (both retried), not_found, no_profile (final).",
+    ["result"],
+)
+for _result in ("ok", "unavailable", "denied", "error", "checksum", "invalid", "not_found", "no_profile"):
+    PROFILE_FETCHES.labels(_result)
+PROFILES_PENDING = Gauge(
+    "finpredict_monitor_profiles_pending",
+    "Model versions whose reference profile is being fetched (their records are kept, their drift "
+    "windows evaluated once it arrives).",
 )
 RECORDS_LATE = Counter(
     "finpredict_monitor_records_late_total",
@@ -49,12 +72,30 @@ STORE_WRITE_FAILURES = Counter(
 )
 OUTCOMES = Counter(
     "finpredict_monitor_outcomes_total",
-    "Outcomes recorded, by result (matched, unmatched, duplicate).",
+    "Outcomes recorded, by result: matched (to a stored prediction), waiting (for a prediction not seen "
+    "yet), matched_late (a waiting one whose prediction arrived), orphaned (waited longer than the "
+    "outcome wait, or pushed out of a full waiting list: dropped), duplicate (its request already has "
+    "an outcome, or one waiting: ignored).",
     ["result"],
+)
+for _result in ("matched", "waiting", "matched_late", "orphaned", "duplicate"):
+    OUTCOMES.labels(_result)
+OUTCOMES_WAITING = Gauge(
+    "finpredict_monitor_outcomes_waiting", "Outcomes waiting for their prediction (see the outcome wait)."
 )
 FEATURE_PSI = Gauge(
     "finpredict_monitor_feature_psi",
     "PSI of a feature in the latest closed window.",
+    [*_MV, "feature", "window"],
+)
+FEATURE_KL = Gauge(
+    "finpredict_monitor_feature_kl",
+    "KL(window || reference) of a feature in the latest closed window.",
+    [*_MV, "feature", "window"],
+)
+FEATURE_JS = Gauge(
+    "finpredict_monitor_feature_js",
+    "Jensen-Shannon divergence of a feature in the latest closed window.",
     [*_MV, "feature", "window"],
 )
 FEATURE_MISSING = Gauge(
@@ -110,4 +151,27 @@ ALERTMANAGER_POSTS = Counter(
 )
 RETRAINING_RUNS = Counter(
     "finpredict_monitor_retraining_runs_total", "Retraining runs started, by trigger kind.", ["trigger"]
+)
+RETRAINING_JOINED = Counter(
+    "finpredict_monitor_retraining_joined_total",
+    "Retraining triggers answered with the job already running for the model (one job per model at a "
+    "time), by trigger kind.",
+    ["trigger"],
+)
+WATCHERS = Gauge("finpredict_monitor_watchers", "Open WatchAlerts streams.")
+WATCHERS_DROPPED = Counter(
+    "finpredict_monitor_watchers_dropped_total",
+    "WatchAlerts subscribers dropped (RESOURCE_EXHAUSTED) because they fell behind by more than the queue.",
+)
+SNAPSHOTS = Counter(
+    "finpredict_monitor_snapshots_total", "Snapshots of the window state written, by result.", ["result"]
+)
+RECOVERY_SECONDS = Gauge(
+    "finpredict_monitor_recovery_seconds", "Seconds the last start-up took to rebuild the state."
+)
+FUTURE_REFUSED = Counter(
+    "finpredict_monitor_future_times_refused_total",
+    "Times refused for being more than the allowed skew ahead of the wall clock (they never move the "
+    "evaluation clock), by source: record, outcome, evaluate.",
+    ["source"],
 )

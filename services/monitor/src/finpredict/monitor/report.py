@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 import drift_core
-from finpredict.monitor.engine import SCORE_COLUMN, Engine
+from finpredict.monitor.drift_input import SCORE_COLUMN, drift_frame
 from finpredict.monitor.store import RecordStore
 
 W, H, PAD = 260, 120, 28
@@ -40,7 +40,7 @@ def compute(data_dir: Path, profile: drift_core.Profile, model: str, version: in
     ref = profile.reference_proportions(SCORE_COLUMN) if has_score else None
     for (day,), part in sorted(frame.partition_by("_day", as_dict=True).items(), key=lambda kv: str(kv[0])):
         assert isinstance(day, datetime)
-        window = profile.histograms(Engine.drift_frame(profile, part), allow_copy=True)
+        window = profile.histograms(drift_frame(profile, part), allow_copy=True)
         report = window.report()
         psi = {f.name: f.psi for f in report.features if f.name != SCORE_COLUMN}
         props = [float(x) for x in window.proportions(SCORE_COLUMN)] if has_score else []

@@ -16,19 +16,19 @@ from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc as pb_grpc
 from finpredict.monitor.alerting import AlertmanagerClient, Watchers
 from finpredict.monitor.config import MonitorSettings
-from finpredict.monitor.engine import (
+from finpredict.monitor.engine import Engine
+from finpredict.monitor.evaluation import AlertRecord
+from finpredict.monitor.records import (
     MAX_EVENT_TIME,
-    AlertRecord,
-    Engine,
     InvalidInputError,
     OutcomeIn,
     Prediction,
     StorageError,
-    WindowStats,
     model_name_problem,
 )
 from finpredict.monitor.retrain import Job, Retrainer
 from finpredict.monitor.rules import Rule, load_rules
+from finpredict.monitor.windows import WindowStats
 
 log = logging.getLogger("finpredict.monitor")
 
@@ -276,7 +276,7 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         async with self.lock:
             try:
-                matched, unmatched, changed = await asyncio.to_thread(self.engine.record_outcomes, outcomes)
+                counts, changed = await asyncio.to_thread(self.engine.record_outcomes, outcomes)
             except InvalidInputError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except StorageError as exc:
@@ -284,7 +284,10 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
                 await context.abort(_status(exc), str(exc))
             self._deliver(changed)
         return pb.RecordOutcomesResponse(
-            matched=matched, unmatched=unmatched, changed=[alert_to_proto(a) for a in changed]
+            matched=counts.matched,
+            unmatched=counts.unmatched,
+            duplicates=counts.duplicates,
+            changed=[alert_to_proto(a) for a in changed],
         )
 
     async def GetDriftReport(  # noqa: N802 (gRPC method name)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import polars as pl
 
+from finpredict.common.fsio import fsync_dir
+
 FEATURE_PREFIX = "f."
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -56,14 +58,6 @@ def read_parquet(path: Path) -> pl.DataFrame:
         return pl.read_parquet(path)
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise StoreReadError(f"{path}: not a readable Parquet file ({exc})") from None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def hour_key(t: datetime) -> str:
@@ -107,11 +101,11 @@ class RecordStore:
             tmp.unlink(missing_ok=True)
             raise
         tmp.replace(final)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         if new_dir:  # the new partition directories themselves must survive too
             for parent in (directory.parent.parent, directory.parent, directory):
                 if parent.is_relative_to(self.root):
-                    _fsync_dir(parent.parent)
+                    fsync_dir(parent.parent)
         return final
 
     def partition_dir(self, model: str, version: int, hour: str) -> Path:

@@ -1,7 +1,8 @@
 """``finpredict models ...``: the model registry from the command line.
 
 The registry address comes from ``--target`` or ``FINPREDICT_REGISTRY_TARGET`` (default
-``127.0.0.1:50052``), the bearer token from ``--token`` or ``FINPREDICT_TOKEN``.
+``127.0.0.1:50052``), the bearer token from ``--token`` or ``FINPREDICT_TOKEN`` (the client
+settings every command line shares, :class:`~finpredict.common.config.ClientSettings`).
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ import typer
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from finpredict.api.registry.v1 import registry_pb2 as pb
 from finpredict.api.registry.v1 import registry_pb2_grpc
+from finpredict.common import addresses
 from finpredict.common.auth import bearer_metadata
+from finpredict.common.config import ClientSettings, ConfigError, env_var_name, load_settings
 
-TARGET_ENV = "FINPREDICT_REGISTRY_TARGET"
-TOKEN_ENV = "FINPREDICT_TOKEN"
-DEFAULT_TARGET = "127.0.0.1:50052"
+TARGET_ENV = env_var_name(ClientSettings, "registry_target")
+TOKEN_ENV = env_var_name(ClientSettings, "token")
 MAX_VERSION = 2**63 - 1  # versions are int64 on the wire
 
 app = typer.Typer(
@@ -52,14 +55,27 @@ class _Conn:
 def _options(
     ctx: typer.Context,
     target: Annotated[
-        str, typer.Option("--target", envvar=TARGET_ENV, help="Registry address host:port.")
-    ] = DEFAULT_TARGET,
+        str | None,
+        typer.Option(
+            "--target",
+            help=f"Registry address host:port (default: {TARGET_ENV}, else {addresses.REGISTRY_ADDRESS}).",
+            show_default=False,
+        ),
+    ] = None,
     token: Annotated[
-        str, typer.Option("--token", envvar=TOKEN_ENV, help="Bearer token.", show_default=False)
-    ] = "",
+        str | None, typer.Option("--token", help=f"Bearer token (default: {TOKEN_ENV}).", show_default=False)
+    ] = None,
 ) -> None:
     """Model registry: list, show, lineage, promote, rollback, history."""
-    ctx.obj = _Conn(target, token)
+    try:
+        settings = load_settings(ClientSettings)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    ctx.obj = _Conn(
+        settings.registry_target if target is None else target,
+        settings.token.get_secret_value() if token is None else token,
+    )
 
 
 @contextmanager

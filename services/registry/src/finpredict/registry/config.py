@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from finpredict.common import addresses
 from finpredict.common.config import ConfigError, ServiceSettings, env_var_name
 
 
@@ -16,7 +17,9 @@ class RegistrySettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="FINPREDICT_REGISTRY_", extra="ignore", frozen=True)
 
-    port: int = Field(default=50052, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
+    port: int = Field(
+        default=addresses.REGISTRY_PORT, ge=0, le=65535, description="gRPC port; 0 picks a free port."
+    )
     metrics_port: int = Field(default=9452, ge=-1, le=65535, description="Prometheus port; -1 disables.")
     data_dir: Path = Field(
         default=Path(".run/registry"),

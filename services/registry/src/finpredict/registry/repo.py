@@ -6,6 +6,7 @@ Errors are raised as :class:`RegistryError` subclasses that carry the gRPC statu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -98,6 +99,7 @@ class VersionRow:
     wandb_link_status: str
     reference_profile: bytes
     idempotency_key: str | None
+    reference_profile_sha256: str = ""
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     gates: list[GateRow] = field(default_factory=list)
@@ -247,6 +249,7 @@ def _load_versions(conn: Connection, rows: Sequence[Any]) -> list[VersionRow]:
             wandb_link_status=r.wandb_link_status,
             reference_profile=bytes(r.reference_profile),
             idempotency_key=r.idempotency_key,
+            reference_profile_sha256=r.reference_profile_sha256,
         )
         for r in rows
     ]
@@ -402,6 +405,9 @@ class Repository:
                     lineage_json=new.lineage_json,
                     wandb_link_status="",
                     reference_profile=new.reference_profile,
+                    reference_profile_sha256=(
+                        hashlib.sha256(new.reference_profile).hexdigest() if new.reference_profile else ""
+                    ),
                     idempotency_key=new.idempotency_key,
                 )
                 .returning(versions.c.id)

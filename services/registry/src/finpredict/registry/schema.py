@@ -66,6 +66,7 @@ versions = Table(
     Column("lineage_json", Text, nullable=False),
     Column("wandb_link_status", String(16), nullable=False),
     Column("reference_profile", LargeBinary, nullable=False),
+    Column("reference_profile_sha256", String(64), nullable=False, server_default=""),
     Column("idempotency_key", String(128), nullable=True),
     UniqueConstraint("model_id", "version", name="uq_versions_model_version"),
     UniqueConstraint("model_id", "idempotency_key", name="uq_versions_model_idempotency"),

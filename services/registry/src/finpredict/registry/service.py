@@ -177,6 +177,7 @@ def version_pb(row: VersionRow) -> registry_pb2.ModelVersion:
         aliases=row.aliases,
         lineage=lineage_pb(row),
         reference_profile=row.reference_profile,
+        reference_profile_sha256=row.reference_profile_sha256,
     )
 
 

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from finpredict.common.fsio import fsync_dir
+
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -108,7 +110,7 @@ class _LocalUpload:
             self.path.unlink(missing_ok=True)  # same content already stored
         else:
             os.replace(self.path, final)  # atomic within one filesystem
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         return digest
 
     def abort(self) -> None:
@@ -116,14 +118,6 @@ class _LocalUpload:
             self._file.close()
             self._file = None
         self.path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalArtifactStore:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -161,6 +162,13 @@ def header(h: registry_pb2.VersionHeader) -> list[GateRow]:
             raise InvalidArgumentError("header.manifest_json", "must be a JSON object")
     if h.artifact_sha256 and not SHA_RE.match(h.artifact_sha256):
         raise InvalidArgumentError("header.artifact_sha256", "must be 64 lower-case hex digits")
+    if h.reference_profile_sha256:
+        if not SHA_RE.match(h.reference_profile_sha256):
+            raise InvalidArgumentError("header.reference_profile_sha256", "must be 64 lower-case hex digits")
+        if hashlib.sha256(h.reference_profile).hexdigest() != h.reference_profile_sha256:
+            raise InvalidArgumentError(
+                "header.reference_profile_sha256", "does not match the sha256 of header.reference_profile"
+            )
     if h.artifact_uri:
         if not h.artifact_uri.startswith(EXTERNAL_SCHEMES):
             raise InvalidArgumentError(

@@ -27,7 +27,7 @@ from finpredict.api.common.v1 import types_pb2 as finpredict_dot_common_dot_v1_d
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#finpredict/monitor/v1/monitor.proto\x12\x15\x66inpredict.monitor.v1\x1a finpredict/common/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x03\n\x10PredictionRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12-\n\x05model\x18\x03 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12G\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32\x35.finpredict.monitor.v1.PredictionRecord.FeaturesEntry\x12\r\n\x05score\x18\x06 \x01(\x01\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12\x10\n\x08trace_id\x18\t \x01(\t\x12(\n\x04time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aS\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".finpredict.common.v1.FeatureValue:\x02\x38\x01\"T\n\x18IngestPredictionsRequest\x12\x38\n\x07records\x18\x01 \x03(\x0b\x32\'.finpredict.monitor.v1.PredictionRecord\"l\n\x19IngestPredictionsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\x10\n\x08rejected\x18\x03 \x01(\x03\x12\x17\n\x0f\x66irst_rejection\x18\x04 \x01(\t\"\xa9\x01\n\x07Outcome\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12\x11\n\tdefaulted\x18\x03 \x01(\x08\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fprediction_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x15RecordOutcomesRequest\x12\x30\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1e.finpredict.monitor.v1.Outcome\"k\n\x16RecordOutcomesResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x03\x12\x11\n\tunmatched\x18\x02 \x01(\x03\x12-\n\x07\x63hanged\x18\x03 \x03(\x0b\x32\x1c.finpredict.monitor.v1.Alert\"d\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0b\n\x03psi\x18\x02 \x01(\x01\x12\x15\n\rmissing_share\x18\x03 \x01(\x01\x12\x1f\n\x17reference_missing_share\x18\x04 \x01(\x01\"\xe1\x03\n\x0bWindowStats\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x04size\x18\x02 \x01(\x0e\x32!.finpredict.monitor.v1.WindowSize\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x35\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32#.finpredict.monitor.v1.FeatureDrift\x12\x10\n\x08score_kl\x18\x05 \x01(\x01\x12\x10\n\x08score_js\x18\x06 \x01(\x01\x12\x0f\n\x07labeled\x18\x07 \x01(\x03\x12\x0b\n\x03\x61uc\x18\x08 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\t \x01(\x01\x12\x0b\n\x03\x65\x63\x65\x18\n \x01(\x01\x12\x19\n\x11label_delay_hours\x18\x0b \x01(\x01\x12\x15\n\rapproval_rate\x18\x0c \x01(\x01\x12_\n\x18\x61pproval_rate_by_variant\x18\r \x03(\x0b\x32=.finpredict.monitor.v1.WindowStats.ApprovalRateByVariantEntry\x1a<\n\x1a\x41pprovalRateByVariantEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcd\x01\n\x15GetDriftReportRequest\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\x12\x31\n\x06window\x18\x02 \x01(\x0e\x32!.finpredict.monitor.v1.WindowSize\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\x16GetDriftReportResponse\x12\x33\n\x07windows\x18\x01 \x03(\x0b\x32\".finpredict.monitor.v1.WindowStats\"\xd5\x02\n\x05\x41lert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\x30\n\x05state\x18\x04 \x01(\x0e\x32!.finpredict.monitor.v1.AlertState\x12-\n\x05model\x18\x05 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x03(\t\x12\r\n\x05value\x18\x07 \x01(\x01\x12\x11\n\tthreshold\x18\x08 \x01(\x01\x12\x0f\n\x07summary\x18\t \x01(\t\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresolved_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11retrained_version\x18\x0c \x01(\x03\"7\n\x11ListAlertsRequest\x12\x13\n\x0b\x66iring_only\x18\x01 \x01(\x08\x12\r\n\x05model\x18\x02 \x01(\t\"B\n\x12ListAlertsResponse\x12,\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x1c.finpredict.monitor.v1.Alert\"#\n\x12WatchAlertsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"B\n\x13WatchAlertsResponse\x12+\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x1c.finpredict.monitor.v1.Alert\"9\n\x18TriggerRetrainingRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"+\n\x19TriggerRetrainingResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"?\n\x14\x45valuateRulesRequest\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x15\x45valuateRulesResponse\x12-\n\x07\x63hanged\x18\x01 \x03(\x0b\x32\x1c.finpredict.monitor.v1.Alert*X\n\nWindowSize\x12\x1b\n\x17WINDOW_SIZE_UNSPECIFIED\x10\x00\x12\x16\n\x12WINDOW_SIZE_HOURLY\x10\x01\x12\x15\n\x11WINDOW_SIZE_DAILY\x10\x02*[\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LERT_STATE_FIRING\x10\x01\x12\x18\n\x14\x41LERT_STATE_RESOLVED\x10\x02\x32\x97\x06\n\x0eMonitorService\x12x\n\x11IngestPredictions\x12/.finpredict.monitor.v1.IngestPredictionsRequest\x1a\x30.finpredict.monitor.v1.IngestPredictionsResponse(\x01\x12m\n\x0eRecordOutcomes\x12,.finpredict.monitor.v1.RecordOutcomesRequest\x1a-.finpredict.monitor.v1.RecordOutcomesResponse\x12m\n\x0eGetDriftReport\x12,.finpredict.monitor.v1.GetDriftReportRequest\x1a-.finpredict.monitor.v1.GetDriftReportResponse\x12\x61\n\nListAlerts\x12(.finpredict.monitor.v1.ListAlertsRequest\x1a).finpredict.monitor.v1.ListAlertsResponse\x12\x66\n\x0bWatchAlerts\x12).finpredict.monitor.v1.WatchAlertsRequest\x1a*.finpredict.monitor.v1.WatchAlertsResponse0\x01\x12v\n\x11TriggerRetraining\x12/.finpredict.monitor.v1.TriggerRetrainingRequest\x1a\x30.finpredict.monitor.v1.TriggerRetrainingResponse\x12j\n\rEvaluateRules\x12+.finpredict.monitor.v1.EvaluateRulesRequest\x1a,.finpredict.monitor.v1.EvaluateRulesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#finpredict/monitor/v1/monitor.proto\x12\x15\x66inpredict.monitor.v1\x1a finpredict/common/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x03\n\x10PredictionRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12-\n\x05model\x18\x03 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12G\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32\x35.finpredict.monitor.v1.PredictionRecord.FeaturesEntry\x12\r\n\x05score\x18\x06 \x01(\x01\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12\x10\n\x08trace_id\x18\t \x01(\t\x12(\n\x04time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aS\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".finpredict.common.v1.FeatureValue:\x02\x38\x01\"T\n\x18IngestPredictionsRequest\x12\x38\n\x07records\x18\x01 \x03(\x0b\x32\'.finpredict.monitor.v1.PredictionRecord\"l\n\x19IngestPredictionsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\x10\n\x08rejected\x18\x03 \x01(\x03\x12\x17\n\x0f\x66irst_rejection\x18\x04 \x01(\t\"\xa9\x01\n\x07Outcome\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12\x11\n\tdefaulted\x18\x03 \x01(\x08\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fprediction_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x15RecordOutcomesRequest\x12\x30\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1e.finpredict.monitor.v1.Outcome\"\x7f\n\x16RecordOutcomesResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x03\x12\x11\n\tunmatched\x18\x02 \x01(\x03\x12-\n\x07\x63hanged\x18\x03 \x03(\x0b\x32\x1c.finpredict.monitor.v1.Alert\x12\x12\n\nduplicates\x18\x04 \x01(\x03\"d\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0b\n\x03psi\x18\x02 \x01(\x01\x12\x15\n\rmissing_share\x18\x03 \x01(\x01\x12\x1f\n\x17reference_missing_share\x18\x04 \x01(\x01\"\xe1\x03\n\x0bWindowStats\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x04size\x18\x02 \x01(\x0e\x32!.finpredict.monitor.v1.WindowSize\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x35\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32#.finpredict.monitor.v1.FeatureDrift\x12\x10\n\x08score_kl\x18\x05 \x01(\x01\x12\x10\n\x08score_js\x18\x06 \x01(\x01\x12\x0f\n\x07labeled\x18\x07 \x01(\x03\x12\x0b\n\x03\x61uc\x18\x08 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\t \x01(\x01\x12\x0b\n\x03\x65\x63\x65\x18\n \x01(\x01\x12\x19\n\x11label_delay_hours\x18\x0b \x01(\x01\x12\x15\n\rapproval_rate\x18\x0c \x01(\x01\x12_\n\x18\x61pproval_rate_by_variant\x18\r \x03(\x0b\x32=.finpredict.monitor.v1.WindowStats.ApprovalRateByVariantEntry\x1a<\n\x1a\x41pprovalRateByVariantEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcd\x01\n\x15GetDriftReportRequest\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\x12\x31\n\x06window\x18\x02 \x01(\x0e\x32!.finpredict.monitor.v1.WindowSize\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\x16GetDriftReportResponse\x12\x33\n\x07windows\x18\x01 \x03(\x0b\x32\".finpredict.monitor.v1.WindowStats\"\xd5\x02\n\x05\x41lert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\x30\n\x05state\x18\x04 \x01(\x0e\x32!.finpredict.monitor.v1.AlertState\x12-\n\x05model\x18\x05 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x03(\t\x12\r\n\x05value\x18\x07 \x01(\x01\x12\x11\n\tthreshold\x18\x08 \x01(\x01\x12\x0f\n\x07summary\x18\t \x01(\t\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresolved_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11retrained_version\x18\x0c \x01(\x03\"7\n\x11ListAlertsRequest\x12\x13\n\x0b\x66iring_only\x18\x01 \x01(\x08\x12\r\n\x05model\x18\x02 \x01(\t\"B\n\x12ListAlertsResponse\x12,\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x1c.finpredict.monitor.v1.Alert\"#\n\x12WatchAlertsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"B\n\x13WatchAlertsResponse\x12+\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x1c.finpredict.monitor.v1.Alert\"9\n\x18TriggerRetrainingRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"+\n\x19TriggerRetrainingResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"?\n\x14\x45valuateRulesRequest\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x15\x45valuateRulesResponse\x12-\n\x07\x63hanged\x18\x01 \x03(\x0b\x32\x1c.finpredict.monitor.v1.Alert*X\n\nWindowSize\x12\x1b\n\x17WINDOW_SIZE_UNSPECIFIED\x10\x00\x12\x16\n\x12WINDOW_SIZE_HOURLY\x10\x01\x12\x15\n\x11WINDOW_SIZE_DAILY\x10\x02*[\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LERT_STATE_FIRING\x10\x01\x12\x18\n\x14\x41LERT_STATE_RESOLVED\x10\x02\x32\x97\x06\n\x0eMonitorService\x12x\n\x11IngestPredictions\x12/.finpredict.monitor.v1.IngestPredictionsRequest\x1a\x30.finpredict.monitor.v1.IngestPredictionsResponse(\x01\x12m\n\x0eRecordOutcomes\x12,.finpredict.monitor.v1.RecordOutcomesRequest\x1a-.finpredict.monitor.v1.RecordOutcomesResponse\x12m\n\x0eGetDriftReport\x12,.finpredict.monitor.v1.GetDriftReportRequest\x1a-.finpredict.monitor.v1.GetDriftReportResponse\x12\x61\n\nListAlerts\x12(.finpredict.monitor.v1.ListAlertsRequest\x1a).finpredict.monitor.v1.ListAlertsResponse\x12\x66\n\x0bWatchAlerts\x12).finpredict.monitor.v1.WatchAlertsRequest\x1a*.finpredict.monitor.v1.WatchAlertsResponse0\x01\x12v\n\x11TriggerRetraining\x12/.finpredict.monitor.v1.TriggerRetrainingRequest\x1a\x30.finpredict.monitor.v1.TriggerRetrainingResponse\x12j\n\rEvaluateRules\x12+.finpredict.monitor.v1.EvaluateRulesRequest\x1a,.finpredict.monitor.v1.EvaluateRulesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTIONRECORD_FEATURESENTRY']._serialized_options = b'8\001'
   _globals['_WINDOWSTATS_APPROVALRATEBYVARIANTENTRY']._loaded_options = None
   _globals['_WINDOWSTATS_APPROVALRATEBYVARIANTENTRY']._serialized_options = b'8\001'
-  _globals['_WINDOWSIZE']._serialized_start=2765
-  _globals['_WINDOWSIZE']._serialized_end=2853
-  _globals['_ALERTSTATE']._serialized_start=2855
-  _globals['_ALERTSTATE']._serialized_end=2946
+  _globals['_WINDOWSIZE']._serialized_start=2785
+  _globals['_WINDOWSIZE']._serialized_end=2873
+  _globals['_ALERTSTATE']._serialized_start=2875
+  _globals['_ALERTSTATE']._serialized_end=2966
   _globals['_PREDICTIONRECORD']._serialized_start=130
   _globals['_PREDICTIONRECORD']._serialized_end=523
   _globals['_PREDICTIONRECORD_FEATURESENTRY']._serialized_start=440
@@ -55,35 +55,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORDOUTCOMESREQUEST']._serialized_start=893
   _globals['_RECORDOUTCOMESREQUEST']._serialized_end=966
   _globals['_RECORDOUTCOMESRESPONSE']._serialized_start=968
-  _globals['_RECORDOUTCOMESRESPONSE']._serialized_end=1075
-  _globals['_FEATUREDRIFT']._serialized_start=1077
-  _globals['_FEATUREDRIFT']._serialized_end=1177
-  _globals['_WINDOWSTATS']._serialized_start=1180
-  _globals['_WINDOWSTATS']._serialized_end=1661
-  _globals['_WINDOWSTATS_APPROVALRATEBYVARIANTENTRY']._serialized_start=1601
-  _globals['_WINDOWSTATS_APPROVALRATEBYVARIANTENTRY']._serialized_end=1661
-  _globals['_GETDRIFTREPORTREQUEST']._serialized_start=1664
-  _globals['_GETDRIFTREPORTREQUEST']._serialized_end=1869
-  _globals['_GETDRIFTREPORTRESPONSE']._serialized_start=1871
-  _globals['_GETDRIFTREPORTRESPONSE']._serialized_end=1948
-  _globals['_ALERT']._serialized_start=1951
-  _globals['_ALERT']._serialized_end=2292
-  _globals['_LISTALERTSREQUEST']._serialized_start=2294
-  _globals['_LISTALERTSREQUEST']._serialized_end=2349
-  _globals['_LISTALERTSRESPONSE']._serialized_start=2351
-  _globals['_LISTALERTSRESPONSE']._serialized_end=2417
-  _globals['_WATCHALERTSREQUEST']._serialized_start=2419
-  _globals['_WATCHALERTSREQUEST']._serialized_end=2454
-  _globals['_WATCHALERTSRESPONSE']._serialized_start=2456
-  _globals['_WATCHALERTSRESPONSE']._serialized_end=2522
-  _globals['_TRIGGERRETRAININGREQUEST']._serialized_start=2524
-  _globals['_TRIGGERRETRAININGREQUEST']._serialized_end=2581
-  _globals['_TRIGGERRETRAININGRESPONSE']._serialized_start=2583
-  _globals['_TRIGGERRETRAININGRESPONSE']._serialized_end=2626
-  _globals['_EVALUATERULESREQUEST']._serialized_start=2628
-  _globals['_EVALUATERULESREQUEST']._serialized_end=2691
-  _globals['_EVALUATERULESRESPONSE']._serialized_start=2693
-  _globals['_EVALUATERULESRESPONSE']._serialized_end=2763
-  _globals['_MONITORSERVICE']._serialized_start=2949
-  _globals['_MONITORSERVICE']._serialized_end=3740
+  _globals['_RECORDOUTCOMESRESPONSE']._serialized_end=1095
+  _globals['_FEATUREDRIFT']._serialized_start=1097
+  _globals['_FEATUREDRIFT']._serialized_end=1197
+  _globals['_WINDOWSTATS']._serialized_start=1200
+  _globals['_WINDOWSTATS']._serialized_end=1681
+  _globals['_WINDOWSTATS_APPROVALRATEBYVARIANTENTRY']._serialized_start=1621
+  _globals['_WINDOWSTATS_APPROVALRATEBYVARIANTENTRY']._serialized_end=1681
+  _globals['_GETDRIFTREPORTREQUEST']._serialized_start=1684
+  _globals['_GETDRIFTREPORTREQUEST']._serialized_end=1889
+  _globals['_GETDRIFTREPORTRESPONSE']._serialized_start=1891
+  _globals['_GETDRIFTREPORTRESPONSE']._serialized_end=1968
+  _globals['_ALERT']._serialized_start=1971
+  _globals['_ALERT']._serialized_end=2312
+  _globals['_LISTALERTSREQUEST']._serialized_start=2314
+  _globals['_LISTALERTSREQUEST']._serialized_end=2369
+  _globals['_LISTALERTSRESPONSE']._serialized_start=2371
+  _globals['_LISTALERTSRESPONSE']._serialized_end=2437
+  _globals['_WATCHALERTSREQUEST']._serialized_start=2439
+  _globals['_WATCHALERTSREQUEST']._serialized_end=2474
+  _globals['_WATCHALERTSRESPONSE']._serialized_start=2476
+  _globals['_WATCHALERTSRESPONSE']._serialized_end=2542
+  _globals['_TRIGGERRETRAININGREQUEST']._serialized_start=2544
+  _globals['_TRIGGERRETRAININGREQUEST']._serialized_end=2601
+  _globals['_TRIGGERRETRAININGRESPONSE']._serialized_start=2603
+  _globals['_TRIGGERRETRAININGRESPONSE']._serialized_end=2646
+  _globals['_EVALUATERULESREQUEST']._serialized_start=2648
+  _globals['_EVALUATERULESREQUEST']._serialized_end=2711
+  _globals['_EVALUATERULESRESPONSE']._serialized_start=2713
+  _globals['_EVALUATERULESRESPONSE']._serialized_end=2783
+  _globals['_MONITORSERVICE']._serialized_start=2969
+  _globals['_MONITORSERVICE']._serialized_end=3760
 # @@protoc_insertion_point(module_scope)

@@ -282,10 +282,15 @@ class RecordOutcomesResponse(_message.Message):
     MATCHED_FIELD_NUMBER: _builtins.int
     UNMATCHED_FIELD_NUMBER: _builtins.int
     CHANGED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     matched: _builtins.int
     """Outcomes matched to a prediction."""
     unmatched: _builtins.int
     """Outcomes with no matching prediction (kept for late predictions)."""
+    duplicates: _builtins.int
+    """Outcomes ignored because their request already has an outcome (or one waiting): a replayed
+    outcome is never counted twice; the first one recorded wins.
+    """
     @_builtins.property
     def changed(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]:
         """Alerts whose state changed with these labels (accuracy rules)."""
@@ -296,10 +301,11 @@ class RecordOutcomesResponse(_message.Message):
         matched: _builtins.int = ...,
         unmatched: _builtins.int = ...,
         changed: _abc.Iterable[Global___Alert] | None = ...,
+        duplicates: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "matched", b"matched", "unmatched", b"unmatched"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "duplicates", b"duplicates", "matched", b"matched", "unmatched", b"unmatched"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -349,6 +349,7 @@ class ModelVersion(_message.Message):
     ALIASES_FIELD_NUMBER: _builtins.int
     LINEAGE_FIELD_NUMBER: _builtins.int
     REFERENCE_PROFILE_FIELD_NUMBER: _builtins.int
+    REFERENCE_PROFILE_SHA256_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name."""
     version: _builtins.int
@@ -365,6 +366,10 @@ class ModelVersion(_message.Message):
     """True when there is at least one gate result and every one passed."""
     reference_profile: _builtins.bytes
     """Reference profile for drift (drift_core serialisation)."""
+    reference_profile_sha256: _builtins.str
+    """Hex sha256 of reference_profile, recorded at registration (empty when there is no profile):
+    a consumer (the monitor) verifies the bytes it received against it.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """Creation time."""
@@ -416,10 +421,11 @@ class ModelVersion(_message.Message):
         aliases: _abc.Iterable[_builtins.str] | None = ...,
         lineage: Global___Lineage | None = ...,
         reference_profile: _builtins.bytes = ...,
+        reference_profile_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "created_at", b"created_at", "feature_schema", b"feature_schema", "lineage", b"lineage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "artifact", b"artifact", "created_at", b"created_at", "created_by", b"created_by", "description", b"description", "feature_schema", b"feature_schema", "gate_results", b"gate_results", "gates_passed", b"gates_passed", "lineage", b"lineage", "metrics", b"metrics", "model", b"model", "reference_profile", b"reference_profile", "status", b"status", "tags", b"tags", "threshold", b"threshold", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "artifact", b"artifact", "created_at", b"created_at", "created_by", b"created_by", "description", b"description", "feature_schema", b"feature_schema", "gate_results", b"gate_results", "gates_passed", b"gates_passed", "lineage", b"lineage", "metrics", b"metrics", "model", b"model", "reference_profile", b"reference_profile", "reference_profile_sha256", b"reference_profile_sha256", "status", b"status", "tags", b"tags", "threshold", b"threshold", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -765,6 +771,7 @@ class VersionHeader(_message.Message):
     LINEAGE_FIELD_NUMBER: _builtins.int
     REFERENCE_PROFILE_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    REFERENCE_PROFILE_SHA256_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name (must exist)."""
     description: _builtins.str
@@ -783,6 +790,10 @@ class VersionHeader(_message.Message):
     """Reference profile."""
     idempotency_key: _builtins.str
     """Client idempotency key: a retried upload with the same key returns the same version."""
+    reference_profile_sha256: _builtins.str
+    """Hex sha256 of reference_profile as the client computed it (optional): when set, the
+    registry refuses a profile whose bytes do not match it.
+    """
     @_builtins.property
     def feature_schema(self) -> _types_pb2.FeatureSchema:
         """Feature schema."""
@@ -820,10 +831,11 @@ class VersionHeader(_message.Message):
         lineage: Global___Lineage | None = ...,
         reference_profile: _builtins.bytes = ...,
         idempotency_key: _builtins.str = ...,
+        reference_profile_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["feature_schema", b"feature_schema", "lineage", b"lineage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_format", b"artifact_format", "artifact_sha256", b"artifact_sha256", "artifact_uri", b"artifact_uri", "description", b"description", "feature_schema", b"feature_schema", "gate_results", b"gate_results", "idempotency_key", b"idempotency_key", "lineage", b"lineage", "manifest_json", b"manifest_json", "metrics", b"metrics", "model", b"model", "reference_profile", b"reference_profile", "tags", b"tags", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_format", b"artifact_format", "artifact_sha256", b"artifact_sha256", "artifact_uri", b"artifact_uri", "description", b"description", "feature_schema", b"feature_schema", "gate_results", b"gate_results", "idempotency_key", b"idempotency_key", "lineage", b"lineage", "manifest_json", b"manifest_json", "metrics", b"metrics", "model", b"model", "reference_profile", b"reference_profile", "reference_profile_sha256", b"reference_profile_sha256", "tags", b"tags", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -46,6 +46,11 @@ class ScoringServiceStub:
                 request_serializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.ScoreBatchRequest.SerializeToString,
                 response_deserializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.ScoreBatchResponse.FromString,
                 _registered_method=True)
+        self.RecordOutcomes = channel.unary_unary(
+                '/finpredict.scoring.v1.ScoringService/RecordOutcomes',
+                request_serializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordOutcomesRequest.SerializeToString,
+                response_deserializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordOutcomesResponse.FromString,
+                _registered_method=True)
 
 
 class ScoringServiceServicer:
@@ -66,6 +71,18 @@ class ScoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordOutcomes(self, request, context):
+        """Records delayed ground-truth outcomes of scored applications, by request id; the gateway
+        forwards them to the monitor, which measures live accuracy with them. Idempotent: an
+        outcome for a request that already has one is counted as a duplicate, never twice, so a
+        retried call is harmless. Needs the 'writer' role (outcomes are ground truth that moves
+        accuracy alerts and retraining; a scoring client's 'reader' token cannot write them).
+        UNAVAILABLE when the monitor cannot be reached: nothing is dropped silently.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScoringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +95,11 @@ def add_ScoringServiceServicer_to_server(servicer, server):
                     servicer.ScoreBatch,
                     request_deserializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.ScoreBatchRequest.FromString,
                     response_serializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.ScoreBatchResponse.SerializeToString,
+            ),
+            'RecordOutcomes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutcomes,
+                    request_deserializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordOutcomesRequest.FromString,
+                    response_serializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordOutcomesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +157,33 @@ class ScoringService:
             '/finpredict.scoring.v1.ScoringService/ScoreBatch',
             finpredict_dot_scoring_dot_v1_dot_scoring__pb2.ScoreBatchRequest.SerializeToString,
             finpredict_dot_scoring_dot_v1_dot_scoring__pb2.ScoreBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutcomes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finpredict.scoring.v1.ScoringService/RecordOutcomes',
+            finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordOutcomesRequest.SerializeToString,
+            finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordOutcomesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""The demo story's chapters: functions of the :class:`~finpredict.demo.story.Story` they tell."""

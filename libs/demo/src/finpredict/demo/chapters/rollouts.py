@@ -1,0 +1,243 @@
+"""Chapters 5, 6 and 9: canary rollouts through the gateway's RolloutService, watched live: v2 to
+promotion, the broken candidate to its automatic rollback, the retrained v3 into a canary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from google.protobuf import duration_pb2
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from finpredict.api.registry.v1 import registry_pb2
+from finpredict.api.rollout.v1 import rollout_pb2
+from finpredict.demo.chapters.serving import start_traffic
+from finpredict.demo.chapters.training import gate_table
+from finpredict.demo.platform import MODEL
+
+if TYPE_CHECKING:
+    from finpredict.demo.story import Story
+
+ROLLOUT_STATE = {
+    rollout_pb2.ROLLOUT_STATE_PROGRESSING: "progressing",
+    rollout_pb2.ROLLOUT_STATE_PAUSED: "paused",
+    rollout_pb2.ROLLOUT_STATE_PROMOTED: "promoted",
+    rollout_pb2.ROLLOUT_STATE_ROLLED_BACK: "rolled back",
+    rollout_pb2.ROLLOUT_STATE_ABORTED: "aborted",
+}
+ENDED = (
+    rollout_pb2.ROLLOUT_STATE_PROMOTED,
+    rollout_pb2.ROLLOUT_STATE_ROLLED_BACK,
+    rollout_pb2.ROLLOUT_STATE_ABORTED,
+)
+VERDICT_STYLE = {"advance": "green", "promoted": "bold green", "rollback": "bold red", "wait": "yellow"}
+
+
+def start_rollout(story: Story, version: int, **thresholds: float) -> rollout_pb2.Rollout:
+    cfg = story.cfg
+    request = rollout_pb2.StartRolloutRequest(
+        model=MODEL,
+        candidate_version=version,
+        steps=list(cfg.steps),
+        analysis_interval=duration_pb2.Duration(
+            seconds=int(cfg.analysis_interval_s), nanos=int(cfg.analysis_interval_s % 1 * 1e9)
+        ),
+        min_requests_per_step=cfg.min_requests_per_step,
+        thresholds=rollout_pb2.AnalysisThresholds(
+            max_p99_latency_ms=cfg.max_p99_latency_ms,
+            max_p99_latency_ratio=cfg.max_p99_latency_ratio,
+            **thresholds,
+        ),
+    )
+    return story.p.rollouts.StartRollout(request, metadata=story.p.admin, timeout=30).rollout
+
+
+def get_rollout(story: Story, rollout_id: str) -> rollout_pb2.Rollout:
+    return story.p.rollouts.GetRollout(
+        rollout_pb2.GetRolloutRequest(rollout_id=rollout_id), metadata=story.p.admin, timeout=30
+    ).rollout
+
+
+def watch_rollout(
+    story: Story, rollout: rollout_pb2.Rollout, until: Callable[[rollout_pb2.Rollout], bool], timeout: float
+) -> rollout_pb2.Rollout:
+    """Shows the rollout live (step, weight, both variants' metrics, decisions) until ``until``."""
+    t0 = time.monotonic()
+    last = rollout
+    with Live(render_rollout(story, last), console=story.con, refresh_per_second=4) as live:
+        while not until(last):
+            if time.monotonic() - t0 > timeout:
+                live.update(render_rollout(story, last))
+                raise TimeoutError(f"rollout {last.id} did not finish within {timeout:.0f} s")
+            time.sleep(0.5)  # polling the rollout's state with a deadline
+            last = get_rollout(story, rollout.id)
+            live.update(render_rollout(story, last))
+    story.con.line()
+    return last
+
+
+def render_rollout(story: Story, r: rollout_pb2.Rollout) -> RenderableType:
+    started = r.started_at.ToDatetime(tzinfo=UTC)
+    end = r.ended_at.ToDatetime(tzinfo=UTC) if r.state in ENDED else datetime.now(UTC)
+    steps = " -> ".join(
+        f"[bold reverse]{s:g}%[/]" if i == r.step_index and r.state not in ENDED else f"{s:g}%"
+        for i, s in enumerate(r.steps)
+    )
+    state = ROLLOUT_STATE.get(r.state, "?")
+    colour = {"promoted": "green", "rolled back": "red", "aborted": "red"}.get(state, "yellow")
+    head = Text.from_markup(
+        f"  rollout {r.id}: {MODEL} v{r.stable_version} -> v{r.candidate_version}   "
+        f"[{colour}]{state}[/]   steps {steps}   canary weight [bold]{r.weight:g}%[/]   "
+        f"t = {(end - started).total_seconds():.1f} s"
+    )
+    metrics = Table("variant", "version", "requests", "errors", "p50 ms", "p99 ms", "mean score", box=None)
+    for m in r.metrics:
+        metrics.add_row(
+            m.variant,
+            f"v{m.version}",
+            f"{m.requests:,}",
+            f"{m.error_rate:.2%}",
+            f"{m.p50_latency_ms:.1f}",
+            f"{m.p99_latency_ms:.1f}",
+            f"{m.mean_score:.4f}",
+        )
+    decisions = Table("t", "step", "verdict", "reason", box=None)
+    for d in list(r.decisions)[-8:]:
+        t = (d.time.ToDatetime(tzinfo=UTC) - started).total_seconds()
+        style = VERDICT_STYLE.get(d.verdict, "")
+        decisions.add_row(
+            f"+{t:.1f} s", f"{r.steps[min(d.step_index, len(r.steps) - 1)]:g}%",
+            f"[{style}]{d.verdict}[/]" if style else d.verdict, d.reason,
+        )  # fmt: skip
+    # The metrics are those of the current analysis window: gone once the rollout has ended.
+    parts: list[RenderableType] = [head, decisions] if r.state in ENDED else [head, metrics, decisions]
+    if story.traffic is not None:
+        c = story.traffic.snapshot()
+        mix = ", ".join(f"v{v} {n / max(c.rows, 1):.0%}" for v, n in sorted(c.by_version.items()))
+        parts.append(
+            Text(f"  traffic: {c.rows:,} applications scored so far ({mix}); labels sent {c.labels_sent:,}")
+        )
+    return Group(*parts)
+
+
+def rollout_v2(story: Story) -> None:
+    cfg, traffic = story.cfg, story.traffic
+    assert traffic is not None
+    v1, v2 = story.result.versions["v1"], story.result.versions["v2"]
+    story.con.print(gate_table(story, v2, f"v{v2}: trained on the next month"))
+    story.write_profile(v2)
+    warm = story.warm_up(v2, story.pools["none"])
+    story.say(
+        f"canary analysis every {cfg.analysis_interval_s:g} s once each variant has "
+        f"{cfg.min_requests_per_step} requests in the window; limits: errors +1%, score PSI 0.25, "
+        f"score KL 0.1, p99 {cfg.max_p99_latency_ms:g} ms and {cfg.max_p99_latency_ratio:g}x stable "
+        f"[yellow](loosened from the 50 ms SLO: the analysis times {cfg.traffic_batch}-application "
+        f"batches sent as fast as this machine's cores go, shared by the whole platform and the "
+        f"client)[/]; v{v2} pre-loaded on the model server ({warm * 1000:.0f} ms)"
+    )
+    traffic.phase = "v2 rollout"
+    traffic.rate = None
+    traffic.resume()
+    rollout = start_rollout(story, v2)
+    final = watch_rollout(story, rollout, lambda r: r.state in ENDED, cfg.rollout_timeout_s)
+    story.result.rollouts["v2"] = final
+    production = story.p.production()
+    story.result.production["v2"] = production
+    audit = story.p.registry.ListAuditLog(
+        registry_pb2.ListAuditLogRequest(model=MODEL, page_size=1000), metadata=story.p.admin, timeout=30
+    ).entries
+    moves = [e for e in audit if e.alias == "production" and e.to_version == v2]
+    story.result.promotion_actor = moves[-1].actor if moves else ""
+    if final.state != rollout_pb2.ROLLOUT_STATE_PROMOTED:
+        raise RuntimeError(
+            f"v2's rollout ended {ROLLOUT_STATE.get(final.state)}: {final.decisions[-1].reason}"
+        )
+    story.result.commit_to_production_s = (
+        final.ended_at.ToDatetime(tzinfo=UTC).timestamp() - story.v2_train_started
+    )
+    took = (final.ended_at.ToDatetime() - final.started_at.ToDatetime()).total_seconds()
+    story.say(
+        f"[green]promoted[/]: production v{v1} -> v{production}, moved by "
+        f"'{story.result.promotion_actor}' (compare-and-set, audited) {took:.0f} s after the rollout "
+        f"started; commit to production (v2's training started -> production) "
+        f"{story.result.commit_to_production_s:.0f} s"
+    )
+    advances = sum(1 for d in final.decisions if d.verdict == "advance")
+    story.add(
+        f"canary rollout v{v1} -> v{v2} ({' -> '.join(f'{s:g}%' for s in cfg.steps)})",
+        f"promoted after {advances} analyses; production = v{production} (by {story.result.promotion_actor})",
+        f"{took:.0f} s; commit to production {story.result.commit_to_production_s:.0f} s",
+    )
+
+
+def rollout_broken(story: Story) -> None:
+    cfg, traffic = story.cfg, story.traffic
+    assert traffic is not None
+    bad = story.result.versions["broken"]
+    story.say(
+        f"candidate v{bad} passed its gates, on a test split as broken as its training data; in "
+        "production its debt service coverage arrives as a ratio again (1.25, not 125)"
+    )
+    story.write_profile(bad)
+    story.warm_up(bad, story.pools["none"])
+    traffic.phase = "broken canary"
+    rollout = start_rollout(story, bad)
+    final = watch_rollout(story, rollout, lambda r: r.state in ENDED, cfg.rollout_timeout_s)
+    story.result.rollouts["broken"] = final
+    story.result.production["broken"] = story.p.production()
+    seconds = (final.ended_at.ToDatetime() - final.started_at.ToDatetime()).total_seconds()
+    reason = final.decisions[-1].reason if final.decisions else ""
+    if final.state == rollout_pb2.ROLLOUT_STATE_ROLLED_BACK:
+        story.result.time_to_rollback_s = seconds
+        story.say(
+            f"[red]rolled back[/] automatically {seconds:.1f} s after it started, at the first analysis "
+            f"with {cfg.min_requests_per_step} canary requests: {reason}; production stays "
+            f"v{story.result.production['broken']} (a rollback never touches the aliases)"
+        )
+    else:
+        story.say(f"[red]the broken candidate was not rolled back[/] ({ROLLOUT_STATE.get(final.state)})")
+    story.add(
+        f"canary rollout of broken v{bad}",
+        f"{ROLLOUT_STATE.get(final.state)}: {reason}",
+        f"rolled back {seconds:.1f} s after the start" if story.result.time_to_rollback_s else "",
+    )
+    traffic.stop()
+
+
+def canary_v3(story: Story) -> None:
+    cfg = story.cfg
+    v2, v3 = story.result.versions["v2"], story.result.versions["v3"]
+    story.write_profile(v3)
+    story.warm_up(v3, story.pools["recession"])
+    story.say(
+        f"v{v3} enters a canary at {cfg.steps[0]:g}% with recession-era applications; a model "
+        "retrained on a shifted population is expected to score differently from stable, so its "
+        "score-drift limits are raised (PSI 1.0, KL 0.5) and errors and latency decide"
+    )
+    traffic = start_traffic(story, story.pools["recession"], "v3 canary", "biz-r")
+    try:
+        rollout = start_rollout(story, v3, max_score_psi=1.0, max_score_kl=0.5)
+        target = traffic.snapshot().rows + cfg.v3_canary_rows
+        final = watch_rollout(
+            story,
+            rollout,
+            lambda r: r.state in ENDED or traffic.snapshot().rows >= target,
+            cfg.rollout_timeout_s,
+        )
+    finally:
+        traffic.stop()
+    final = get_rollout(story, final.id)
+    story.result.rollouts["v3"] = final
+    state = ROLLOUT_STATE.get(final.state, "?")
+    follow = (
+        "it goes on with traffic (`finpredict rollout status --model credit-default --watch`)"
+        if final.state not in ENDED
+        else ""
+    )
+    story.say(f"v{v3}'s rollout is {state} at {final.weight:g}% (v{v2} stable); {follow}")
+    story.add(f"canary of retrained v{v3}", f"{state} at {final.weight:g}%", "")

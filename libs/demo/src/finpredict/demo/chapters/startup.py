@@ -1,0 +1,68 @@
+"""Chapter 1: the platform on embedded defaults, fresh data, the training workspaces."""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+from finpredict.demo.platform import Platform
+from finpredict.demo.workspace import Workspace
+
+if TYPE_CHECKING:
+    from finpredict.demo.story import Story
+
+
+def start_stack(story: Story) -> None:
+    cfg, st = story.cfg, story.cfg.stack
+    running = [name for name in st.targets()]
+    if running:
+        story.say(f"stopping the stack already running from {st.run_dir} ({', '.join(running)})")
+        st.down()
+    if cfg.fresh_platform:
+        shutil.rmtree(st.data, ignore_errors=True)
+        story.say(f"a fresh platform: registry, gateway and monitor data in {st.data}")
+    (cfg.work_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    # Training workspaces: clones of this repository (the lineage records its commit).
+    for role in ("main", "broken"):
+        story.workspaces[role] = Workspace.create(
+            cfg.work_dir / f"pipeline-{role}",
+            dvc_cache=cfg.dvc_cache,
+            dvc_remote=cfg.dvc_remote,
+            project_root=st.root,
+        )
+    retrain = story.workspaces["main"].retrain_command(
+        {**cfg.next_params, "data.scenario": "recession", "data.seed": 44}
+    )
+    wandb = cfg.work_dir / "wandb"
+    monitor_env = {
+        "FINPREDICT_MONITOR_RETRAIN_COMMAND": retrain,
+        "FINPREDICT_MONITOR_RETRAIN_WORKDIR": str(story.workspaces["main"].path),
+        "WANDB_MODE": cfg.wandb_mode,
+        "WANDB_DIR": str(wandb),
+        "WANDB_DATA_DIR": str(wandb / "data"),
+        "WANDB_CACHE_DIR": str(wandb / "cache"),
+        "WANDB_CONFIG_DIR": str(wandb / "config"),
+    }
+    story.say("starting: the model server starts a local Ray and deploys its Serve app (about a minute)")
+    with story.con.status("starting the services ..."):
+        st.up(env={"monitor": monitor_env})
+    story.platform = Platform(st)
+    story.result.targets = dict(story.p.targets)
+    table = Table("component", "address", "what", title="the platform on loopback", title_justify="left")
+    what = {
+        "registry": "versions, aliases, lineage, gates, audit (SQLite, local artifact store)",
+        "model-server": "control port; Serve gRPC ingress below",
+        "serve": "Ray Serve gRPC ingress: multiplexed XGBoost models",
+        "monitor": "prediction/outcome logs, drift, alerts, retraining trigger",
+        "gateway": "scoring API, canary rollouts, Open Inference Protocol",
+        "alertmanager": "alert routing (monitor + Prometheus rules)",
+        "prometheus": "metrics of every service, SLO rules -> Prometheus UI",
+    }
+    for name, target in story.p.targets.items():
+        table.add_row(name, target, what.get(name, ""))
+    story.con.print(table)
+    if "prometheus" not in story.p.targets:
+        story.say("[yellow]Prometheus/Alertmanager are not installed here (`task setup`); going on without")
+    story.add("start the stack", f"{len(story.p.targets)} components healthy on loopback")

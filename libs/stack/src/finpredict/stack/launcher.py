@@ -1,0 +1,414 @@
+"""Start and stop the finpredict services on this machine (``finpredict up`` / ``finpredict down``).
+
+Each service runs as its own process (``python -m finpredict.<service>``) with its settings
+from the environment; Prometheus and Alertmanager (the OS packages) run beside them on loopback
+with the project's configs (``infra/prometheus``, ``infra/alertmanager``). Logs, ready files,
+pid files and the local tokens go to the run dir (``FINPREDICT_RUN_DIR``, default ``.run/``).
+``down`` stops only the processes that ``up`` recorded, by pid, after checking the pid still
+belongs to that component.
+
+The services find each other through their ready files: every address a service needs (the
+registry for the model server and the gateway, the model server's Serve ingress and the
+monitor for the gateway, Alertmanager for the monitor, every metrics port for Prometheus) is
+passed in its environment. The defaults are the documented ports (gateway 50051, Prometheus
+9090, Alertmanager 9093, ...); ``Stack(ephemeral_ports=True)`` picks free ones instead, so a
+test's stack never collides with a developer's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml  # type: ignore[import-untyped]  # (no types-PyYAML in the lock)
+
+from finpredict.common.addresses import LOCALHOST
+from finpredict.common.net import free_port
+from finpredict.stack.components import (
+    COMPONENTS,
+    DAEMON_BINARIES,
+    DAEMON_PORTS,
+    DAEMONS,
+    START_TIMEOUT_S,
+    env_prefix,
+    grpc_healthy,
+    http_ok,
+    module,
+)
+from finpredict.stack.settings import StackSettings
+
+# The tokens of a local stack (see Stack.secrets).
+TOKEN_KEYS = ("FINPREDICT_TOKEN", "FINPREDICT_REGISTRY_TOKEN", "FINPREDICT_SERVICES_TOKEN",
+              "FINPREDICT_GATEWAY_REGISTRY_TOKEN", "FINPREDICT_CLIENT_TOKEN")  # fmt: skip
+
+
+def _default_run_dir() -> Path:
+    return StackSettings().run_dir
+
+
+@dataclass
+class Stack:
+    """One local finpredict stack: where its files live and which ports it uses.
+
+    ``run_dir`` (default: ``FINPREDICT_RUN_DIR``, see :class:`StackSettings`) holds pid, ready
+    and log files and ``secrets.env``; ``data_dir`` (default: ``run_dir``) the services' own data
+    (registry database and artifacts, gateway rollouts, monitor logs, Prometheus and Alertmanager
+    storage); ``project_root`` (default: ``FINPREDICT_PROJECT_ROOT`` or the checkout around the
+    current directory, looked up only when needed) the monitoring daemons' configs.
+    """
+
+    run_dir: Path = field(default_factory=_default_run_dir)
+    data_dir: Path | None = None
+    ephemeral_ports: bool = False
+    log: Callable[[str], None] = print
+    project_root: Path | None = None
+    _secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    # The processes this object started (reaped when stopped; `finpredict down` stops others by pid).
+    _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+
+    @property
+    def data(self) -> Path:
+        return self.data_dir if self.data_dir is not None else self.run_dir
+
+    @property
+    def root(self) -> Path:
+        """The project checkout (``infra/`` configs)."""
+        if self.project_root is None:
+            self.project_root = StackSettings().project_root
+        return self.project_root
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.run_dir / "secrets.env"
+
+    # ----- tokens ------------------------------------------------------------------------------
+
+    def secrets(self) -> dict[str, str]:
+        """Bearer tokens for a local stack: generated once, kept in ``<run_dir>/secrets.env``
+        (mode 0600, git-ignored, never committed). Real deployments set the same variables from a
+        secret store.
+
+        - ``FINPREDICT_REGISTRY_TOKENS``: what the registry accepts (operator: admin, pipeline:
+          writer, the gateway's rollout controller: admin, services: reader);
+        - ``FINPREDICT_GATEWAY_TOKENS``: what the gateway accepts (operator: admin, clients: reader);
+        - ``FINPREDICT_TOKEN``: the operator's token, used by the ``finpredict`` CLI;
+        - ``FINPREDICT_REGISTRY_TOKEN``: the training pipeline's (writer) token;
+        - ``FINPREDICT_GATEWAY_REGISTRY_TOKEN``: the rollout controller's registry token;
+        - ``FINPREDICT_CLIENT_TOKEN``: a scoring client's gateway token.
+        """
+        if self._secrets:
+            return dict(self._secrets)
+        values: dict[str, str] = {}
+        if self.secrets_file.exists():
+            lines = self.secrets_file.read_text().splitlines()
+            values = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+        if all(k in values for k in TOKEN_KEYS) and "FINPREDICT_GATEWAY_TOKENS" in values:
+            self._secrets = values
+            return dict(values)
+        for key in TOKEN_KEYS:  # keep the tokens an older stack generated, add the missing ones
+            values.setdefault(key, secrets.token_urlsafe(24))
+        admin, writer, reader = values["FINPREDICT_TOKEN"], values["FINPREDICT_REGISTRY_TOKEN"], values[
+            "FINPREDICT_SERVICES_TOKEN"]  # fmt: skip
+        controller, client = values["FINPREDICT_GATEWAY_REGISTRY_TOKEN"], values["FINPREDICT_CLIENT_TOKEN"]
+        values["FINPREDICT_REGISTRY_TOKENS"] = (
+            f"{admin}=operator:admin,{writer}=pipeline:writer,{controller}=rollout-controller:admin,"
+            f"{reader}=services:reader"
+        )
+        values["FINPREDICT_GATEWAY_TOKENS"] = (
+            f"{admin}=operator:admin,{client}=client:reader,{reader}=services:reader"
+        )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.secrets_file.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("# local finpredict tokens, generated by `finpredict up`; never commit\n")
+            f.writelines(f"{k}={v}\n" for k, v in values.items())
+        tmp.replace(self.secrets_file)
+        self._secrets = values
+        return dict(values)
+
+    # ----- files and processes -----------------------------------------------------------------
+
+    def paths(self, name: str) -> tuple[Path, Path, Path]:
+        """Pid file, ready file and log file of a component."""
+        return (
+            self.run_dir / f"{name}.pid",
+            self.run_dir / f"{name}.ready.json",
+            self.run_dir / f"{name}.log",
+        )
+
+    def _config_path(self, daemon: str) -> Path:
+        return self.run_dir / daemon / f"{daemon}.yml"
+
+    def _is_ours(self, pid: int, name: str) -> bool:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        if name in DAEMONS:
+            return f"--config.file={self._config_path(name)}".encode() in cmdline
+        return module(name).encode() in cmdline
+
+    def running_pid(self, name: str) -> int | None:
+        pid_file = self.paths(name)[0]
+        if not pid_file.exists():
+            return None
+        text = pid_file.read_text().strip()
+        pid = int(text) if text.isdigit() else 0
+        return pid if pid and self._is_ours(pid, name) else None
+
+    def ready(self, name: str) -> dict[str, Any] | None:
+        """The ready file of a running component (None when it is not running)."""
+        ready_file = self.paths(name)[1]
+        if self.running_pid(name) is None or not ready_file.exists():
+            return None
+        try:
+            info: dict[str, Any] = json.loads(ready_file.read_text())
+        except ValueError:
+            return None
+        return info
+
+    def targets(self) -> dict[str, str]:
+        """gRPC addresses of the running services (and URLs of the running daemons)."""
+        out = {}
+        for name in COMPONENTS:
+            info = self.ready(name)
+            if info is not None:
+                out[name] = info["url"] if name in DAEMONS else f"{LOCALHOST}:{info['port']}"
+        return out
+
+    def serve_target(self) -> str | None:
+        """The model server's Serve gRPC ingress (where the predictions are served)."""
+        info = self.ready("model-server")
+        if info is None or "serve_grpc_port" not in info:
+            return None
+        return f"{LOCALHOST}:{info['serve_grpc_port']}"
+
+    def _shown(self, path: Path) -> Path:
+        """``path`` relative to the project when it is inside it (for the log lines)."""
+        root = self.project_root
+        return path.relative_to(root) if root is not None and path.is_relative_to(root) else path
+
+    # ----- start -------------------------------------------------------------------------------
+
+    def service_env(self, service: str) -> dict[str, str]:
+        """The settings that wire ``service`` to the running components of this stack."""
+        p = env_prefix(service)
+        env: dict[str, str] = {f"{p}HOST": LOCALHOST}
+        if self.ephemeral_ports:
+            env[f"{p}PORT"], env[f"{p}METRICS_PORT"] = "0", "0"
+        t = self.targets()
+        if service == "registry":
+            env[f"{p}DATA_DIR"] = str(self.data / "registry")
+        elif service == "model-server":
+            if "registry" in t:
+                env[f"{p}REGISTRY_TARGET"] = t["registry"]
+            if self.ephemeral_ports:
+                env[f"{p}SERVE_GRPC_PORT"], env[f"{p}SERVE_HTTP_PORT"] = "0", "0"
+        elif service == "monitor":
+            env[f"{p}DATA_DIR"] = str(self.data / "monitor")
+            env[f"{p}PROFILES_DIR"] = str(self.data / "monitor" / "profiles")
+            if "alertmanager" in t:
+                env[f"{p}ALERTMANAGER_URL"] = t["alertmanager"]
+            if "registry" in t:  # where a retraining run started by the monitor registers
+                env["FINPREDICT_REGISTRY_TARGET"] = t["registry"]
+        elif service == "gateway":
+            env[f"{p}DATA_DIR"] = str(self.data / "gateway")
+            if "registry" in t:
+                env[f"{p}REGISTRY_TARGET"] = t["registry"]
+            if (serve := self.serve_target()) is not None:
+                env[f"{p}MODEL_SERVER_TARGET"] = serve
+            if "monitor" in t:
+                env[f"{p}MONITOR_TARGET"] = t["monitor"]
+        return env
+
+    def start(
+        self, name: str, env: Mapping[str, str] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Starts one component (unless already running) and waits until it is healthy."""
+        if name in DAEMONS:
+            return self._start_daemon(name, timeout if timeout is not None else 60.0)
+        timeout = timeout if timeout is not None else START_TIMEOUT_S.get(name, 60.0)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        pid_file, ready_file, log_file = self.paths(name)
+        if (pid := self.running_pid(name)) is not None and ready_file.exists():
+            info: dict[str, Any] = json.loads(ready_file.read_text())
+            self.log(f"  {name:<13} already running (pid {pid}, port {info['port']})")
+            return info
+        ready_file.unlink(missing_ok=True)
+        full_env = {
+            **os.environ,
+            **self.secrets(),
+            **self.service_env(name),
+            f"{env_prefix(name)}READY_FILE": str(ready_file),
+            **(env or {}),
+        }
+        with log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module(name)],
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._procs[name] = proc
+        pid_file.write_text(str(proc.pid))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-15:])
+                raise RuntimeError(f"{name} exited with {proc.returncode}; last log lines:\n{tail}")
+            if ready_file.exists():
+                info = json.loads(ready_file.read_text())
+                # The model server's ready file gets its Serve ports once the app is RUNNING.
+                complete = name != "model-server" or "serve_grpc_port" in info
+                if complete and grpc_healthy(f"{LOCALHOST}:{info['port']}"):
+                    extra = f", Serve gRPC :{info['serve_grpc_port']}" if name == "model-server" else ""
+                    shown = self._shown(log_file)
+                    self.log(
+                        f"  {name:<13} serving on {LOCALHOST}:{info['port']} "
+                        f"(metrics :{info['metrics_port']}{extra}, pid {proc.pid}, log {shown})"
+                    )
+                    return info
+            time.sleep(0.1)  # polling a condition with a deadline, not waiting blindly
+        self.stop(name)  # never leave a half-started service behind
+        raise TimeoutError(f"{name} did not become healthy within {timeout:.0f}s (log: {log_file})")
+
+    def _daemon_argv(self, name: str, binary: str, port: int) -> list[str]:
+        config = self._config_path(name)
+        config.parent.mkdir(parents=True, exist_ok=True)
+        storage = self.data / name / "data"
+        if name == "alertmanager":
+            config.write_text((self.root / "infra" / "alertmanager" / "alertmanager.dev.yml").read_text())
+            return [
+                binary,
+                f"--config.file={config}",
+                f"--storage.path={storage}",
+                f"--web.listen-address={LOCALHOST}:{port}",
+                "--cluster.listen-address=",
+            ]
+        config.write_text(yaml.safe_dump(self.prometheus_config(), sort_keys=False))
+        return [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={storage}",
+            f"--web.listen-address={LOCALHOST}:{port}",
+            "--enable-feature=exemplar-storage",
+            "--web.enable-lifecycle",
+        ]
+
+    def prometheus_config(self) -> dict[str, Any]:
+        """``infra/prometheus/prometheus.yml`` pointed at this stack: the services' real metrics
+        ports, this stack's Alertmanager, the rule files by absolute path."""
+        prometheus = self.root / "infra" / "prometheus"
+        config: dict[str, Any] = yaml.safe_load((prometheus / "prometheus.yml").read_text())
+        config["rule_files"] = [str(prometheus / r) for r in config.get("rule_files", [])]
+        am = self.ready("alertmanager")
+        if am is not None:
+            config["alerting"] = {
+                "alertmanagers": [{"static_configs": [{"targets": [f"{LOCALHOST}:{am['port']}"]}]}]
+            }
+        else:
+            config.pop("alerting", None)
+        for job in config.get("scrape_configs", []):
+            service = str(job["job_name"]).removeprefix("finpredict-")
+            info = self.ready(service)
+            if info is not None and int(info.get("metrics_port", -1)) > 0:
+                for static in job.get("static_configs", []):
+                    static["targets"] = [f"{LOCALHOST}:{info['metrics_port']}"]
+        return config
+
+    def _start_daemon(self, name: str, timeout: float) -> dict[str, Any]:
+        pid_file, ready_file, log_file = self.paths(name)
+        if (pid := self.running_pid(name)) is not None and ready_file.exists():
+            info: dict[str, Any] = json.loads(ready_file.read_text())
+            self.log(f"  {name:<13} already running (pid {pid}, {info['url']})")
+            return info
+        binary = next((b for b in (shutil.which(n) for n in DAEMON_BINARIES[name]) if b), None)
+        if binary is None:
+            raise FileNotFoundError(f"{name} is not installed (`task setup` installs the OS package)")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ready_file.unlink(missing_ok=True)
+        port = free_port(LOCALHOST) if self.ephemeral_ports else DAEMON_PORTS[name]
+        argv = self._daemon_argv(name, binary, port)
+        with log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.run_dir, start_new_session=True
+            )
+        self._procs[name] = proc
+        pid_file.write_text(str(proc.pid))
+        url = f"http://{LOCALHOST}:{port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-10:])
+                raise RuntimeError(f"{name} exited with {proc.returncode}; last log lines:\n{tail}")
+            if http_ok(f"{url}/-/ready"):
+                info = {"port": port, "url": url, "pid": proc.pid}
+                ready_file.write_text(json.dumps(info))
+                self.log(f"  {name:<13} ready on {url} (pid {proc.pid}, log {self._shown(log_file)})")
+                return info
+            time.sleep(0.1)  # polling a condition with a deadline, not waiting blindly
+        self.stop(name)
+        raise TimeoutError(f"{name} did not become ready within {timeout:.0f}s (log: {log_file})")
+
+    def up(
+        self,
+        only: list[str] | None = None,
+        env: Mapping[str, Mapping[str, str]] | None = None,
+        daemons: bool = True,
+    ) -> None:
+        """Starts the chosen components in dependency order (daemons that are not installed are
+        skipped with a warning)."""
+        for name in COMPONENTS:
+            if only is not None and name not in only:
+                continue
+            if name in DAEMONS:
+                if not daemons:
+                    continue
+                try:
+                    self.start(name)
+                except FileNotFoundError as exc:
+                    self.log(f"  {name:<13} skipped: {exc}")
+                continue
+            self.start(name, env=(env or {}).get(name))
+
+    # ----- stop --------------------------------------------------------------------------------
+
+    def stop(self, name: str, timeout: float = 30.0) -> bool:
+        """SIGTERM (graceful drain), then SIGKILL after ``timeout``. Returns whether it was running."""
+        pid_file, ready_file, _ = self.paths(name)
+        pid = self.running_pid(name)
+        proc = self._procs.pop(name, None)
+        if pid is None:
+            pid_file.unlink(missing_ok=True)
+            ready_file.unlink(missing_ok=True)
+            if proc is not None:
+                proc.poll()  # reap it if it exited on its own
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._is_ours(pid, name):
+            time.sleep(0.1)
+        if self._is_ours(pid, name):
+            os.kill(pid, signal.SIGKILL)
+        if proc is not None and proc.pid == pid:
+            proc.wait(timeout=30)  # our child: reap it (others are reaped by their parent or init)
+        pid_file.unlink(missing_ok=True)
+        ready_file.unlink(missing_ok=True)
+        return True
+
+    def down(self, only: list[str] | None = None) -> dict[str, bool]:
+        """Stops the chosen components in reverse start order; returns which were running."""
+        return {name: self.stop(name) for name in reversed(COMPONENTS) if only is None or name in only}

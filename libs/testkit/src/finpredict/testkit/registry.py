@@ -1,0 +1,251 @@
+"""Harness of the registry tests: a throwaway PostgreSQL, real registry processes, request builders."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import itertools
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+
+from finpredict.api.common.v1 import types_pb2
+from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
+from finpredict.common.auth import bearer_metadata
+from finpredict.common.net import free_port
+from finpredict.testkit.names import unique
+from finpredict.testkit.process import ServiceProcess, start_service, wait_for
+
+ADMIN_TOKEN = "admin-token-0123456789"
+WRITER_TOKEN = "writer-token-0123456789"
+READER_TOKEN = "reader-token-0123456789"
+TOKENS = f"{ADMIN_TOKEN}=alice:admin,{WRITER_TOKEN}=trainer:writer,{READER_TOKEN}=bob:reader"
+
+
+# ----- PostgreSQL ------------------------------------------------------------------------------
+
+
+@dataclass
+class Postgres:
+    port: int
+    proc: subprocess.Popen[bytes]
+    _dbs: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def new_database(self) -> str:
+        """Creates a fresh database and returns its SQLAlchemy URL."""
+        name = f"registry_{next(self._dbs)}"
+        with psycopg.connect(self.admin_url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+
+def _pg_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+    if not found:
+        pytest.fail(
+            "PostgreSQL binaries not found: run scripts/setup_os.sh (installs the postgresql package)"
+        )
+    return Path(found[-1]).parent
+
+
+def start_postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster on loopback, run as the ``postgres`` OS user when we are root."""
+    bin_dir = _pg_bin()
+    root = Path(tempfile.mkdtemp(prefix="fp-registry-pg-"))
+    run_as: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", "postgres"], check=True)
+        pw = pwd.getpwnam("postgres")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    data, sock = root / "data", root / "sock"
+    subprocess.run(
+        [bin_dir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
+        check=True,
+        capture_output=True,
+        cwd=root,
+        **run_as,
+    )
+    subprocess.run(["mkdir", "-p", sock], check=True, **run_as)
+    port = free_port()
+    log = (root / "postgres.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            bin_dir / "postgres",
+            "-D", data,
+            "-p", str(port),
+            "-k", sock,
+            "-c", "listen_addresses=127.0.0.1",
+            "-c", "fsync=off",
+            "-c", "synchronous_commit=off",
+            "-c", "full_page_writes=off",
+            "-c", "max_connections=100",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
+        **run_as,
+    )  # fmt: skip
+    pg = Postgres(port, proc)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"postgres exited: {(root / 'postgres.log').read_text(errors='replace')}")
+        with psycopg.connect(pg.admin_url(), connect_timeout=2):
+            return True
+
+    try:
+        wait_for(ready, 30, "postgres to accept connections")
+        yield pg
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # fast shutdown of our own postmaster, by pid
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ----- registry --------------------------------------------------------------------------------
+
+
+class Client:
+    """A registry stub with one token's metadata applied to every call."""
+
+    def __init__(self, target: str, token: str | None) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        self.metadata = bearer_metadata(token) if token else ()
+
+    def __getattr__(self, method: str) -> Any:
+        rpc = getattr(self.stub, method)
+
+        def call(request: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", 30)
+            return rpc(request, metadata=self.metadata, **kwargs)
+
+        return call
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+@dataclass
+class Registry:
+    backend: str
+    proc: ServiceProcess
+    data_dir: Path
+    env: dict[str, str]
+
+    @property
+    def target(self) -> str:
+        return self.proc.target
+
+    def client(self, token: str | None = ADMIN_TOKEN) -> Client:
+        return Client(self.target, token)
+
+
+def registry_env(tmp: Path, database_url: str = "") -> dict[str, str]:
+    env = {
+        "FINPREDICT_REGISTRY_DATA_DIR": str(tmp / "data"),
+        "FINPREDICT_REGISTRY_TOKENS": TOKENS,
+        "FINPREDICT_REGISTRY_LOG_FORMAT": "text",
+        "FINPREDICT_REGISTRY_SHUTDOWN_GRACE_S": "2",
+        "FINPREDICT_REGISTRY_WATCH_POLL_S": "0.5",
+        "FINPREDICT_REGISTRY_CHUNK_SIZE": "65536",
+    }
+    if database_url:
+        env["FINPREDICT_REGISTRY_DATABASE_URL"] = database_url
+    return env
+
+
+@contextlib.contextmanager
+def running_registry(backend: str, tmp: Path, pg: Postgres | None, **extra: str) -> Iterator[Registry]:
+    url = pg.new_database() if backend == "postgres" and pg is not None else ""
+    env = {**registry_env(tmp, url), **extra}
+    proc = start_service("registry", tmp, env=env)
+    try:
+        yield Registry(backend, proc, tmp / "data", env)
+    finally:
+        code = proc.stop(timeout=15)
+        assert code == 0, proc.logs()
+
+
+# ----- request builders ------------------------------------------------------------------------
+
+
+def gate(name: str, value: float, threshold: float, ge: bool = True) -> types_pb2.GateResult:
+    passed = value >= threshold if ge else value <= threshold
+    return types_pb2.GateResult(
+        name=name,
+        value=value,
+        threshold=threshold,
+        comparator=types_pb2.COMPARATOR_GREATER_OR_EQUAL if ge else types_pb2.COMPARATOR_LESS_OR_EQUAL,
+        passed=passed,
+        detail="test",
+    )
+
+
+PASSING = [gate("auc_roc", 0.8, 0.7), gate("ece", 0.02, 0.05, ge=False)]
+
+
+def header(model: str, **kwargs: Any) -> registry_pb2.VersionHeader:
+    kwargs.setdefault("artifact_format", "xgboost-ubj")
+    kwargs.setdefault("threshold", 0.5)
+    return registry_pb2.VersionHeader(model=model, **kwargs)
+
+
+def upload_requests(
+    head: registry_pb2.VersionHeader, data: bytes, chunk: int = 64 * 1024
+) -> Iterator[registry_pb2.RegisterVersionRequest]:
+    yield registry_pb2.RegisterVersionRequest(header=head)
+    for i in range(0, len(data), chunk):
+        yield registry_pb2.RegisterVersionRequest(chunk=data[i : i + chunk])
+
+
+def register(client: Client, model: str, data: bytes, **kwargs: Any) -> registry_pb2.ModelVersion:
+    head = header(model, **kwargs)
+    return client.RegisterVersion(upload_requests(head, data)).version  # type: ignore[no-any-return]
+
+
+def create_model(client: Client, prefix: str = "m") -> str:
+    name = unique(prefix)
+    client.CreateModel(registry_pb2.CreateModelRequest(name=name, description="test model"))
+    return name
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def code_of(exc_info: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
+    return exc_info.value.code()  # type: ignore[attr-defined,no-any-return]
+
+
+def details_of(exc_info: pytest.ExceptionInfo[grpc.RpcError]) -> str:
+    return exc_info.value.details() or ""  # type: ignore[attr-defined]
+
+
+def audit(client: Client, model: str) -> Sequence[registry_pb2.AuditEntry]:
+    return client.ListAuditLog(registry_pb2.ListAuditLogRequest(model=model, page_size=1000)).entries  # type: ignore[no-any-return]

@@ -1,0 +1,112 @@
+"""How a rollout is shown: the status view, the one-line summary, states in colour."""
+
+from __future__ import annotations
+
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from finpredict.api.rollout.v1 import rollout_pb2 as pb
+from finpredict.gateway.cli.values import fmt_duration, fmt_time
+
+DECISIONS_SHOWN = 15  # newest decisions in the status view
+
+ENDED = (pb.ROLLOUT_STATE_PROMOTED, pb.ROLLOUT_STATE_ROLLED_BACK, pb.ROLLOUT_STATE_ABORTED)
+_STATE_STYLE = {
+    pb.ROLLOUT_STATE_PROGRESSING: "cyan",
+    pb.ROLLOUT_STATE_PAUSED: "yellow",
+    pb.ROLLOUT_STATE_PROMOTED: "green",
+    pb.ROLLOUT_STATE_ROLLED_BACK: "red",
+    pb.ROLLOUT_STATE_ABORTED: "red",
+}
+
+
+def state_name(state: int) -> str:
+    return pb.RolloutState.Name(state).removeprefix("ROLLOUT_STATE_")  # type: ignore[arg-type]
+
+
+def styled_state(state: int) -> str:
+    return f"[{_STATE_STYLE.get(state, 'white')}]{state_name(state)}[/]"  # type: ignore[call-overload]
+
+
+def steps_line(r: pb.Rollout) -> str:
+    parts = []
+    for i, w in enumerate(r.steps):
+        label = f"{w:g}%"
+        parts.append(f"[bold reverse] ▶ {label} [/]" if i == r.step_index else label)
+    return " → ".join(parts)
+
+
+def thresholds_line(t: pb.AnalysisThresholds) -> str:
+    return (
+        f"error rate increase ≤ {t.max_error_rate_increase:g}, p99 ≤ {t.max_p99_latency_ms:g} ms, "
+        f"p99 ratio ≤ {t.max_p99_latency_ratio:g}, score PSI ≤ {t.max_score_psi:g}, "
+        f"score KL ≤ {t.max_score_kl:g}, AUC drop ≤ {t.max_auc_drop:g}"
+    )
+
+
+def render_rollout(r: pb.Rollout) -> RenderableType:
+    """The status view of one rollout: summary, per-variant metrics, decisions."""
+    summary = Table(show_header=False, box=None, pad_edge=False, title_justify="left")
+    summary.title = f"rollout {r.id}: {r.model} v{r.stable_version} → v{r.candidate_version}"
+    summary.add_column(style="bold")
+    summary.add_column()
+    step = f"step {r.step_index + 1} of {len(r.steps)}" if r.steps else "no steps"
+    ended = r.state in ENDED
+    summary.add_row("model", escape(r.model))
+    summary.add_row("stable", f"v{r.stable_version}")
+    summary.add_row("candidate", f"v{r.candidate_version}")
+    summary.add_row("state", styled_state(r.state))
+    summary.add_row("weight", f"{r.weight:g}% to the canary ({step})")
+    summary.add_row("steps", steps_line(r))
+    summary.add_row(
+        "analysis",
+        f"every {fmt_duration(r.analysis_interval.ToTimedelta().total_seconds())}, "
+        f"at least {r.min_requests_per_step} requests per variant per step",
+    )
+    summary.add_row("thresholds", thresholds_line(r.thresholds))
+    started = f"{fmt_time(r.started_at)} by {escape(r.started_by or '-')}"
+    summary.add_row("started", started)
+    if ended:
+        summary.add_row("ended", fmt_time(r.ended_at))
+    parts: list[RenderableType] = [summary]
+
+    if r.metrics:
+        metrics = Table(
+            "variant", "version", "requests", "error rate", "p50 ms", "p99 ms", "mean score",
+            title="current analysis window", title_justify="left",
+        )  # fmt: skip
+        for m in r.metrics:
+            metrics.add_row(
+                m.variant,
+                f"v{m.version}",
+                str(m.requests),
+                f"{m.error_rate:.2%}",
+                f"{m.p50_latency_ms:.1f}",
+                f"{m.p99_latency_ms:.1f}",
+                f"{m.mean_score:.4f}",
+            )
+        parts.append(metrics)
+    elif not ended:
+        parts.append(Text("no metrics yet (no analysis window open)", style="dim"))
+
+    if r.decisions:
+        shown = r.decisions[-DECISIONS_SHOWN:]
+        title = "decisions" + (
+            f" (newest {len(shown)} of {len(r.decisions)})" if len(shown) < len(r.decisions) else ""
+        )
+        decisions = Table("time", "step", "verdict", "reason", title=title, title_justify="left")
+        for d in shown:
+            decisions.add_row(fmt_time(d.time), str(d.step_index + 1), d.verdict, escape(d.reason))
+        parts.append(decisions)
+        last = r.decisions[-1]
+        parts.append(Text.assemble(("last decision: ", "bold"), f"{last.verdict}: {last.reason}"))
+    return Group(*parts)
+
+
+def rollout_line(r: pb.Rollout) -> str:
+    return (
+        f"rollout [bold]{r.id}[/bold]: {escape(r.model)} v{r.stable_version} → v{r.candidate_version}, "
+        f"{styled_state(r.state)}, canary weight {r.weight:g}%"
+    )
