@@ -34,7 +34,7 @@ fi
 registry="${IMAGE_REGISTRY:-finpredict}"
 tag="${IMAGE_TAG:-$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')}"
 revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-services=(gateway registry monitor model-server)
+services=(gateway registry monitor model-server console)
 if [ $# -gt 0 ]; then services=("$@"); fi
 
 if [ "${PUSH:-0}" = "1" ]; then

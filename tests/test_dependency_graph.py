@@ -15,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ["finpredict-gateway", "finpredict-model-server", "finpredict-registry", "finpredict-monitor"]
+SERVICES += ["finpredict-console"]
 # libraries every service may use; they must stay as lean as the services
 SHARED_LIBS = ["finpredict-api", "finpredict-common", "finpredict-features", "finpredict-modelio"]
 SHARED_LIBS += ["finpredict-metrics", "drift-core"]

@@ -83,7 +83,6 @@ from finpredict.testkit.gateway import (
     REPLICA_TOKEN,
     features_of,
     monitor_process,
-    pass_gates,
     start_gateway,
 )
 from finpredict.testkit.models import synthetic_records
@@ -345,8 +344,6 @@ def stack(tmp: Path, args: argparse.Namespace) -> Iterator[Stack]:
         stop.callback(registry.close)
         registry.create_model(MODEL)
         versions = {"stable": registry.register(MODEL, stable), "shadow": registry.register(MODEL, shadow)}
-        for version in versions.values():
-            pass_gates(registry, MODEL, version)
         registry.set_alias(MODEL, "production", versions["stable"])
 
         port_file = tmp / "plain.port"

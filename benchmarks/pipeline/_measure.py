@@ -1,4 +1,5 @@
-"""Runs a command; prints its wall time and the peak RSS of the largest process it started (JSON)."""
+"""Runs a command; prints its wall time, the CPU time (user + system) of every process it started
+and waited for, and the peak RSS of the largest of them (JSON)."""
 
 from __future__ import annotations
 
@@ -14,5 +15,13 @@ wall = time.perf_counter() - t0
 if proc.returncode != 0:
     sys.stdout.write(proc.stdout)
     sys.exit(proc.returncode)
-peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"wall_s": round(wall, 2), "peak_rss_mib": round(peak_kib / 1024, 1)}))
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(
+    json.dumps(
+        {
+            "wall_s": round(wall, 2),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        }
+    )
+)

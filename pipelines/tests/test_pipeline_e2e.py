@@ -127,6 +127,17 @@ def test_first_run_trains_passes_gates_and_registers(repo: PipelineRepo, registr
     assert lin.lineage.git_commit == head
     assert lin.lineage.wandb_run_id == repo.read_json("reports/wandb.json")["run_id"]
     assert lin.lineage.params["train"]["max_depth"] == repo.params()["train"]["max_depth"]
+    assert len(lin.lineage.dvc_lock_sha256) == 64
+    # what the pipeline registers satisfies the registry's default promotion policy
+    ch, stub = _stub(registry)
+    with ch:
+        check = stub.GetPolicy(
+            registry_pb2.GetPolicyRequest(model=MODEL, version=version.version),
+            metadata=(("authorization", f"Bearer {TOKEN}"),),
+            timeout=10,
+        )
+    assert check.policy.is_default
+    assert (check.check.promotable, list(check.check.problems)) == (True, [])
     # the snapshot and model reach the local DVC remote
     push = repo.dvc("push")
     assert push.rc == 0, push.out

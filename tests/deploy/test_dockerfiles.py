@@ -10,6 +10,7 @@ import tomllib
 import pytest
 import yaml
 
+from finpredict.common.config import ServiceSettings
 from finpredict.testkit.deploy import ROOT, SERVICES, check_dockerfile, dockerfile_stages
 
 
@@ -19,10 +20,14 @@ def _package(service: str) -> str:
 
 def _ports(service: str) -> list[int]:
     config = importlib.import_module(f"finpredict.{_package(service)}.config")
+    # the service's own settings: the ServiceSettings subclass its config module defines
     settings_cls = next(
         v
-        for k, v in vars(config).items()
-        if k.endswith("Settings") and k != "ServiceSettings" and isinstance(v, type)
+        for v in vars(config).values()
+        if isinstance(v, type)
+        and issubclass(v, ServiceSettings)
+        and v is not ServiceSettings
+        and v.__module__ == config.__name__
     )
     fields = settings_cls.model_fields
     ports = [int(fields["port"].default), int(fields["metrics_port"].default)]

@@ -25,6 +25,7 @@ from finpredict.testkit.deploy import (
     check_termination_grace,
     find,
     image_pinned,
+    ingress_sources,
     policy_violations,
     render_dir,
     rendered,
@@ -36,7 +37,7 @@ from finpredict.testkit.deploy import (
 def test_overlay_renders_every_service(overlay: str) -> None:
     objs = rendered(overlay)
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objs}
-    for svc in ("gateway", "registry", "monitor"):
+    for svc in ("gateway", "registry", "monitor", "console"):
         for kind in ("Deployment", "Service", "ServiceAccount", "ConfigMap", "PodDisruptionBudget"):
             assert (kind, svc) in kinds, f"{overlay}: no {kind}/{svc}"
     expected = {
@@ -76,6 +77,11 @@ def test_overlays_differ_where_they_should() -> None:
     assert reg["spec"]["replicas"] == 2
     env = {e["name"]: e for e in reg["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["FINPREDICT_REGISTRY_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["optional"] is False
+    for aws in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # S3 credentials, or the pod's IAM role
+        assert env[aws]["valueFrom"]["secretKeyRef"]["name"] == "finpredict-registry-s3"
+    store = "FINPREDICT_REGISTRY_ARTIFACT_STORE"
+    assert find(prod, "ConfigMap", "registry")["data"][store].startswith("s3://")
+    assert find(dev, "ConfigMap", "registry")["data"][store] == "/data/artifacts"
     assert find(prod, "PersistentVolumeClaim", "registry-artifacts")["spec"]["accessModes"] == [
         "ReadWriteMany"
     ]
@@ -101,6 +107,73 @@ def test_secrets_are_referenced_by_name() -> None:
     assert pd == {"name": "finpredict-pagerduty", "key": "routing-key"}
     reg_env = find(objs, "Deployment", "registry")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {e["name"] for e in reg_env} >= {"FINPREDICT_REGISTRY_DATABASE_URL", "WANDB_API_KEY"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_outcomes_reach_the_monitor_through_the_gateway_only(overlay: str) -> None:
+    """Clients record outcomes on the gateway (:50051, open to them), which forwards them to the
+    monitor (:50054, which admits the gateway and, for its reads, the console) with its own monitor
+    token."""
+    objs = rendered(overlay)
+    assert "any" in ingress_sources(objs, "gateway", 50051)
+    assert ingress_sources(objs, "monitor", 50054) == {"app:gateway", "app:console"}
+    gateway_egress = [
+        rule
+        for o in objs
+        if o["kind"] == "NetworkPolicy"
+        and o["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "gateway"
+        for rule in o["spec"].get("egress", [])
+    ]
+    assert any(
+        any(
+            peer.get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": "monitor"}
+            for peer in rule["to"]
+        )
+        and {"protocol": "TCP", "port": 50054} in rule["ports"]
+        for rule in gateway_egress
+    ), gateway_egress
+    env = find(objs, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]["env"]
+    token = next(e for e in env if e["name"] == "FINPREDICT_GATEWAY_MONITOR_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "finpredict-gateway", "key": "monitor-token"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_monitor_authenticates_and_fetches_profiles_from_the_registry(overlay: str) -> None:
+    """As deployed the monitor refuses calls without a token (its tokens from its Secret), and
+    reads reference profiles from the registry with a token of its own: no profiles folder."""
+    objs = rendered(overlay)
+    container = _container(objs, "monitor")
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs["FINPREDICT_MONITOR_TOKENS"] == {"name": "finpredict-monitor", "key": "tokens"}
+    registry_token = {"name": "finpredict-monitor", "key": "registry-token"}
+    assert refs["FINPREDICT_MONITOR_REGISTRY_TOKEN"] == registry_token
+    config = find(objs, "ConfigMap", "monitor")["data"]
+    assert config["FINPREDICT_MONITOR_REGISTRY_TARGET"] == "registry:50052"
+    assert "FINPREDICT_MONITOR_PROFILES_DIR" not in config
+    assert "app:monitor" in ingress_sources(objs, "registry", 50052)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_replicas_share_their_state_and_keep_none_in_the_pod(overlay: str) -> None:
+    """Every gateway replica uses the PostgreSQL URL from the Secret (required); no rollout state
+    sits in the pod: no data folder, no emptyDir but /tmp scratch space, and the HPA still scales."""
+    objs = rendered(overlay)
+    deployment = find(objs, "Deployment", "gateway")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e for e in container.get("env", [])}
+    ref = env["FINPREDICT_GATEWAY_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"], ref["optional"]) == ("finpredict-gateway", "database-url", False)
+    assert env["FINPREDICT_GATEWAY_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    config = find(objs, "ConfigMap", "gateway")["data"]
+    assert not {"FINPREDICT_GATEWAY_DATA_DIR", "FINPREDICT_GATEWAY_DATABASE_URL"} & set(config)
+    empty_dirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+    mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+    assert {mounts[name] for name in empty_dirs} <= {"/tmp"}, mounts
+    hpa = find(objs, "HorizontalPodAutoscaler", "gateway")["spec"]
+    assert hpa["maxReplicas"] > hpa["minReplicas"] >= 1
+    if overlay == "prod":
+        assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 20)
 
 
 def test_monitors_use_the_local_job_names() -> None:

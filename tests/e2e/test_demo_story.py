@@ -3,9 +3,9 @@
 the model server, its own DVC cache and remote), so it never meets a developer's ``task up``.
 
 The story runs once for the module (smaller training data, one-second analysis intervals,
-canary steps from 5% instead of 1% so a step needs 20x less traffic, a shorter replay, and the
-pipeline's latency gate raised because the shared test machine's cores are busy with other
-work); each test checks one outcome of it: v2 promoted by the rollout controller, the
+canary steps from 5% instead of 1% so a step needs 20x less traffic, a shorter replay, and more
+rounds of the pipeline's latency measurement because the shared test machine's cores are busy
+with other work: the gates stay the registry's default promotion policy); each test checks one outcome of it: v2 promoted by the rollout controller, the
 broken candidate rolled back for its score drift, the feature-drift alert on the right simulated
 day, v3 registered by the retraining trigger with the alert in its lineage, the report, and a
 stack stopped cleanly at the end.
@@ -35,8 +35,10 @@ ROWS = 20_000
 SHIFT_DAY = 10
 STEPS = (5.0, 25.0, 100.0)  # the demo: 1 -> 5 -> 25 -> 100
 # The training pipeline's params for every version (the monitor's retraining run included): less
-# data, and a latency gate that a loaded CI machine cannot fail by accident.
-PARAMS: dict[str, object] = {"data.rows": ROWS, "gates.latency_p99_ms_max": 1000}
+# data, and the latency gate's best of 10 rounds (not 3) of single-row predictions, so that a
+# loaded CI machine does not fail it by accident. The gates themselves are not loosened: the
+# registry promotes only versions within its default policy (p99 <= 50 ms among them).
+PARAMS: dict[str, object] = {"data.rows": ROWS, "evaluate.latency_rounds": 10}
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +115,11 @@ def test_the_broken_candidate_is_rolled_back_for_its_scores(story: tuple[StoryRe
 def test_the_drift_alert_fires_on_the_third_day_of_the_recession(
     story: tuple[StoryResult, Stack, Path],
 ) -> None:
-    result, _, _ = story
+    result, stack, _ = story
+    # nothing copied the profile into the monitor: it fetched it from the registry (checked
+    # against the registry's sha256, which it cached beside it)
+    cached = stack.data / "monitor" / "profiles" / "credit-default"
+    assert (cached / f"{result.versions['v2']}.sha256").exists()
     assert result.shift_time is not None
     assert result.replay_start is not None
     assert result.shift_time == result.replay_start + timedelta(days=SHIFT_DAY)

@@ -133,6 +133,7 @@ def monitor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
             "FINPREDICT_MONITOR_PROFILES_DIR": str(tmp / "profiles"),
             "FINPREDICT_MONITOR_EVALUATE_INTERVAL_S": "0",
             "FINPREDICT_MONITOR_TOKENS": f"{ADMIN_TOKEN}=fuzzer:admin",
+            "FINPREDICT_MONITOR_REGISTRY_TARGET": "",  # profiles from the folder only
             # a real, harmless retraining command that receives the request's values as arguments
             "FINPREDICT_MONITOR_RETRAIN_COMMAND": f"{sys.executable} -c pass {{model}} {{reason}}",
             "FINPREDICT_MONITOR_SHUTDOWN_GRACE_S": "2",
@@ -247,9 +248,10 @@ def test_monitor_regressions_are_invalid_argument_naming_the_field(
     assert outcome.details.startswith(field), outcome.details
 
 
-def test_a_clock_far_ahead_of_the_data_is_evaluated_at_once(monitor: FuzzTarget) -> None:
+def test_a_clock_far_ahead_is_refused_at_once_and_does_not_move(monitor: FuzzTarget) -> None:
     """EvaluateRules to the year 8999 once walked every hour in between (hours of CPU under the
-    monitor's lock): days without records are now skipped in one step."""
+    monitor's lock), then silenced every later window: a clock more than the allowed skew ahead
+    of the wall clock is now refused at once, naming the field, and the clock stays where it was."""
     import time
 
     method = SERVICE.methods_by_name["EvaluateRules"]
@@ -258,5 +260,8 @@ def test_a_clock_far_ahead_of_the_data_is_evaluated_at_once(monitor: FuzzTarget)
     outcome = call(
         monitor.channel, SERVICE, method, pb.EvaluateRulesRequest(now=far), monitor.metadata, timeout=20
     )
-    assert outcome.code == grpc.StatusCode.OK, outcome
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
+    assert outcome.details.startswith("now:"), outcome.details
     assert time.monotonic() - started < 10
+    later = call(monitor.channel, SERVICE, method, VALID["EvaluateRules"], monitor.metadata, timeout=20)
+    assert later.code == grpc.StatusCode.OK, later

@@ -26,6 +26,7 @@ from finpredict.api.common.v1 import types_pb2
 from finpredict.api.registry.v1 import registry_pb2 as pb
 from finpredict.api.registry.v1 import registry_pb2_grpc
 from finpredict.registry.service import encode_token
+from finpredict.testkit.evaluation import PASSING_GATES, lineage
 from finpredict.testkit.fuzz import (
     EXAMPLES,
     FuzzTarget,
@@ -67,6 +68,10 @@ HINTS: dict[str, st.SearchStrategy[Any]] = {
 }
 GATE = types_pb2.GateResult(
     name="auc_roc", value=0.9, threshold=0.82, comparator=types_pb2.COMPARATOR_GREATER_OR_EQUAL, passed=True
+)
+# A gate no version has at registration (recorded results are immutable; a validator adds new ones).
+NEW_GATE = types_pb2.GateResult(
+    name="manual_review", value=1, threshold=1, comparator=types_pb2.COMPARATOR_GREATER_OR_EQUAL, passed=True
 )
 VALID_HEADER = pb.VersionHeader(
     model=MODEL,
@@ -117,7 +122,18 @@ VALID: dict[str, Any] = {
     "DeleteAlias": pb.DeleteAliasRequest(model=MODEL, alias="canary", reason="r"),
     "DeleteVersion": pb.DeleteVersionRequest(model=MODEL, version=3, reason="r"),
     "GetLineage": pb.GetLineageRequest(model=MODEL, version=1),
-    "AppendGateResults": pb.AppendGateResultsRequest(model=MODEL, version=2, results=[GATE]),
+    "AppendGateResults": pb.AppendGateResultsRequest(model=MODEL, version=2, results=[NEW_GATE]),
+    "GetPolicy": pb.GetPolicyRequest(model=MODEL, version=1),
+    "SetPolicy": pb.SetPolicyRequest(
+        model=MODEL,
+        policy=pb.PromotionPolicy(
+            gates=[
+                pb.PolicyGate(name="auc_roc", comparator=types_pb2.COMPARATOR_GREATER_OR_EQUAL, threshold=0.8)
+            ],
+            required_lineage=[pb.LINEAGE_REQUIREMENT_DATA_MD5],
+        ),
+        reason="r",
+    ),
     "ListAuditLog": pb.ListAuditLogRequest(model=MODEL, page_size=10),
     "WatchAliases": pb.WatchAliasesRequest(model=MODEL, after_event_id=-1),
     "DownloadArtifact": pb.DownloadArtifactRequest(model=MODEL, version=1),
@@ -144,7 +160,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
         tmp,
         env={
             "FINPREDICT_REGISTRY_DATA_DIR": str(tmp / "data"),
-            "FINPREDICT_REGISTRY_TOKENS": f"{ADMIN_TOKEN}=fuzzer:admin",
+            "FINPREDICT_REGISTRY_TOKENS": f"{ADMIN_TOKEN}=fuzzer:admin|validator",
             "FINPREDICT_REGISTRY_WATCH_POLL_S": "0.1",
             "FINPREDICT_REGISTRY_SHUTDOWN_GRACE_S": "2",
             "FINPREDICT_REGISTRY_WANDB_MODE": "offline",
@@ -168,7 +184,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
 def _register(
     stub: registry_pb2_grpc.RegistryServiceStub, md: tuple[tuple[str, str], ...], model: str
 ) -> None:
-    head = pb.VersionHeader(model=model, artifact_format="xgboost-ubj", threshold=0.5, gate_results=[GATE])
+    head = pb.VersionHeader(
+        model=model,
+        artifact_format="xgboost-ubj",
+        threshold=0.5,
+        gate_results=PASSING_GATES,
+        lineage=lineage(),
+        reference_profile=b"profile",
+    )
     stub.RegisterVersion(
         iter([pb.RegisterVersionRequest(header=head), pb.RegisterVersionRequest(chunk=ARTIFACT)]),
         metadata=md,

@@ -27,6 +27,7 @@ import yaml
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as mpb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc as mpb_grpc
+from finpredict.testkit.monitor import authed, monitor_env
 from finpredict.testkit.monitoring import Daemon, start_prometheus
 from finpredict.testkit.process import ServiceProcess, start_service, wait_for
 
@@ -162,11 +163,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
             "FINPREDICT_REGISTRY_DATA_DIR": str(tmp / "registry-data"),
             "FINPREDICT_REGISTRY_TOKENS": "dash-admin-token-0123456789=alice:admin",
         },
-        "monitor": {
-            "FINPREDICT_MONITOR_DATA_DIR": str(tmp / "monitor-data"),
-            "FINPREDICT_MONITOR_PROFILES_DIR": str(tmp / "monitor-profiles"),
-            "FINPREDICT_MONITOR_EVALUATE_INTERVAL_S": "0",
-        },
+        "monitor": monitor_env(tmp / "monitor"),
         "gateway": {},
     }
     out: dict[str, set[str]] = {}
@@ -253,18 +250,12 @@ def quality_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     (work / "profiles" / MODEL / "1.bin").write_bytes(bytes(rp.reference_profile().to_bytes()))
     (work / "rules.yaml").write_text(yaml.safe_dump(MONITOR_RULES))
     monitor = start_service(
-        "monitor",
-        work,
-        env={
-            "FINPREDICT_MONITOR_DATA_DIR": str(work / "data"),
-            "FINPREDICT_MONITOR_PROFILES_DIR": str(work / "profiles"),
-            "FINPREDICT_MONITOR_RULES_FILE": str(work / "rules.yaml"),
-            "FINPREDICT_MONITOR_EVALUATE_INTERVAL_S": "0",
-        },
+        "monitor", work, env=monitor_env(work, FINPREDICT_MONITOR_RULES_FILE=str(work / "rules.yaml"))
     )
     prometheus: Daemon | None = None
     try:
-        with grpc.insecure_channel(monitor.target) as ch:
+        with grpc.insecure_channel(monitor.target) as plain:
+            ch = authed(plain)
             sc = rp.Scenario(days=2, per_hour=PER_HOUR, drift="recession", shift_day=1, seed=29)
             result = rp.replay(ch, rp.generate(sc), MODEL, 1, label_delay=timedelta(hours=30))
             assert result.accepted == result.outcomes_matched == 2 * 24 * PER_HOUR

@@ -30,6 +30,7 @@ import pytest
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc
+from finpredict.testkit.monitor import authed, monitor_env
 from finpredict.testkit.process import ServiceProcess, start_service, wait_for
 from finpredict.testkit.scrape import metric_value
 
@@ -39,12 +40,7 @@ _ids = itertools.count()
 
 
 def _env(tmp: Path) -> dict[str, str]:
-    return {
-        "FINPREDICT_MONITOR_DATA_DIR": str(tmp / "data"),
-        "FINPREDICT_MONITOR_PROFILES_DIR": str(tmp / "profiles"),
-        "FINPREDICT_MONITOR_EVALUATE_INTERVAL_S": "0",
-        "FINPREDICT_MONITOR_SHUTDOWN_GRACE_S": "2",
-    }
+    return monitor_env(tmp, FINPREDICT_MONITOR_SHUTDOWN_GRACE_S="2")
 
 
 def _records(n: int, prefix: str, features: int = 4) -> list[pb.PredictionRecord]:
@@ -88,7 +84,7 @@ def _counted(stub: monitor_pb2_grpc.MonitorServiceStub) -> int:
 
 def _client(target: str, acked: list[str], errors: list[grpc.StatusCode], lock: threading.Lock) -> None:
     with grpc.insecure_channel(target) as channel:
-        stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+        stub = monitor_pb2_grpc.MonitorServiceStub(authed(channel))
         while True:
             batches = [_records(40, f"t{threading.get_ident()}") for _ in range(3)]
             try:
@@ -132,7 +128,7 @@ def test_kill_9_under_ingest_load_loses_no_acknowledged_record(tmp_path: Path) -
     restarted = start_service("monitor", tmp_path / "run2", env=env)
     try:
         with grpc.insecure_channel(restarted.target) as channel:
-            stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+            stub = monitor_pb2_grpc.MonitorServiceStub(authed(channel))
             assert _counted(stub) == on_disk.height  # each stored record in its window, once
             resent = [
                 pb.PredictionRecord(
@@ -166,7 +162,7 @@ def monitor(tmp_path: Path) -> Iterator[ServiceProcess]:
 def test_full_disk_refuses_clearly_counts_and_recovers(monitor: ServiceProcess, tmp_path: Path) -> None:
     data = tmp_path / "data"
     with grpc.insecure_channel(monitor.target) as channel:
-        stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+        stub = monitor_pb2_grpc.MonitorServiceStub(authed(channel))
         before = _records(50, "before")
         assert _ingest(stub, [before]).accepted == 50
         # "the disk fills up": no file of the monitor may grow past this (its log has room left)

@@ -18,7 +18,6 @@ from typing import Any
 import grpc
 import pytest
 
-from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as mpb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc
 from finpredict.api.registry.v1 import registry_pb2 as rpb
@@ -26,6 +25,7 @@ from finpredict.api.registry.v1 import registry_pb2_grpc
 from finpredict.common.auth import ADMIN, bearer_metadata
 from finpredict.monitor.server import METHOD_ROLES as MONITOR_ROLES
 from finpredict.registry.service import METHOD_ROLES as REGISTRY_ROLES
+from finpredict.testkit.evaluation import PASSING_GATES, gate, lineage
 from finpredict.testkit.process import ServiceProcess, start_service
 from finpredict.testkit.scrape import metric_value
 from finpredict.testkit.security import call_code
@@ -96,19 +96,18 @@ def _registry_state(stub: Any, model: str) -> tuple[Any, ...]:
 
 
 def test_registry_admin_rpcs_refused_without_admin_and_change_nothing(registry: ServiceProcess) -> None:
-    gate = types_pb2.GateResult(
-        name="auc_roc",
-        value=0.9,
-        threshold=0.8,
-        comparator=types_pb2.COMPARATOR_GREATER_OR_EQUAL,
-        passed=True,
-    )
     with grpc.insecure_channel(registry.target) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         admin = bearer_metadata(ADMIN_TOKEN)
         stub.CreateModel(rpb.CreateModelRequest(name="roles-model"), metadata=admin, timeout=10)
         for _ in range(2):
-            head = rpb.VersionHeader(model="roles-model", artifact_format="xgboost-ubj", gate_results=[gate])
+            head = rpb.VersionHeader(
+                model="roles-model",
+                artifact_format="xgboost-ubj",
+                gate_results=PASSING_GATES,
+                lineage=lineage(),
+                reference_profile=b"profile",
+            )
             stub.RegisterVersion(
                 iter([rpb.RegisterVersionRequest(header=head), rpb.RegisterVersionRequest(chunk=b"w")]),
                 metadata=bearer_metadata(WRITER_TOKEN),
@@ -131,6 +130,7 @@ def test_registry_admin_rpcs_refused_without_admin_and_change_nothing(registry: 
             "RollbackAlias": rpb.RollbackAliasRequest(model="roles-model", alias="production"),
             "DeleteAlias": rpb.DeleteAliasRequest(model="roles-model", alias="production"),
             "DeleteVersion": rpb.DeleteVersionRequest(model="roles-model", version=1),
+            "SetPolicy": rpb.SetPolicyRequest(model="roles-model", policy=rpb.PromotionPolicy(), reason="r"),
         }
         assert set(admin_calls) == {
             path.rsplit("/", 1)[1] for path, role in REGISTRY_ROLES.items() if role == ADMIN
@@ -144,6 +144,13 @@ def test_registry_admin_rpcs_refused_without_admin_and_change_nothing(registry: 
             ):
                 md = bearer_metadata(token) if token else ()
                 assert call_code(getattr(stub, method), request, md) == expected, (method, token)
+        # gate results after registration: the validator role only (not even admin)
+        append = rpb.AppendGateResultsRequest(
+            model="roles-model", version=2, results=[gate("manual_review", 1.0, 1.0)]
+        )
+        for token in (ADMIN_TOKEN, WRITER_TOKEN, READER_TOKEN):
+            code = call_code(stub.AppendGateResults, append, bearer_metadata(token))
+            assert code == grpc.StatusCode.PERMISSION_DENIED, token
         assert _registry_state(stub, "roles-model") == before
 
 

@@ -26,6 +26,7 @@ from finpredict.api.registry.v1 import registry_pb2 as rpb
 from finpredict.api.registry.v1 import registry_pb2_grpc
 from finpredict.common.auth import bearer_metadata
 from finpredict.demo import replay as rp
+from finpredict.testkit.monitor import authed, monitor_env
 from finpredict.testkit.process import ServiceProcess, start_service
 from finpredict.testkit.security import call_code, download_bytes, files_under
 
@@ -113,12 +114,7 @@ def test_monitor_refuses_model_names_that_leave_its_folders(tmp_path: Path, prof
     (tmp_path / "planted").mkdir()
     (tmp_path / "planted" / "1.bin").write_bytes(profile_bytes)
     (tmp_path / "profiles").mkdir()
-    env = {
-        "FINPREDICT_MONITOR_DATA_DIR": str(tmp_path / "data"),
-        "FINPREDICT_MONITOR_PROFILES_DIR": str(tmp_path / "profiles"),
-        "FINPREDICT_MONITOR_EVALUATE_INTERVAL_S": "0",
-    }
-    proc = start_service("monitor", tmp_path / "run", env=env)
+    proc = start_service("monitor", tmp_path / "run", env=monitor_env(tmp_path))
     hostile = [
         "../planted",
         "../../" + str(tmp_path / "planted").lstrip("/"),
@@ -131,7 +127,7 @@ def test_monitor_refuses_model_names_that_leave_its_folders(tmp_path: Path, prof
     ]
     try:
         with grpc.insecure_channel(proc.target) as channel:
-            stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+            stub = monitor_pb2_grpc.MonitorServiceStub(authed(channel))
             for i, name in enumerate(hostile):
                 record = mpb.PredictionRecord(
                     request_id=f"r{i}",

@@ -27,6 +27,7 @@ from finpredict.api.registry.v1 import registry_pb2 as rpb
 from finpredict.api.registry.v1 import registry_pb2_grpc
 from finpredict.common.auth import bearer_metadata
 from finpredict.demo import replay as rp
+from finpredict.testkit.evaluation import PASSING_GATES, lineage
 from finpredict.testkit.process import ServiceExitedError, start_service, wait_for
 from finpredict.testkit.scrape import metric_value
 from finpredict.testkit.security import call_code, files_under
@@ -90,14 +91,13 @@ def _drive_registry(root: Path) -> None:
         with grpc.insecure_channel(proc.target) as channel:
             stub = registry_pb2_grpc.RegistryServiceStub(channel)
             stub.CreateModel(rpb.CreateModelRequest(name="secrets"), metadata=admin, timeout=10)
-            gate = types_pb2.GateResult(
-                name="auc",
-                value=0.9,
-                threshold=0.8,
-                comparator=types_pb2.COMPARATOR_GREATER_OR_EQUAL,
-                passed=True,
+            head = rpb.VersionHeader(
+                model="secrets",
+                artifact_format="xgboost-ubj",
+                gate_results=PASSING_GATES,
+                lineage=lineage(),
+                reference_profile=b"profile",
             )
-            head = rpb.VersionHeader(model="secrets", artifact_format="xgboost-ubj", gate_results=[gate])
             stub.RegisterVersion(
                 iter([rpb.RegisterVersionRequest(header=head), rpb.RegisterVersionRequest(chunk=b"w")]),
                 metadata=admin,

@@ -109,6 +109,21 @@ class FakeScoring(scoring_pb2_grpc.ScoringServiceServicer):
             results = results[:-1]
         return scoring_pb2.ScoreBatchResponse(results=results, trace_id=TRACE_ID)
 
+    async def RecordOutcomes(
+        self, request: scoring_pb2.RecordOutcomesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> scoring_pb2.RecordOutcomesResponse:
+        """Request ids starting with "dup" are duplicates, "new" unmatched, the rest matched."""
+        await self._enter("RecordOutcomes", request, context)
+        for i, o in enumerate(request.outcomes):
+            if o.request_id == "bad":
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"outcomes[{i}].observed_at: in the future"
+                )
+        ids = [o.request_id for o in request.outcomes]
+        dup = sum(1 for r in ids if r.startswith("dup"))
+        new = sum(1 for r in ids if r.startswith("new"))
+        return scoring_pb2.RecordOutcomesResponse(matched=len(ids) - dup - new, unmatched=new, duplicates=dup)
+
 
 @dataclass
 class Gateway:
@@ -176,6 +191,12 @@ class EitherClient:
             return await asyncio.to_thread(self.sync.score_batch, *args, **kwargs)
         assert self.aio is not None
         return await self.aio.score_batch(*args, **kwargs)
+
+    async def record_outcomes(self, *args: Any, **kwargs: Any) -> Any:
+        if self.sync is not None:
+            return await asyncio.to_thread(self.sync.record_outcomes, *args, **kwargs)
+        assert self.aio is not None
+        return await self.aio.record_outcomes(*args, **kwargs)
 
     async def close(self) -> None:
         if self.sync is not None:

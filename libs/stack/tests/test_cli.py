@@ -66,6 +66,80 @@ def test_the_local_tokens_are_private_and_kept(tmp_path: Path) -> None:
     assert f"{admin}=operator:admin" in first["FINPREDICT_REGISTRY_TOKENS"]
 
 
+def test_a_client_gets_a_gateway_writer_token_for_outcomes(tmp_path: Path) -> None:
+    """Outcomes go through the gateway's RecordOutcomes, which needs its writer role: a local stack
+    generates such a token (the operator's admin token aside, the only one), also into an older
+    secrets file."""
+    from finpredict.common.auth import WRITER, parse_tokens
+
+    tokens = Stack(run_dir=tmp_path).secrets()
+    accepted = parse_tokens(tokens["FINPREDICT_GATEWAY_TOKENS"])
+    writers = {t for t, p in accepted.items() if WRITER in p.roles}
+    (outcomes,) = parse_tokens(f"{tokens['FINPREDICT_OUTCOMES_TOKEN']}=x:reader")
+    assert writers == {outcomes}
+    assert accepted[outcomes].subject == "outcomes"
+    older = {k: v for k, v in tokens.items() if "OUTCOMES" not in k and k != "FINPREDICT_GATEWAY_TOKENS"}
+    (tmp_path / "older").mkdir()
+    (tmp_path / "older" / "secrets.env").write_text("".join(f"{k}={v}\n" for k, v in older.items()))
+    upgraded = Stack(run_dir=tmp_path / "older").secrets()
+    assert upgraded["FINPREDICT_CLIENT_TOKEN"] == tokens["FINPREDICT_CLIENT_TOKEN"]
+    assert f"{upgraded['FINPREDICT_OUTCOMES_TOKEN']}=outcomes:writer" in upgraded["FINPREDICT_GATEWAY_TOKENS"]
+
+
+def test_the_monitor_gets_tokens_and_the_gateway_a_monitor_writer_token(tmp_path: Path) -> None:
+    """The monitor refuses calls without a token: a local stack generates what it accepts, gives
+    the gateway a writer token for it and the monitor a registry reader token for its profiles."""
+    from finpredict.common.auth import ADMIN, READER, WRITER, parse_tokens
+
+    tokens = Stack(run_dir=tmp_path).secrets()
+    accepted = {p.subject: p.roles for p in parse_tokens(tokens["FINPREDICT_MONITOR_TOKENS"]).values()}
+    assert accepted == {
+        "operator": frozenset({ADMIN}),
+        "gateway": frozenset({WRITER}),
+        "services": frozenset({READER}),
+    }
+    gateway_writer = parse_tokens(f"{tokens['FINPREDICT_GATEWAY_MONITOR_TOKEN']}=x:reader")
+    assert set(gateway_writer) <= set(parse_tokens(tokens["FINPREDICT_MONITOR_TOKENS"]))
+    registry = parse_tokens(tokens["FINPREDICT_REGISTRY_TOKENS"])
+    (monitor_on_registry,) = parse_tokens(f"{tokens['FINPREDICT_MONITOR_REGISTRY_TOKEN']}=x:reader")
+    assert registry[monitor_on_registry].roles == frozenset({READER})
+    # an older secrets file without the monitor's tokens gets them, keeping the others
+    older = {k: v for k, v in tokens.items() if "MONITOR" not in k}
+    (tmp_path / "older").mkdir()
+    (tmp_path / "older" / "secrets.env").write_text("".join(f"{k}={v}\n" for k, v in older.items()))
+    upgraded = Stack(run_dir=tmp_path / "older").secrets()
+    assert upgraded["FINPREDICT_TOKEN"] == tokens["FINPREDICT_TOKEN"]
+    assert "FINPREDICT_MONITOR_TOKENS" in upgraded
+
+
+def test_the_monitor_fetches_profiles_from_the_stacks_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = Stack(run_dir=tmp_path)
+    monkeypatch.setattr(stack, "targets", lambda: {"registry": "127.0.0.1:50052"})  # a running registry
+    env = stack.service_env("monitor")
+    assert env["FINPREDICT_MONITOR_REGISTRY_TARGET"] == "127.0.0.1:50052"
+    assert "FINPREDICT_MONITOR_PROFILES_DIR" not in env  # the cache under its data dir
+
+
+def test_the_console_gets_a_session_key_kept_across_runs(tmp_path: Path) -> None:
+    """The console seals sign-ins into their cookies with a key of the local secrets: generated
+    once (also into an older secrets file), the same for every console the stack starts."""
+    from finpredict.console.auth import KEY_BYTES, parse_keys
+
+    tokens = Stack(run_dir=tmp_path).secrets()
+    key = tokens["FINPREDICT_CONSOLE_SESSION_KEYS"]
+    assert [len(k) for k in parse_keys(key)] == [KEY_BYTES]
+    assert Stack(run_dir=tmp_path).service_env("console")["FINPREDICT_CONSOLE_SESSION_KEYS"] == key
+    older = {k: v for k, v in tokens.items() if "SESSION" not in k}
+    (tmp_path / "older").mkdir()
+    (tmp_path / "older" / "secrets.env").write_text("".join(f"{k}={v}\n" for k, v in older.items()))
+    upgraded = Stack(run_dir=tmp_path / "older").secrets()
+    assert upgraded["FINPREDICT_TOKEN"] == tokens["FINPREDICT_TOKEN"]
+    assert len(parse_keys(upgraded["FINPREDICT_CONSOLE_SESSION_KEYS"])) == 1
+    assert upgraded["FINPREDICT_CONSOLE_SESSION_KEYS"] != key
+
+
 @pytest.mark.parametrize("ephemeral", [False, True])
 def test_the_registry_gets_its_data_dir_and_ports(tmp_path: Path, ephemeral: bool) -> None:
     env = Stack(run_dir=tmp_path, data_dir=tmp_path / "data", ephemeral_ports=ephemeral).service_env(

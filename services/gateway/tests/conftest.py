@@ -1,5 +1,6 @@
 """The gateway's integration fixtures: a real registry, Ray with the model-server app, a real
-monitor, and the gateway, all on loopback; one of each for the module that uses them."""
+monitor, and the gateway, all on loopback; one of each for the module that uses them. And a real
+PostgreSQL server for the shared-state tests (one for the session)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ import pytest
 from finpredict.testkit.gateway import Stack, running_stack, train
 from finpredict.testkit.monitoring import OtlpTraceReceiver
 from finpredict.testkit.names import unique
+from finpredict.testkit.registry import Postgres, start_postgres
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    yield from start_postgres()
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,24 @@ import pytest
 import typer
 from typer.testing import Result
 
-from finpredict.gateway.cli import BATCH_ROWS, parse_duration, read_applications, rollout_app, score_app
-from finpredict.testkit.cli import ADMIN_TOKEN, READER_TOKEN, CliStack, cli_stack, fake_scoring, invoke
+from finpredict.gateway.cli import (
+    BATCH_ROWS,
+    outcomes_app,
+    parse_duration,
+    read_applications,
+    rollout_app,
+    score_app,
+)
+from finpredict.gateway.cli.outcomes import BATCH_OUTCOMES
+from finpredict.testkit.cli import (
+    ADMIN_TOKEN,
+    READER_TOKEN,
+    WRITER_TOKEN,
+    CliStack,
+    cli_stack,
+    fake_scoring,
+    invoke,
+)
 from finpredict.testkit.models import train_small_model
 
 UNREACHABLE = "127.0.0.1:1"
@@ -345,3 +361,28 @@ def test_score_file_in_batches_as_json_lines_and_a_table(tmp_path: Path) -> None
                     '{"debt": 80000, "sector": "tech"}', "--top-k", "2")  # fmt: skip
         assert_clean(one, 0, "cust-9", "0.8000", "decline", "v7", "canary", "R00 debt (+0.500)", "R01 debt")
         assert fake.batches[-1][0].features["sector"].category == "tech"
+
+
+# ----- outcomes --------------------------------------------------------------------------------
+
+
+def test_outcomes_record_sends_the_file_in_chunks_and_sums_the_answers(tmp_path: Path) -> None:
+    n = BATCH_OUTCOMES * 2 + 7
+    rows = [
+        f"r{i},{'true' if i % 3 else 0},2026-01-{1 + i % 28:02d}T10:00:00+02:00,biz-{i}" for i in range(n)
+    ]
+    file = tmp_path / "outcomes.csv"
+    file.write_text("\n".join(["request_id,defaulted,observed_at,entity_id", *rows, "r5,true,,"]) + "\n")
+    with fake_scoring() as (target, fake):
+        result = invoke(outcomes_app, ["record", str(file)], target, WRITER_TOKEN)
+    assert result.exit_code == 0, result.output
+    assert [len(b) for b in fake.outcome_batches] == [BATCH_OUTCOMES, BATCH_OUTCOMES, 8]
+    assert (
+        f"recorded {n + 1} outcomes from {file}: {n} matched, 0 waiting for their prediction, 1 duplicates"
+        in (" ".join(result.output.split()))
+    )
+    first, last = fake.outcomes["r0"], fake.outcomes[f"r{n - 1}"]
+    assert (first.defaulted, first.entity_id) == (False, "biz-0")
+    assert first.observed_at.ToJsonString() == "2026-01-01T08:00:00Z"
+    assert (last.defaulted, last.entity_id) == (True, f"biz-{n - 1}")
+    assert not fake.outcome_batches[-1][-1].HasField("observed_at")  # empty: the gateway's clock

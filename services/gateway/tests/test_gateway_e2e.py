@@ -52,6 +52,7 @@ from finpredict.testkit.gateway import (
     train,
 )
 from finpredict.testkit.models import SMALL_SCHEMA
+from finpredict.testkit.monitor import authed
 from finpredict.testkit.monitoring import OtlpTraceReceiver
 from finpredict.testkit.process import ServiceProcess, wait_for
 from finpredict.testkit.proxy import DelayProxy
@@ -595,7 +596,7 @@ def test_prediction_records_reach_the_monitor(stack: Stack) -> None:
         30,
         "the records to be sent",
     )
-    channel = grpc.insecure_channel(stack.monitor.target)
+    channel = authed(grpc.insecure_channel(stack.monitor.target))  # the monitor needs a token
     try:
         stub = monitor_pb2_grpc.MonitorServiceStub(channel)
         observed = Timestamp()

@@ -1,6 +1,8 @@
 """One Ray, one real registry and one model server deployed on that Ray, for the module that uses
 them (`test_serve_app.py`): torn down before other modules run, so no two Rays of ours overlap.
-The registry and the replicas export their spans to one OTLP receiver of the test process."""
+The registry and the replicas export their spans to one OTLP receiver of the test process. The
+registry keeps its artifacts in an S3 bucket (moto's server on loopback): every model the
+replicas load comes out of S3."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 
 from finpredict.testkit.monitoring import OtlpTraceReceiver
 from finpredict.testkit.process import start_service
+from finpredict.testkit.s3 import S3Server
 from finpredict.testkit.serving import (
     READER_TOKEN,
     TOKENS,
@@ -32,7 +35,14 @@ def otlp() -> Iterator[OtlpTraceReceiver]:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpTraceReceiver) -> Iterator[Registry]:
+def artifacts_bucket(s3: S3Server) -> str:
+    return s3.create_bucket("model-server")
+
+
+@pytest.fixture(scope="module")
+def registry(
+    tmp_path_factory: pytest.TempPathFactory, otlp: OtlpTraceReceiver, s3: S3Server, artifacts_bucket: str
+) -> Iterator[Registry]:
     tmp = tmp_path_factory.mktemp("ms-registry")
     proc = start_service(
         "registry",
@@ -45,6 +55,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpTraceReceiver) 
             "FINPREDICT_REGISTRY_WATCH_POLL_S": "0.5",
             "FINPREDICT_REGISTRY_OTLP_ENDPOINT": otlp.endpoint,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
+            **s3.registry_env(artifacts_bucket),
         },
     )
     reg = Registry(proc)

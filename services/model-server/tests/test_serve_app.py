@@ -17,6 +17,7 @@ import xgboost as xgb
 from grpc_health.v1 import health_pb2
 
 from finpredict.api.common.v1 import types_pb2
+from finpredict.api.registry.v1 import registry_pb2
 from finpredict.api.serving.v1 import model_server_pb2 as pb
 from finpredict.common.interceptors import TRACE_ID_KEY
 from finpredict.modelio import sha256_hex
@@ -24,6 +25,7 @@ from finpredict.testkit.models import TrainedModel, synthetic_records, train_sma
 from finpredict.testkit.monitoring import OtlpTraceReceiver
 from finpredict.testkit.names import unique
 from finpredict.testkit.process import wait_for
+from finpredict.testkit.s3 import S3Server
 from finpredict.testkit.serving import Served, to_rows
 
 pytestmark = pytest.mark.slow
@@ -157,6 +159,35 @@ def test_corrupted_artifact_is_refused_and_the_previous_version_keeps_serving(
         [p.score for p in before.predictions],
     )
     assert (name, bad) not in served.client.loaded()
+
+
+def test_a_model_stored_in_s3_loads_and_a_changed_object_is_refused_data_loss(
+    served: Served, models: list[TrainedModel], s3: S3Server, artifacts_bucket: str
+) -> None:
+    name = unique("s3model")
+    served.registry.create_model(name)
+    version = served.registry.register(name, models[1])
+    mv = served.registry.stub.GetVersion(
+        registry_pb2.GetVersionRequest(model=name, version=version), metadata=served.registry.md, timeout=30
+    ).version
+    assert mv.artifact.uri.startswith(f"s3://{artifacts_bucket}/")
+    key = mv.artifact.uri.removeprefix(f"s3://{artifacts_bucket}/")
+    stored = s3.client().get_object(Bucket=artifacts_bucket, Key=key)["Body"].read()
+    damaged = bytearray(stored)
+    damaged[len(damaged) // 2] ^= 0xFF
+    s3.client().put_object(Bucket=artifacts_bucket, Key=key, Body=bytes(damaged))
+    with pytest.raises(grpc.RpcError) as err:
+        served.client.load(name, version)
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert "corrupted" in (err.value.details() or ""), err.value.details()
+    assert (name, version) not in served.client.loaded()
+
+    s3.client().put_object(Bucket=artifacts_bucket, Key=key, Body=stored)  # repaired
+    served.client.load(name, version)
+    records = synthetic_records(models[1].schema, 5, seed=3)
+    resp = served.client.predict(name, version, records)
+    expected, _ = _expected(models[1], records)
+    assert [p.score for p in resp.predictions] == pytest.approx(expected.tolist(), abs=1e-6)
 
 
 def test_two_versions_at_once_and_a_third_loaded_under_traffic(

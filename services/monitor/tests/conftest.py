@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from finpredict.demo import replay as rp
-from finpredict.testkit.monitor import MODEL, StartMonitor
+from finpredict.testkit.monitor import MODEL, StartMonitor, authed, monitor_env
 from finpredict.testkit.process import ServiceProcess, start_service
 
 
@@ -30,15 +30,7 @@ def start_monitor(tmp_path: Path, profile_bytes: bytes) -> Iterator[StartMonitor
         profiles.mkdir(parents=True, exist_ok=True)
         (profiles / "1.bin").write_bytes(profile_bytes)
         proc = start_service(
-            "monitor",
-            work,
-            env={
-                "FINPREDICT_MONITOR_DATA_DIR": str(work / "data"),
-                "FINPREDICT_MONITOR_PROFILES_DIR": str(work / "profiles"),
-                "FINPREDICT_MONITOR_EVALUATE_INTERVAL_S": "0",
-                "FINPREDICT_MONITOR_LOG_FORMAT": "json",
-                **(env or {}),
-            },
+            "monitor", work, env=monitor_env(work, FINPREDICT_MONITOR_LOG_FORMAT="json", **(env or {}))
         )
         started.append(proc)
         return proc
@@ -50,10 +42,11 @@ def start_monitor(tmp_path: Path, profile_bytes: bytes) -> Iterator[StartMonitor
 
 @pytest.fixture
 def channel_for() -> Iterator[Callable[[ServiceProcess], grpc.Channel]]:
+    """Channels to a monitor, every call authenticated as the test admin."""
     channels: list[grpc.Channel] = []
 
     def make(proc: ServiceProcess) -> grpc.Channel:
-        ch = grpc.insecure_channel(proc.target)
+        ch = authed(grpc.insecure_channel(proc.target))
         channels.append(ch)
         return ch
 

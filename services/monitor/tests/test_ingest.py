@@ -16,7 +16,7 @@ from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc as pb_grpc
 from finpredict.demo import replay as rp
 from finpredict.monitor.service import dt_to_ts
-from finpredict.testkit.monitor import MODEL, StartMonitor, stub
+from finpredict.testkit.monitor import MODEL, StartMonitor, authed, monitor_env, stub
 from finpredict.testkit.process import ServiceProcess, start_service
 
 
@@ -39,15 +39,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory, profile_bytes: bytes) -> It
     work = tmp_path_factory.mktemp("monitor")
     (work / "profiles" / MODEL).mkdir(parents=True)
     (work / "profiles" / MODEL / "1.bin").write_bytes(profile_bytes)
-    proc = start_service(
-        "monitor",
-        work,
-        env={
-            "FINPREDICT_MONITOR_DATA_DIR": str(work / "data"),
-            "FINPREDICT_MONITOR_PROFILES_DIR": str(work / "profiles"),
-            "FINPREDICT_MONITOR_EVALUATE_INTERVAL_S": "0",
-        },
-    )
+    proc = start_service("monitor", work, env=monitor_env(work))
     yield proc
     proc.stop()
 
@@ -55,7 +47,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory, profile_bytes: bytes) -> It
 @pytest.fixture(scope="module")
 def shared_stub(shared: ServiceProcess) -> Iterator[pb_grpc.MonitorServiceStub]:
     with grpc.insecure_channel(shared.target) as ch:
-        yield pb_grpc.MonitorServiceStub(ch)
+        yield pb_grpc.MonitorServiceStub(authed(ch))
 
 
 def _ingest(s: object, *batches: list[pb.PredictionRecord]) -> pb.IngestPredictionsResponse:

@@ -21,7 +21,7 @@ from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.demo import replay as rp
 from finpredict.monitor.cli import app
-from finpredict.testkit.monitor import MODEL, stub
+from finpredict.testkit.monitor import MODEL, authed, monitor_env, stub
 from finpredict.testkit.process import start_service
 
 EPS = 1e-4
@@ -72,14 +72,10 @@ def replayed(tmp_path_factory: pytest.TempPathFactory, profile_bytes: bytes) -> 
     work = tmp_path_factory.mktemp("stats")
     (work / "profiles" / MODEL).mkdir(parents=True)
     (work / "profiles" / MODEL / "1.bin").write_bytes(profile_bytes)
-    env = {
-        "FINPREDICT_MONITOR_DATA_DIR": str(work / "data"),
-        "FINPREDICT_MONITOR_PROFILES_DIR": str(work / "profiles"),
-        "FINPREDICT_MONITOR_EVALUATE_INTERVAL_S": "0",
-    }
-    proc = start_service("monitor", work, env=env)
+    proc = start_service("monitor", work, env=monitor_env(work))
     try:
-        with grpc.insecure_channel(proc.target) as ch:
+        with grpc.insecure_channel(proc.target) as plain:
+            ch = authed(plain)
             sc = rp.Scenario(days=2, per_hour=60, drift="recession", shift_day=1, seed=71)
             result = rp.replay(ch, rp.generate(sc), MODEL, 1, label_delay=timedelta(hours=30))
             assert result.outcomes_matched == 2 * 24 * 60
@@ -102,7 +98,9 @@ def test_served_statistics_equal_an_independent_computation(replayed: Replayed) 
     preds = pl.read_parquet(
         str(tmp_path / "data" / "predictions" / "**" / "*.parquet"), hive_partitioning=False
     )
-    outcomes = pl.read_parquet(str(tmp_path / "data" / "outcomes" / "*.parquet"))
+    outcomes = pl.read_parquet(
+        str(tmp_path / "data" / "outcomes" / "**" / "*.parquet"), hive_partitioning=False
+    )
     preds = preds.join(outcomes.select("request_id", "defaulted", "observed_at"), on="request_id", how="left")
     features = [f for f in profile.feature_names if f != "__score__"]
     for size, resp in (("1d", daily), ("1h", hourly)):
@@ -119,6 +117,9 @@ def test_served_statistics_equal_an_independent_computation(replayed: Replayed) 
                 counts = _buckets(profile, f, raw[f"f.{f}"])
                 expected = _psi(_shares(profile.reference_counts(f)), _shares(counts))
                 assert served[f].psi == pytest.approx(expected, rel=1e-9, abs=1e-12), (size, f)
+                ref_f, cur_f = _shares(profile.reference_counts(f)), _shares(counts)
+                assert served[f].kl == pytest.approx(_kl(cur_f, ref_f), rel=1e-9, abs=1e-12), (size, f)
+                assert served[f].js == pytest.approx(_js(cur_f, ref_f), rel=1e-9, abs=1e-12), (size, f)
                 assert served[f].missing_share == pytest.approx(raw[f"f.{f}"].null_count() / raw.height)
             ref = _shares(profile.reference_counts("__score__"))
             cur = _shares(_buckets(profile, "__score__", raw["score"]))

@@ -17,10 +17,11 @@ from finpredict.common.auth import (
     TokenSpecError,
     parse_tokens,
 )
-from finpredict.registry.service import METHOD_ROLES, SERVICE
+from finpredict.registry.service import METHOD_ROLES, ROLE_IMPLIES, SERVICE
 from finpredict.testkit.registry import (
     ADMIN_TOKEN,
     READER_TOKEN,
+    VALIDATOR_TOKEN,
     WRITER_TOKEN,
     Client,
     Registry,
@@ -89,8 +90,23 @@ def test_roles_imply_and_unknown_methods_need_admin() -> None:
 def test_every_registry_rpc_has_a_role() -> None:
     methods = {f"/{SERVICE}/{m.name}" for m in pb.DESCRIPTOR.services_by_name["RegistryService"].methods}
     assert set(METHOD_ROLES) == methods
-    for admin_only in ("SetAlias", "RollbackAlias", "DeleteAlias", "DeleteVersion", "CreateModel"):
+    for admin_only in (
+        "SetAlias",
+        "RollbackAlias",
+        "DeleteAlias",
+        "DeleteVersion",
+        "CreateModel",
+        "SetPolicy",
+    ):
         assert METHOD_ROLES[f"/{SERVICE}/{admin_only}"] == "admin"
+    assert METHOD_ROLES[f"/{SERVICE}/AppendGateResults"] == "validator"
+
+
+def test_the_validator_role_is_apart_from_admin_and_writer() -> None:
+    auth = BearerAuthInterceptor({}, METHOD_ROLES, role_implies=ROLE_IMPLIES)
+    assert auth.effective_roles({"validator"}) == {"validator", "reader"}
+    assert "validator" not in auth.effective_roles({"admin"})
+    assert "validator" not in auth.effective_roles({"writer"})
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +129,7 @@ READS = [
     ("SearchVersions", pb.SearchVersionsRequest()),
     ("ListAuditLog", pb.ListAuditLogRequest()),
     ("DownloadArtifact", pb.DownloadArtifactRequest(model=MODEL, version=1)),
+    ("GetPolicy", pb.GetPolicyRequest(model=MODEL)),
 ]
 ADMIN_CALLS = [
     ("SetAlias", pb.SetAliasRequest(model=MODEL, alias="production", version=1)),
@@ -120,6 +137,7 @@ ADMIN_CALLS = [
     ("DeleteAlias", pb.DeleteAliasRequest(model=MODEL, alias="production")),
     ("DeleteVersion", pb.DeleteVersionRequest(model=MODEL, version=1)),
     ("CreateModel", pb.CreateModelRequest(name="another")),
+    ("SetPolicy", pb.SetPolicyRequest(model=MODEL)),
 ]
 
 
@@ -138,7 +156,7 @@ def test_missing_or_unknown_token_is_unauthenticated(
 
 
 @pytest.mark.parametrize(("method", "request_msg"), ADMIN_CALLS)
-@pytest.mark.parametrize("token", [READER_TOKEN, WRITER_TOKEN])
+@pytest.mark.parametrize("token", [READER_TOKEN, WRITER_TOKEN, VALIDATOR_TOKEN])
 def test_reader_or_writer_on_admin_rpc_is_permission_denied(
     reg: Registry, token: str, method: str, request_msg: Any
 ) -> None:
@@ -190,7 +208,8 @@ def test_health_is_open_and_tokens_never_logged(reg: Registry) -> None:
     ("env", "variable"),
     [
         ({"FINPREDICT_REGISTRY_TOKENS": "leakedsecret1=alice"}, "FINPREDICT_REGISTRY_TOKENS"),
-        ({"FINPREDICT_REGISTRY_ARTIFACT_STORE": "s3://bucket/prefix"}, "FINPREDICT_REGISTRY_ARTIFACT_STORE"),
+        ({"FINPREDICT_REGISTRY_ARTIFACT_STORE": "s3://Not_A_Bucket/x"}, "FINPREDICT_REGISTRY_ARTIFACT_STORE"),
+        ({"FINPREDICT_REGISTRY_ARTIFACT_STORE": "gs://bucket/prefix"}, "FINPREDICT_REGISTRY_ARTIFACT_STORE"),
         ({"FINPREDICT_REGISTRY_DATABASE_URL": "mysql://x/y"}, "FINPREDICT_REGISTRY_DATABASE_URL"),
         ({"FINPREDICT_REGISTRY_CHUNK_SIZE": "12"}, "FINPREDICT_REGISTRY_CHUNK_SIZE"),
     ],

@@ -11,11 +11,12 @@ from finpredict.api.registry.v1 import registry_pb2 as pb
 from finpredict.registry.cli import app
 from finpredict.testkit.registry import (
     ADMIN_TOKEN,
-    PASSING,
     READER_TOKEN,
+    WRITER_TOKEN,
     Registry,
     create_model,
     gate,
+    promotable,
     register,
     running_registry,
 )
@@ -36,12 +37,12 @@ def run(reg: Registry, *args: str, token: str = ADMIN_TOKEN) -> tuple[int, str]:
 def test_cli_list_show_promote_rollback_history_lineage(reg: Registry) -> None:
     admin = reg.client()
     model = create_model(admin, "cli")
-    register(admin, model, b"one", gate_results=PASSING, metrics={"auc_roc": 0.81})
-    register(
-        admin, model, b"two", gate_results=PASSING, metrics={"auc_roc": 0.83},
-        lineage=pb.Lineage(git_commit="f" * 40, trigger="manual", data_md5={"data/x.csv": "d" * 32}),
-    )  # fmt: skip
-    register(admin, model, b"three", gate_results=[gate("auc_roc", 0.5, 0.7)])
+    register(admin, model, b"one", **promotable(metrics={"auc_roc": 0.81}))
+    lineage = pb.Lineage(
+        git_commit="f" * 40, trigger="manual", data_md5={"data/x.csv": "d" * 32}, dvc_lock_sha256="e" * 64
+    )
+    register(admin, model, b"two", **promotable(metrics={"auc_roc": 0.83}, lineage=lineage))
+    register(admin, model, b"three", **promotable(gate_results=[gate("auc_roc", 0.5, 0.7)]))
 
     code, text = run(reg, "list")
     assert code == 0
@@ -112,3 +113,41 @@ def test_cli_unreachable_registry_gives_a_hint() -> None:
     assert result.exit_code == 1
     assert "UNAVAILABLE" in result.output
     assert "FINPREDICT_REGISTRY_TARGET" in result.output
+
+
+def test_cli_policy_shows_checks_and_sets_the_promotion_policy(reg: Registry) -> None:
+    admin = reg.client()
+    model = create_model(admin, "clipol")
+    lax = [gate("auc_roc", 0.75, 0.7)]
+    register(admin, model, b"lax", **promotable(gate_results=lax))
+    admin.close()
+
+    code, text = run(reg, "policy", "show", model, "--version", "1", token=READER_TOKEN)
+    assert code == 0, text
+    assert "the registry's default" in text
+    for rule in ("auc_roc", ">= 0.82", "ece", "latency_p99_ms", "<= 50", "demographic_parity_diff"):
+        assert rule in text
+    assert "required lineage: git_commit, data_md5, dvc_lock_sha256, reference_profile" in text
+    assert "may not become production" in text
+    assert "auc_roc=0.75 (the registry requires >= 0.82)" in text
+    assert "missing required gate(s): ece, latency_p99_ms, demographic_parity_diff" in text
+
+    code, text = run(reg, "policy", "set", model, "--gate", "auc_roc>=0.7", token=WRITER_TOKEN)
+    assert code == 1
+    assert "PERMISSION_DENIED" in text
+    code, text = run(reg, "policy", "set", model, "--gate", "auc_roc=0.7")
+    assert code == 2
+    assert "NAME>=THRESHOLD" in text
+    code, text = run(
+        reg, "policy", "set", model, "--gate", "auc_roc>=0.7", "--require", "data_md5", "--reason", "pilot"
+    )
+    assert code == 0, text
+    assert "set " in text
+    assert "by alice" in text
+    assert "required lineage: data_md5" in text
+    code, text = run(reg, "policy", "show", model, "--version", "1")
+    assert "may become production" in text
+    assert run(reg, "promote", model, "1")[0] == 0
+    code, text = run(reg, "history", model)
+    assert "policy.set" in text
+    assert "pilot" in text

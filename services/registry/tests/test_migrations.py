@@ -88,7 +88,8 @@ def test_profile_checksums_are_backfilled_for_versions_registered_before_they_ex
                     "INSERT INTO versions (id, model_id, version, status, description, created_at_us, "
                     "created_by, artifact_sha256, artifact_size, artifact_uri, artifact_format, "
                     "manifest_json, feature_schema_pb, threshold, lineage_json, wandb_link_status, "
-                    "reference_profile) VALUES (?, 1, ?, 1, '', 0, 'a', '', 0, '', '', '{}', ?, 0.5, '{}', '', ?)",
+                    "reference_profile) "
+                    "VALUES (?, 1, ?, 1, '', 0, 'a', '', 0, '', '', '{}', ?, 0.5, '{}', '', ?)",
                     (vid, vid, b"", profile),
                 )
             conn.commit()

@@ -18,8 +18,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.registry.v1 import registry_pb2 as pb
 from finpredict.testkit.registry import (
+    LINEAGE,
     PASSING,
+    PROFILE,
     READER_TOKEN,
+    VALIDATOR_TOKEN,
+    WRITER_TOKEN,
     Client,
     Registry,
     audit,
@@ -28,6 +32,7 @@ from finpredict.testkit.registry import (
     details_of,
     gate,
     header,
+    promotable,
     register,
     sha256,
     unique,
@@ -83,6 +88,7 @@ def test_register_alias_rollback_history_search_lineage_round_trip(registry: Reg
         metrics={"auc_roc": 0.80},
         tags={"team": "risk", "algo": "xgboost"},
         gate_results=PASSING,
+        lineage=LINEAGE,
         feature_schema=schema,
         manifest_json='{"schema": 1}',
         reference_profile=b"\x00\x01profile",
@@ -91,7 +97,7 @@ def test_register_alias_rollback_history_search_lineage_round_trip(registry: Reg
     t_between.GetCurrentTime()
     v2 = register(
         admin, model, artifact[::-1], metrics={"auc_roc": 0.85}, tags={"team": "risk"}, gate_results=PASSING,
-        lineage=lineage,
+        lineage=lineage, reference_profile=PROFILE,
     )  # fmt: skip
     assert (v1.version, v2.version) == (1, 2)
     assert v1.artifact.sha256 == sha256(artifact)
@@ -164,7 +170,12 @@ def test_register_alias_rollback_history_search_lineage_round_trip(registry: Reg
     assert lin.lineage.trigger == "schedule"
     assert lin.lineage.parents[0].name == model
     assert lin.artifact_sha256 == sha256(artifact[::-1])
-    assert [g.name for g in lin.gate_results] == ["auc_roc", "ece"]
+    assert [g.name for g in lin.gate_results] == [
+        "auc_roc",
+        "demographic_parity_diff",
+        "ece",
+        "latency_p99_ms",
+    ]
     assert dict(lin.metrics) == {"auc_roc": 0.85}
     assert v1_now.feature_schema == schema
     assert v1_now.reference_profile == b"\x00\x01profile"
@@ -223,12 +234,14 @@ def test_promoting_a_gate_failing_version_is_refused_and_changes_nothing(
     registry: Registry, admin: Client
 ) -> None:
     model = create_model(admin, "gates")
-    good = register(admin, model, b"good", gate_results=PASSING)
-    bad = register(
-        admin, model, b"bad", gate_results=[gate("auc_roc", 0.6, 0.7), gate("ece", 0.09, 0.05, ge=False),
-                                            gate("latency_p99_ms", 10, 50, ge=False)],
-    )  # fmt: skip
-    gateless = register(admin, model, b"none")
+    good = register(admin, model, b"good", **promotable())
+    failing = [gate("auc_roc", 0.6, 0.82), gate("ece", 0.09, 0.05, ge=False)]
+    passing = [
+        gate("latency_p99_ms", 10, 50, ge=False),
+        gate("demographic_parity_diff", 0.01, 0.05, ge=False),
+    ]
+    bad = register(admin, model, b"bad", **promotable(gate_results=failing + passing))
+    gateless = register(admin, model, b"none", lineage=LINEAGE, reference_profile=PROFILE)
     assert not bad.gates_passed
     assert not gateless.gates_passed
     set_alias(admin, model, "production", good.version)
@@ -237,50 +250,184 @@ def test_promoting_a_gate_failing_version_is_refused_and_changes_nothing(
     with pytest.raises(grpc.RpcError) as exc:
         set_alias(admin, model, "production", bad.version)
     assert code_of(exc) == grpc.StatusCode.FAILED_PRECONDITION
-    assert "auc_roc" in details_of(exc)
-    assert "ece" in details_of(exc)
+    assert "auc_roc=0.6 (the registry requires >= 0.82)" in details_of(exc)
+    assert "ece=0.09 (the registry requires <= 0.05)" in details_of(exc)
     assert "latency_p99_ms" not in details_of(exc)
     with pytest.raises(grpc.RpcError) as exc:
         set_alias(admin, model, "production", gateless.version)
     assert code_of(exc) == grpc.StatusCode.FAILED_PRECONDITION
-    assert "no gate results" in details_of(exc)
+    assert "missing required gate(s): auc_roc, ece, latency_p99_ms, demographic_parity_diff" in details_of(
+        exc
+    )
     assert aliases(admin, model) == state
     assert list(audit(admin, model)) == log_before
 
     set_alias(admin, model, "staging", bad.version)  # only production is gated
 
-    # the newest result per gate counts: fixing both failing gates makes it promotable
-    admin.AppendGateResults(
-        pb.AppendGateResultsRequest(model=model, version=bad.version, results=[gate("auc_roc", 0.75, 0.7)])
+
+def test_the_registry_judges_gates_by_its_own_thresholds_and_requires_dvc_lineage(
+    registry: Registry, admin: Client
+) -> None:
+    model = create_model(admin, "policy")
+    # the client compared with a laxer threshold than the registry's 0.82 and says "passed"
+    lax = register(
+        admin, model, b"lax", **promotable(gate_results=[gate("auc_roc", 0.75, 0.7), *PASSING[1:]])
     )
+    assert lax.gates_passed
+    partial = register(admin, model, b"partial", **promotable(gate_results=PASSING[:3]))
+    no_dvc = register(admin, model, b"no-dvc", **promotable(lineage=pb.Lineage(git_commit="a" * 40)))
+    no_profile = register(admin, model, b"no-profile", **promotable(reference_profile=b""))
+    expected = {
+        lax.version: "auc_roc=0.75 (the registry requires >= 0.82)",
+        partial.version: f"missing required gate(s): {PASSING[3].name}",
+        no_dvc.version: "missing lineage: data_md5 (DVC md5 of the training data), "
+        "dvc_lock_sha256 (sha256 of dvc.lock)",
+        no_profile.version: "missing lineage: reference_profile",
+    }
+    for version, problem in expected.items():
+        with pytest.raises(grpc.RpcError) as exc:
+            set_alias(admin, model, "production", version)
+        assert code_of(exc) == grpc.StatusCode.FAILED_PRECONDITION
+        assert problem in details_of(exc), details_of(exc)
+        assert f"version {version} of model {model!r} cannot become production" in details_of(exc)
+        check = admin.GetPolicy(pb.GetPolicyRequest(model=model, version=version))
+        assert not check.check.promotable
+        assert any(problem in p for p in check.check.problems), check.check.problems
+    assert "production" not in aliases(admin, model)
+    good = register(admin, model, b"good", **promotable())
+    assert admin.GetPolicy(pb.GetPolicyRequest(model=model, version=good.version)).check.promotable
+    assert set_alias(admin, model, "production", good.version).event.to_version == good.version
+
+
+def test_policy_changes_need_admin_are_audited_and_hold_for_every_move_of_production(
+    registry: Registry, admin: Client
+) -> None:
+    model = create_model(admin, "setpolicy")
+    default = admin.GetPolicy(pb.GetPolicyRequest(model=model)).policy
+    assert default.is_default
+    assert [(g.name, g.comparator, g.threshold) for g in default.gates] == [
+        ("auc_roc", types_pb2.COMPARATOR_GREATER_OR_EQUAL, 0.82),
+        ("ece", types_pb2.COMPARATOR_LESS_OR_EQUAL, 0.05),
+        ("latency_p99_ms", types_pb2.COMPARATOR_LESS_OR_EQUAL, 50.0),
+        ("demographic_parity_diff", types_pb2.COMPARATOR_LESS_OR_EQUAL, 0.05),
+    ]
+    assert list(default.required_lineage) == [
+        pb.LINEAGE_REQUIREMENT_GIT_COMMIT,
+        pb.LINEAGE_REQUIREMENT_DATA_MD5,
+        pb.LINEAGE_REQUIREMENT_DVC_LOCK_SHA256,
+        pb.LINEAGE_REQUIREMENT_REFERENCE_PROFILE,
+    ]
+    pilot = pb.PromotionPolicy(
+        gates=[
+            pb.PolicyGate(name="auc_roc", comparator=types_pb2.COMPARATOR_GREATER_OR_EQUAL, threshold=0.7)
+        ],
+        required_lineage=[pb.LINEAGE_REQUIREMENT_DATA_MD5],
+    )
+    request = pb.SetPolicyRequest(model=model, policy=pilot, reason="pilot model")
+    for token in (WRITER_TOKEN, VALIDATOR_TOKEN, READER_TOKEN):
+        client = registry.client(token)
+        with pytest.raises(grpc.RpcError) as exc:
+            client.SetPolicy(request)
+        client.close()
+        assert code_of(exc) == grpc.StatusCode.PERMISSION_DENIED
+        assert "'admin'" in details_of(exc)
+    assert admin.GetPolicy(pb.GetPolicyRequest(model=model)).policy.is_default
+
+    v1 = register(admin, model, b"v1", gate_results=[gate("auc_roc", 0.75, 0.7)], lineage=LINEAGE)
     with pytest.raises(grpc.RpcError) as exc:
-        set_alias(admin, model, "production", bad.version)
-    assert "ece" in details_of(exc)
-    assert "auc_roc" not in details_of(exc)
-    fixed = admin.AppendGateResults(
-        pb.AppendGateResultsRequest(
-            model=model, version=bad.version, results=[gate("ece", 0.01, 0.05, ge=False)]
-        )
-    ).version
-    assert fixed.gates_passed
-    assert set_alias(admin, model, "production", bad.version).event.to_version == bad.version
+        set_alias(admin, model, "production", v1.version)  # the default policy: refused
+    assert code_of(exc) == grpc.StatusCode.FAILED_PRECONDITION
+    changed = admin.SetPolicy(request)
+    assert not changed.policy.is_default
+    assert changed.policy.updated_by == "alice"
+    assert (changed.entry.action, changed.entry.actor) == ("policy.set", "alice")
+    assert "auc_roc >= 0.7" in changed.entry.reason
+    assert "pilot model" in changed.entry.reason
+    assert audit(admin, model)[-1].id == changed.entry.id
+    assert admin.GetPolicy(pb.GetPolicyRequest(model=model)).policy.gates == pilot.gates
+    set_alias(admin, model, "production", v1.version)
+    v2 = register(admin, model, b"v2", gate_results=[gate("auc_roc", 0.95, 0.7)], lineage=LINEAGE)
+    set_alias(admin, model, "production", v2.version)
+
+    # tightened: rolling back to v1 (auc_roc 0.75) is a move to production too, so it is refused
+    pilot.gates[0].threshold = 0.9
+    admin.SetPolicy(pb.SetPolicyRequest(model=model, policy=pilot, reason="tighter"))
+    with pytest.raises(grpc.RpcError) as exc:
+        admin.RollbackAlias(pb.RollbackAliasRequest(model=model, alias="production", reason="r"))
+    assert code_of(exc) == grpc.StatusCode.FAILED_PRECONDITION
+    assert "auc_roc=0.75 (the registry requires >= 0.9)" in details_of(exc)
+    assert aliases(admin, model)["production"] == v2.version
+
+    for bad, field in [
+        (pb.PromotionPolicy(gates=[pilot.gates[0], pilot.gates[0]]), "policy.gates[1].name"),
+        (
+            pb.PromotionPolicy(gates=[pb.PolicyGate(name="auc_roc", threshold=0.8)]),
+            "policy.gates[0].comparator",
+        ),
+        (pb.PromotionPolicy(required_lineage=[0]), "policy.required_lineage[0]"),  # type: ignore[list-item]
+    ]:
+        with pytest.raises(grpc.RpcError) as exc:
+            admin.SetPolicy(pb.SetPolicyRequest(model=model, policy=bad))
+        assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+        assert details_of(exc).startswith(field), details_of(exc)
+
+
+def test_only_a_validator_appends_gate_results_audited_and_recorded_results_are_immutable(
+    registry: Registry, admin: Client
+) -> None:
+    model = create_model(admin, "validate")
+    without_dpd = [g for g in PASSING if g.name != "demographic_parity_diff"]
+    version = register(admin, model, b"v", **promotable(gate_results=without_dpd)).version
+    dpd = gate("demographic_parity_diff", 0.02, 0.05, ge=False)
+    append = pb.AppendGateResultsRequest(model=model, version=version, results=[dpd])
+    writer = registry.client(WRITER_TOKEN)
+    for client in (writer, admin):  # the trainer and the promoter cannot vouch for a version
+        with pytest.raises(grpc.RpcError) as exc:
+            client.AppendGateResults(append)
+        assert code_of(exc) == grpc.StatusCode.PERMISSION_DENIED
+        assert "AppendGateResults needs the 'validator' role" in details_of(exc)
+    writer.close()
+    with pytest.raises(grpc.RpcError) as exc:
+        set_alias(admin, model, "production", version)
+    assert "missing required gate(s): demographic_parity_diff" in details_of(exc)
+
+    validator = registry.client(VALIDATOR_TOKEN)
+    try:
+        before = list(audit(admin, model))
+        with pytest.raises(grpc.RpcError) as exc:  # a recorded result is never replaced
+            validator.AppendGateResults(
+                pb.AppendGateResultsRequest(
+                    model=model, version=version, results=[gate("auc_roc", 0.99, 0.82)]
+                )
+            )
+        assert code_of(exc) == grpc.StatusCode.FAILED_PRECONDITION
+        assert "already has results for auc_roc" in details_of(exc)
+        assert list(audit(admin, model)) == before
+        appended = validator.AppendGateResults(append).version
+    finally:
+        validator.close()
+    assert appended.gates_passed
+    assert [g.value for g in appended.gate_results if g.name == "auc_roc"] == [PASSING[0].value]
+    entry = audit(admin, model)[-1]
+    assert (entry.action, entry.actor, entry.version) == ("gates.append", "carol", version)
+    assert "demographic_parity_diff=0.02 <= 0.05 (pass)" in entry.reason
+    assert set_alias(admin, model, "production", version).event.to_version == version
 
 
 def test_corrupted_artifact_is_detected_on_download(registry: Registry, admin: Client) -> None:
     model = create_model(admin, "corrupt")
     data = b"model bytes " * 5000
     v = register(admin, model, data)
-    blob = registry.data_dir / "artifacts" / "sha256" / v.artifact.sha256[:2] / v.artifact.sha256
-    assert blob.read_bytes() == data
+    assert registry.read_blob(v.artifact.sha256) == data
     damaged = bytearray(data)
     damaged[1000] ^= 0xFF
-    blob.write_bytes(bytes(damaged))
+    registry.write_blob(v.artifact.sha256, bytes(damaged))
     with pytest.raises(grpc.RpcError) as exc:
         download(admin, model, v.version)
     assert code_of(exc) == grpc.StatusCode.DATA_LOSS
     assert "corrupted" in details_of(exc)
     assert v.artifact.sha256 in details_of(exc)
-    blob.write_bytes(data)  # repaired: downloads work again
+    registry.write_blob(v.artifact.sha256, data)  # repaired: downloads work again
     assert download(admin, model, v.version)[0] == data
 
 
@@ -291,7 +438,7 @@ def test_upload_with_wrong_checksum_is_refused_and_leaves_nothing(registry: Regi
     assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
     assert "header.artifact_sha256" in details_of(exc)
     assert admin.GetModel(pb.GetModelRequest(name=model)).model.latest_version == 0
-    assert not list((registry.data_dir / "artifacts" / "tmp").iterdir())
+    assert not list(registry.upload_dir.iterdir())
     assert register(admin, model, b"some bytes").version == 1
 
 
@@ -301,7 +448,9 @@ def test_the_reference_profile_checksum_is_recorded_and_a_wrong_one_refused(admi
         register(admin, model, b"x", reference_profile=b"profile", reference_profile_sha256="0" * 64)
     assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
     assert "header.reference_profile_sha256" in details_of(exc)
-    v = register(admin, model, b"x", reference_profile=b"profile", reference_profile_sha256=sha256(b"profile"))
+    v = register(
+        admin, model, b"x", reference_profile=b"profile", reference_profile_sha256=sha256(b"profile")
+    )
     got = admin.GetVersion(pb.GetVersionRequest(model=model, version=v.version)).version
     assert (got.reference_profile, got.reference_profile_sha256) == (b"profile", sha256(b"profile"))
     # a client that sends no checksum still gets one recorded; no profile, no checksum
@@ -373,7 +522,7 @@ def test_watch_aliases_sees_every_move_in_order_and_resumes(registry: Registry, 
 
     model = create_model(admin, "watch")
     for i in range(3):
-        register(admin, model, f"w{i}".encode(), gate_results=PASSING)
+        register(admin, model, f"w{i}".encode(), **promotable())
     reader = registry.client(READER_TOKEN)
     live, stop_live = _collect(reader, model, after=-1, want=6)
     moves = [("staging", 1), ("staging", 2), ("production", 1), ("production", 2), ("staging", 3)]
@@ -462,12 +611,16 @@ def test_bad_requests_are_refused_naming_the_field(
     register(admin, model, b"x")
     before = list(audit(admin, model))
 
+    client = registry.client(VALIDATOR_TOKEN) if method == "AppendGateResults" else admin
+
     def call() -> Any:
-        result = getattr(admin, method)(request_factory(model))
+        result = getattr(client, method)(request_factory(model))
         return next(iter(result)) if method == "WatchAliases" else result
 
     with pytest.raises(grpc.RpcError) as exc:
         call()
+    if client is not admin:
+        client.close()
     assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
     assert details_of(exc).startswith(field), details_of(exc)
     assert list(audit(admin, model)) == before
@@ -567,7 +720,7 @@ def test_rollback_walks_back_through_the_history(
 ) -> None:
     model = create_model(admin, "rb")
     for i in range(3):
-        register(admin, model, f"rb{i}".encode(), gate_results=PASSING)
+        register(admin, model, f"rb{i}".encode(), **promotable())
     for op, want in zip(ops, expected, strict=True):
         rollback = pb.RollbackAliasRequest(model=model, alias="production", reason="x")
         if op == "rb" and want is None:
@@ -613,7 +766,7 @@ def test_cancelled_upload_removes_its_temporary_file(registry: Registry, admin: 
     from finpredict.testkit.process import wait_for
 
     model = create_model(admin, "cancel")
-    tmp_dir = registry.data_dir / "artifacts" / "tmp"
+    tmp_dir = registry.upload_dir
     release = threading.Event()
 
     def requests() -> Any:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import xgboost as xgb
-
 from finpredict.features import FeatureSchema
-from finpredict.modelio import artifact as shared
+from finpredict.pipelines._xgb import xgb  # first: XGBoost without scikit-learn (see _xgb)
+
+from finpredict.modelio import artifact as shared  # isort: skip  # (after _xgb: it imports xgboost)
 from finpredict.pipelines.common import PipelineError
 
 ARTIFACT_FORMAT = shared.ARTIFACT_FORMAT

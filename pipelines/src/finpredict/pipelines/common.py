@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,15 +45,94 @@ PARAMS_FILE = Path("params.yaml")
 DVC_LOCK = Path("dvc.lock")
 
 
+def read_text(path: Path, missing: str = "not found") -> str:
+    """A file's UTF-8 text; a missing file or bytes that are not UTF-8 are a :class:`PipelineError`
+    naming the file (and the line of the first bad byte)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: {missing}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise PipelineError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+        ) from None
+
+
+def parse_yaml(path: Path, text: str) -> Any:
+    """YAML (or JSON, a subset) of ``path``; a syntax error names the file, line and column. An
+    error found at the end of the file points at the last line with content (what is unfinished)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        what = ", ".join(p for p in (exc.context, exc.problem) if p)
+        if mark is None:
+            raise PipelineError(f"{path}: invalid YAML: {what}") from None
+        lines = text.splitlines()
+        line, column = mark.line, mark.column
+        if line >= len(lines) or not lines[line].strip():  # at the end: the unfinished line
+            line = next((i for i in range(min(line, len(lines)) - 1, -1, -1) if lines[i].strip()), 0)
+            column = len(lines[line]) if lines else 0
+        raise PipelineError(f"{path}: line {line + 1} column {column + 1}: invalid YAML: {what}") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: invalid YAML: {exc}") from None
+
+
+def parse_json(path: Path, text: str) -> Any:
+    """JSON of ``path``; a syntax error names the file, line and column."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PipelineError(
+            f"{path}: line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}"
+        ) from None
+
+
 def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     """Reads ``params.yaml``."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found (run the stages from the repository root)") from None
+    data = parse_yaml(path, read_text(path, "not found (run the stages from the repository root)"))
     if not isinstance(data, dict):
         raise PipelineError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def param_line(path: Path, keys: Sequence[str]) -> int | None:
+    """The 1-based line of the value at ``keys`` (nested mapping keys) in a YAML file, if found."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        node = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
+        if node is None:
+            return None
+    return int(node.start_mark.line) + 1
+
+
+def param_number(
+    params: Mapping[str, Any], keys: Sequence[str], kind: type[int] | type[float], default: Any = None
+) -> Any:
+    """The number at ``keys`` of ``params.yaml`` (``default`` when absent); a value that is not a
+    number of that kind is a :class:`PipelineError` naming the file, the key and its line."""
+    value: Any = params
+    for key in keys:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    if value is None:
+        if default is None:
+            raise PipelineError(f"{PARAMS_FILE}: {'.'.join(keys)} is missing")
+        return default
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if is_int or (kind is float and isinstance(value, float)):
+        return kind(value)
+    line = param_line(PARAMS_FILE, keys)
+    where = f"{PARAMS_FILE}: line {line}" if line else str(PARAMS_FILE)
+    expected = "an integer" if kind is int else "a number"
+    raise PipelineError(f"{where}: {'.'.join(keys)}: expected {expected}, got {value!r}")
 
 
 def section(params: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -104,11 +183,8 @@ class DatasetSchema:
 
     @classmethod
     def load(cls, path: Path) -> DatasetSchema:
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise PipelineError(f"{path}: schema file not found") from None
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        text = read_text(path, "schema file not found")
+        data = parse_json(path, text) if path.suffix == ".json" else parse_yaml(path, text)
         if not isinstance(data, dict):
             raise PipelineError(f"{path}: expected a mapping")
         return cls.from_dict(data, where=str(path))

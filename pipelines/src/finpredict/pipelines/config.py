@@ -2,8 +2,9 @@
 
 The registry address the register stage uses is the clients' one
 (:class:`~finpredict.common.config.ClientSettings`, ``FINPREDICT_REGISTRY_TARGET``); what only the
-pipeline reads is here: the register stage's token and trigger (:class:`PipelineSettings`) and
-W&B's mode, key and folders (:class:`WandbSettings`, the variables W&B itself reads too).
+pipeline reads is here: the register stage's token and trigger and the train stage's Ray cluster
+(:class:`PipelineSettings`) and W&B's mode, key and folders (:class:`WandbSettings`, the
+variables W&B itself reads too).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class PipelineSettings(BaseSettings):
-    """Settings of the register stage."""
+    """Settings of the register and train stages."""
 
     model_config = SettingsConfigDict(env_prefix="FINPREDICT_", extra="ignore", frozen=True)
 
@@ -29,6 +30,12 @@ class PipelineSettings(BaseSettings):
         default="",
         description="Why the pipeline ran, recorded in the version's lineage (empty: `register.trigger` of "
         "params.yaml, `manual`); the monitor's retraining trigger sets it for the command it starts.",
+    )
+    train_ray_address: str = Field(
+        default="",
+        description="Ray cluster the train stage runs on when `train.backend` is `ray` in params.yaml "
+        "(the GCS `host:port` of `ray start --head`, or `auto`: the cluster started on this machine); "
+        "empty: `auto`.",
     )
 
 

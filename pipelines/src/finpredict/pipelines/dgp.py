@@ -264,7 +264,8 @@ def generate(
         "legal_form": np.array(LEGAL_FORMS)[legal],
         "loan_purpose": np.array(LOAN_PURPOSES)[purpose],
     }
-    series: list[pl.Series] = [pl.Series(ID, [f"app-{seed}-{i:08d}" for i in range(n)], dtype=pl.String)]
+    ids = pl.format("app-{}-{}", pl.lit(seed), pl.int_range(n, dtype=pl.Int64).cast(pl.String).str.zfill(8))
+    series: list[pl.Series] = [pl.select(ids.alias(ID)).to_series()]  # app-<seed>-<8-digit row>
     series.append(pl.Series(TIMESTAMP, ts).dt.replace_time_zone("UTC"))
     for spec in CREDIT_SCHEMA.features:
         values = cols[spec.name]

@@ -24,6 +24,7 @@ from finpredict.pipelines.common import (
     PipelineError,
     default_dataset_schema,
     load_params,
+    param_number,
     run_stage,
     section,
     write_json,
@@ -52,12 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params()
     data = section(params, "data")
-    min_rows = int(section(params, "validation").get("min_rows", 1000))
+    min_rows = param_number(params, ("validation", "min_rows"), int, 1000)
     source = str(data.get("source", "synthetic"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if source == "synthetic":
-        rows = args.rows if args.rows is not None else int(data["rows"])
-        seed = args.seed if args.seed is not None else int(data["seed"])
+        rows = args.rows if args.rows is not None else param_number(params, ("data", "rows"), int)
+        seed = args.seed if args.seed is not None else param_number(params, ("data", "seed"), int)
         scenario = args.scenario or str(data.get("scenario", "none"))
         try:
             df = dgp.generate(rows, seed=seed, scenario=scenario)

@@ -79,7 +79,7 @@ class ClientSettings(BaseSettings):
     )
     gateway_target: str = Field(
         default=addresses.GATEWAY_ADDRESS,
-        description="Gateway address of `finpredict rollout` and `finpredict score` (or `--target`).",
+        description="Gateway address of `finpredict rollout`, `score` and `outcomes` (or `--target`).",
     )
     registry_target: str = Field(
         default=addresses.REGISTRY_ADDRESS,

@@ -4,7 +4,7 @@
 It starts the platform on embedded defaults (registry on SQLite, local artifact store and DVC
 remote, a local Ray with the model server, gateway, monitor, Prometheus and Alertmanager), then:
 trains v1 through the DVC pipeline and promotes it; serves it through the gateway with the
-client SDK while delayed labels reach the monitor; trains v2 on the next month and rolls it out
+client SDK while delayed labels follow through the gateway; trains v2 on the next month and rolls it out
 1% -> 5% -> 25% -> 100% to production; rolls out a broken candidate and watches the automatic
 rollback; replays a recession through the monitor until the drift alerts fire and the
 retraining trigger trains v3, which enters a canary; prints the summary and writes the HTML
@@ -106,7 +106,7 @@ Target = Annotated[
 Token = Annotated[
     str | None,
     typer.Option(
-        help=f"Bearer token, when the monitor has FINPREDICT_MONITOR_TOKENS (default: {TOKEN_ENV}).",
+        help=f"Bearer token of the monitor's admin role (it evaluates the rules; default: {TOKEN_ENV}).",
         show_default=False,
     ),
 ]

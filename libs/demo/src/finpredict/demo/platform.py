@@ -35,6 +35,7 @@ class Platform:
         tokens = stack.secrets()
         self.admin_token = tokens["FINPREDICT_TOKEN"]
         self.client_token = tokens["FINPREDICT_CLIENT_TOKEN"]
+        self.outcomes_token = tokens["FINPREDICT_OUTCOMES_TOKEN"]  # the gateway's writer role
         self.writer_token = tokens["FINPREDICT_REGISTRY_TOKEN"]
         self.admin: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {self.admin_token}"),)
         self._channels = [grpc.insecure_channel(self.targets[s]) for s in ("registry", "gateway", "monitor")]

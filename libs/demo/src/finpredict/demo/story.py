@@ -6,7 +6,8 @@
    remote, a local Ray with the model server, gateway, monitor, Prometheus and Alertmanager);
 2. train v1 through the DVC pipeline (W&B offline), check its gates, promote it to production;
 3. score generated applications through the gateway with the client SDK while their outcomes
-   reach the monitor later (delayed labels), then time single applications one at a time;
+   follow later through the gateway too (delayed labels for the monitor), then time single
+   applications one at a time;
 4. train v2 on the next month of data, and a candidate whose feed sent a ratio in percent;
 5. roll v2 out 1 -> 5 -> 25 -> 100 % through the gateway's RolloutService while traffic flows,
    to promotion (production = v2, moved by the rollout controller);
@@ -41,7 +42,7 @@ from finpredict.api.rollout.v1 import rollout_pb2
 from finpredict.api.serving.v1 import model_server_pb2
 from finpredict.client.types import feature_values
 from finpredict.demo.chapters import recession, rollouts, serving, startup, summary, training
-from finpredict.demo.platform import MODEL, Platform
+from finpredict.demo.platform import Platform
 from finpredict.demo.traffic import Pool, Traffic
 from finpredict.demo.workspace import TrainingRun, Workspace
 from finpredict.stack.launcher import Stack
@@ -171,13 +172,6 @@ class Story:
             "WANDB_CACHE_DIR": str(wandb / "cache"),
             "WANDB_CONFIG_DIR": str(wandb / "config"),
         }
-
-    def write_profile(self, version: int) -> None:
-        """The monitor compares a version's live windows with its reference profile."""
-        mv = self.p.version(version)
-        path = self.cfg.stack.data / "monitor" / "profiles" / MODEL / f"{version}.bin"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(mv.reference_profile)
 
     def warm_up(self, version: int, pool: Pool) -> float:
         """Loads ``version`` on the model server before it takes traffic (its first call loads it

@@ -1,6 +1,7 @@
 """The demo's client traffic: credit applications from the data-generating process, scored through
-the gateway with the client SDK (``finpredict.client``), with their true outcomes sent to the
-monitor later (``MonitorService.RecordOutcomes`` by request id), as a lending app would.
+the gateway with the client SDK (``finpredict.client``), with their true outcomes reported later
+through the gateway too (the SDK's ``record_outcomes``, by request id, with a token of the gateway's
+``writer`` role), as a lending app would; the gateway forwards them to the monitor.
 
 :class:`Traffic` runs three kinds of background threads until stopped:
 
@@ -8,8 +9,8 @@ monitor later (``MonitorService.RecordOutcomes`` by request id), as a lending ap
   sends the canary's share of *applications* to the canary), closed loop;
 * a latency probe: single ``Score`` calls at a steady rate, timed by the client (the p50/p99 the
   demo reports are these, per phase);
-* a label feeder: once an application's label is ``label_delay_s`` old, its outcome is sent to
-  the monitor (the delay of months in real lending, compressed to seconds).
+* a label feeder: once an application's label is ``label_delay_s`` old, its outcome is reported
+  to the gateway (the delay of months in real lending, compressed to seconds).
 
 Everything it saw is counted per version and variant; scores are kept per phase and variant
 (for the report's stable-vs-canary distributions).
@@ -24,12 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import polars as pl
-from google.protobuf import timestamp_pb2
 
-from finpredict.api.monitor.v1 import monitor_pb2, monitor_pb2_grpc
-from finpredict.client import Application, ScoreResult, ScoringClient, ScoringError
+from finpredict.client import Application, Outcome, ScoreResult, ScoringClient, ScoringError
 from finpredict.client.types import FeatureInput
 from finpredict.demo import replay
 from finpredict.pipelines import dgp
@@ -83,8 +81,7 @@ class Traffic:
         model: str,
         pool: Pool,
         *,
-        monitor: str | None = None,
-        monitor_metadata: tuple[tuple[str, str], ...] = (),
+        outcomes_token: str | None = None,
         batch: int = 200,
         senders: int = 2,
         probe_interval_s: float = 0.05,
@@ -108,8 +105,7 @@ class Traffic:
         self._next = 0
         self._entity_prefix = entity_prefix
         self._labels: deque[tuple[float, str, bool]] = deque()
-        self._monitor = monitor
-        self._monitor_md = monitor_metadata
+        self._outcomes_token = outcomes_token  # None: no outcomes are reported
         self._label_delay = label_delay_s
         self.probe_interval = probe_interval_s
         self.rate: float | None = None  # applications per second of the senders (None: as fast as they can)
@@ -118,7 +114,7 @@ class Traffic:
             threading.Thread(target=self._send, name=f"traffic-{i}", daemon=True) for i in range(senders)
         ]
         self._threads.append(threading.Thread(target=self._probe, name="latency-probe", daemon=True))
-        if monitor:
+        if outcomes_token is not None:
             self._threads.append(threading.Thread(target=self._feed_labels, name="labels", daemon=True))
 
     # ----- lifecycle ---------------------------------------------------------------------------
@@ -205,7 +201,7 @@ class Traffic:
                 kept = self.scores.setdefault((phase, r.variant.value), [])
                 if len(kept) < MAX_SCORES_KEPT:
                     kept.append(r.score)
-                if self._monitor:
+                if self._outcomes_token is not None:
                     self._labels.append((now, r.request_id, defaulted))
 
     def _send(self) -> None:
@@ -259,40 +255,31 @@ class Traffic:
                 self._record([result], [defaulted], phase)
 
     def _feed_labels(self) -> None:
-        assert self._monitor is not None
-        with grpc.insecure_channel(self._monitor) as channel:
-            stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+        with ScoringClient(self.gateway, token=self._outcomes_token, timeout=60) as client:
             while True:
                 stopping = self._stop.wait(1.0)
-                self._send_due(stub, flush=stopping)
+                self._send_due(client, flush=stopping)
                 if stopping:
                     return
 
-    def _send_due(self, stub: Any, flush: bool) -> None:
+    def _send_due(self, client: ScoringClient, flush: bool) -> None:
         cutoff = time.monotonic() - (0.0 if flush else self._label_delay)
-        due: list[tuple[str, bool]] = []
+        due: list[Outcome] = []
         with self._lock:
             while self._labels and self._labels[0][0] <= cutoff:
                 _, rid, defaulted = self._labels.popleft()
-                due.append((rid, defaulted))
-        observed = timestamp_pb2.Timestamp()
-        observed.GetCurrentTime()
-        for i in range(0, len(due), 5000):
-            chunk = due[i : i + 5000]
-            request = monitor_pb2.RecordOutcomesRequest(
-                outcomes=[
-                    monitor_pb2.Outcome(request_id=rid, defaulted=d, observed_at=observed) for rid, d in chunk
-                ]
-            )
-            try:
-                resp = stub.RecordOutcomes(request, metadata=self._monitor_md, timeout=30)
-            except grpc.RpcError as exc:
-                with self._lock:
-                    self.counts.errors[f"outcomes:{exc.code().name}"] += 1  # type: ignore[attr-defined]
-                continue
+                due.append(Outcome(rid, defaulted))
+        if not due:
+            return
+        try:
+            recorded = client.record_outcomes(due)  # observed now, by the gateway's clock
+        except ScoringError as exc:
             with self._lock:
-                self.counts.labels_sent += len(chunk)
-                self.counts.labels_matched += int(resp.matched)
+                self.counts.errors[f"outcomes:{exc.code.name}"] += 1
+            return
+        with self._lock:
+            self.counts.labels_sent += recorded.total
+            self.counts.labels_matched += recorded.matched
 
 
 def wait_rows(traffic: Traffic, rows: int, timeout: float) -> int:

@@ -107,6 +107,12 @@ class DerivedFeature:
         return cls(name=name, op=op, inputs=inputs)  # type: ignore[arg-type]
 
 
+def reason_code(index: int) -> str:
+    """The adverse-action reason code of the model feature at ``index`` (``R01`` is the first), so
+    a reason always has the same code for a given feature schema."""
+    return f"R{index + 1:02d}"
+
+
 @dataclass(frozen=True)
 class FeatureSchema:
     """The ordered input features plus the derived features; together they define the model input."""
@@ -148,6 +154,21 @@ class FeatureSchema:
     @property
     def categorical_names(self) -> list[str]:
         return [f.name for f in self.features if f.kind == "categorical"]
+
+    def reason_descriptions(self) -> dict[str, str]:
+        """What each model feature is, for adverse-action reason texts: an input's description, a
+        derived feature's formula over its inputs."""
+        out = {f.name: f.description for f in self.features}
+        for d in self.derived:
+            inputs = " / ".join(d.inputs) if d.op == "ratio" else f"log(1 + {d.inputs[0]})"
+            out[d.name] = f"{d.name} ({inputs})"
+        return out
+
+    def reason_catalogue(self) -> list[tuple[str, str, str]]:
+        """Every reason code a model on this schema can give, in code order: (code, model feature,
+        what the feature is)."""
+        what = self.reason_descriptions()
+        return [(reason_code(i), n, what.get(n) or n) for i, n in enumerate(self.model_feature_names)]
 
     def spec(self, name: str) -> FeatureSpec:
         try:

@@ -18,6 +18,7 @@ import numpy.typing as npt
 import xgboost as xgb
 
 from finpredict.features import FeatureSchema, records_to_matrix
+from finpredict.features.schema import reason_code
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,8 @@ class Model:
 
     def __post_init__(self) -> None:
         self.objective = _objective(self.booster)
-        names = self.schema.model_feature_names
-        self._descriptions = {f.name: f.description for f in self.schema.features}
-        for d in self.schema.derived:
-            inputs = " / ".join(d.inputs) if d.op == "ratio" else f"log(1 + {d.inputs[0]})"
-            self._descriptions[d.name] = f"{d.name} ({inputs})"
-        self._names = names
+        self._descriptions = self.schema.reason_descriptions()
+        self._names = self.schema.model_feature_names
 
     @property
     def feature_names(self) -> list[str]:
@@ -126,5 +123,5 @@ def reason_codes(
             break
         name = feature_names[i]
         what = descriptions.get(name) or name
-        out.append(ReasonCode(f"R{i + 1:02d}", name, value, f"{what} increased the estimated default risk"))
+        out.append(ReasonCode(reason_code(i), name, value, f"{what} increased the estimated default risk"))
     return out

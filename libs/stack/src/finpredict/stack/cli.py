@@ -53,7 +53,12 @@ def up(only: Only = "") -> None:
     stack.up(chosen)
     secrets = stack.secrets_file
     print(f"tokens for the CLI and clients: {secrets} (e.g. `set -a; . {secrets}; set +a`)")
-    if "prometheus" in (running := stack.targets()):
+    running = stack.targets()
+    if "console" in running:
+        print(
+            f"console: {running['console']}  (sign in with FINPREDICT_TOKEN from {secrets} for admin actions)"
+        )
+    if "prometheus" in running:
         print(f"Prometheus UI: {running['prometheus']}  (Alertmanager: {running.get('alertmanager', '-')})")
     print("stop them with `finpredict down`")
 

@@ -9,15 +9,17 @@ import urllib.request
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from finpredict.common.addresses import ALERTMANAGER_PORT, PROMETHEUS_PORT
+from finpredict.common.addresses import ALERTMANAGER_PORT, LOCALHOST, PROMETHEUS_PORT
 
-# The finpredict services, dependencies first.
-SERVICES = ["registry", "model-server", "monitor", "gateway"]
+# The finpredict services, dependencies first (the console reads the other three).
+SERVICES = ["registry", "model-server", "monitor", "gateway", "console"]
+# Services that serve HTTP, not gRPC: their health is GET /healthz.
+HTTP_SERVICES = frozenset({"console"})
 # Monitoring daemons from the OS packages (optional: skipped with a warning when not installed).
 DAEMONS = ["alertmanager", "prometheus"]
 # Start order of everything: Alertmanager before the monitor (which posts to it), Prometheus
 # last (it scrapes every service's metrics port).
-COMPONENTS = ["registry", "alertmanager", "model-server", "monitor", "gateway", "prometheus"]
+COMPONENTS = ["registry", "alertmanager", "model-server", "monitor", "gateway", "console", "prometheus"]
 DAEMON_BINARIES = {"prometheus": ("prometheus",), "alertmanager": ("prometheus-alertmanager", "alertmanager")}
 DAEMON_PORTS = {"prometheus": PROMETHEUS_PORT, "alertmanager": ALERTMANAGER_PORT}
 # Seconds each may take to become healthy: the model server starts Ray and deploys Serve.
@@ -55,3 +57,11 @@ def http_ok(url: str) -> bool:
         return False
     except OSError:
         return False
+
+
+def service_healthy(name: str, port: int) -> bool:
+    """Whether the finpredict service ``name`` on loopback ``port`` is serving (gRPC health, or
+    ``/healthz`` for an HTTP service)."""
+    if name in HTTP_SERVICES:
+        return http_ok(f"http://{LOCALHOST}:{port}/healthz")
+    return grpc_healthy(f"{LOCALHOST}:{port}")

@@ -17,6 +17,7 @@ test's stack never collides with a developer's.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -39,17 +40,21 @@ from finpredict.stack.components import (
     DAEMON_BINARIES,
     DAEMON_PORTS,
     DAEMONS,
+    HTTP_SERVICES,
     START_TIMEOUT_S,
     env_prefix,
-    grpc_healthy,
     http_ok,
     module,
+    service_healthy,
 )
 from finpredict.stack.settings import StackSettings
 
 # The tokens of a local stack (see Stack.secrets).
 TOKEN_KEYS = ("FINPREDICT_TOKEN", "FINPREDICT_REGISTRY_TOKEN", "FINPREDICT_SERVICES_TOKEN",
-              "FINPREDICT_GATEWAY_REGISTRY_TOKEN", "FINPREDICT_CLIENT_TOKEN")  # fmt: skip
+              "FINPREDICT_GATEWAY_REGISTRY_TOKEN", "FINPREDICT_CLIENT_TOKEN",
+              "FINPREDICT_GATEWAY_MONITOR_TOKEN", "FINPREDICT_OUTCOMES_TOKEN")  # fmt: skip
+ACCEPTED_KEYS = ("FINPREDICT_REGISTRY_TOKENS", "FINPREDICT_GATEWAY_TOKENS", "FINPREDICT_MONITOR_TOKENS")
+CONSOLE_SESSION_KEYS = "FINPREDICT_CONSOLE_SESSION_KEYS"
 
 
 def _default_run_dir() -> Path:
@@ -99,12 +104,23 @@ class Stack:
         secret store.
 
         - ``FINPREDICT_REGISTRY_TOKENS``: what the registry accepts (operator: admin, pipeline:
-          writer, the gateway's rollout controller: admin, services: reader);
-        - ``FINPREDICT_GATEWAY_TOKENS``: what the gateway accepts (operator: admin, clients: reader);
+          writer, the gateway's rollout controller: admin, services: reader; the pipeline registers
+          its gate results with the version, nothing appends any later, so no token is a
+          ``validator``);
+        - ``FINPREDICT_GATEWAY_TOKENS``: what the gateway accepts (operator: admin, clients: reader,
+          the lending app's outcome feed: writer);
+        - ``FINPREDICT_MONITOR_TOKENS``: what the monitor accepts (operator: admin, the gateway's
+          prediction log and outcomes: writer, services: reader);
         - ``FINPREDICT_TOKEN``: the operator's token, used by the ``finpredict`` CLI;
         - ``FINPREDICT_REGISTRY_TOKEN``: the training pipeline's (writer) token;
         - ``FINPREDICT_GATEWAY_REGISTRY_TOKEN``: the rollout controller's registry token;
-        - ``FINPREDICT_CLIENT_TOKEN``: a scoring client's gateway token.
+        - ``FINPREDICT_CLIENT_TOKEN``: a scoring client's gateway token;
+        - ``FINPREDICT_OUTCOMES_TOKEN``: a client's gateway token for recording outcomes (writer);
+        - ``FINPREDICT_GATEWAY_MONITOR_TOKEN``: the gateway's monitor token (writer);
+        - ``FINPREDICT_MONITOR_REGISTRY_TOKEN``: the monitor's registry token (the services' reader:
+          it fetches reference profiles);
+        - ``FINPREDICT_CONSOLE_SESSION_KEYS``: the key the console seals sign-ins into their
+          cookies with (32 random bytes, base64).
         """
         if self._secrets:
             return dict(self._secrets)
@@ -112,11 +128,12 @@ class Stack:
         if self.secrets_file.exists():
             lines = self.secrets_file.read_text().splitlines()
             values = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
-        if all(k in values for k in TOKEN_KEYS) and "FINPREDICT_GATEWAY_TOKENS" in values:
+        if all(k in values for k in (*TOKEN_KEYS, *ACCEPTED_KEYS, CONSOLE_SESSION_KEYS)):
             self._secrets = values
             return dict(values)
         for key in TOKEN_KEYS:  # keep the tokens an older stack generated, add the missing ones
             values.setdefault(key, secrets.token_urlsafe(24))
+        values.setdefault(CONSOLE_SESSION_KEYS, base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
         admin, writer, reader = values["FINPREDICT_TOKEN"], values["FINPREDICT_REGISTRY_TOKEN"], values[
             "FINPREDICT_SERVICES_TOKEN"]  # fmt: skip
         controller, client = values["FINPREDICT_GATEWAY_REGISTRY_TOKEN"], values["FINPREDICT_CLIENT_TOKEN"]
@@ -125,8 +142,14 @@ class Stack:
             f"{reader}=services:reader"
         )
         values["FINPREDICT_GATEWAY_TOKENS"] = (
-            f"{admin}=operator:admin,{client}=client:reader,{reader}=services:reader"
+            f"{admin}=operator:admin,{client}=client:reader,{reader}=services:reader,"
+            f"{values['FINPREDICT_OUTCOMES_TOKEN']}=outcomes:writer"
         )
+        values["FINPREDICT_MONITOR_TOKENS"] = (
+            f"{admin}=operator:admin,{values['FINPREDICT_GATEWAY_MONITOR_TOKEN']}=gateway:writer,"
+            f"{reader}=services:reader"
+        )
+        values["FINPREDICT_MONITOR_REGISTRY_TOKEN"] = reader
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.secrets_file.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
@@ -185,7 +208,8 @@ class Stack:
         for name in COMPONENTS:
             info = self.ready(name)
             if info is not None:
-                out[name] = info["url"] if name in DAEMONS else f"{LOCALHOST}:{info['port']}"
+                http = name in DAEMONS or name in HTTP_SERVICES
+                out[name] = info["url"] if http else f"{LOCALHOST}:{info['port']}"
         return out
 
     def serve_target(self) -> str | None:
@@ -217,12 +241,22 @@ class Stack:
             if self.ephemeral_ports:
                 env[f"{p}SERVE_GRPC_PORT"], env[f"{p}SERVE_HTTP_PORT"] = "0", "0"
         elif service == "monitor":
-            env[f"{p}DATA_DIR"] = str(self.data / "monitor")
-            env[f"{p}PROFILES_DIR"] = str(self.data / "monitor" / "profiles")
+            env[f"{p}DATA_DIR"] = str(self.data / "monitor")  # its profiles' cache is under it
             if "alertmanager" in t:
                 env[f"{p}ALERTMANAGER_URL"] = t["alertmanager"]
-            if "registry" in t:  # where a retraining run started by the monitor registers
+            if "registry" in t:  # where it fetches profiles, and where a retraining run registers
+                env[f"{p}REGISTRY_TARGET"] = t["registry"]
                 env["FINPREDICT_REGISTRY_TARGET"] = t["registry"]
+        elif service == "console":
+            # people sign in with their gateway token (admin actions go to the gateway with it);
+            # the console reads with the services' reader token
+            tokens = self.secrets()
+            env[f"{p}TOKENS"] = tokens["FINPREDICT_GATEWAY_TOKENS"]
+            env[f"{p}SESSION_KEYS"] = tokens[CONSOLE_SESSION_KEYS]
+            for target in ("registry", "gateway", "monitor"):
+                if target in t:
+                    env[f"{p}{target.upper()}_TARGET"] = t[target]
+                env[f"{p}{target.upper()}_TOKEN"] = tokens["FINPREDICT_SERVICES_TOKEN"]
         elif service == "gateway":
             env[f"{p}DATA_DIR"] = str(self.data / "gateway")
             if "registry" in t:
@@ -273,11 +307,12 @@ class Stack:
                 info = json.loads(ready_file.read_text())
                 # The model server's ready file gets its Serve ports once the app is RUNNING.
                 complete = name != "model-server" or "serve_grpc_port" in info
-                if complete and grpc_healthy(f"{LOCALHOST}:{info['port']}"):
+                if complete and service_healthy(name, int(info["port"])):
                     extra = f", Serve gRPC :{info['serve_grpc_port']}" if name == "model-server" else ""
                     shown = self._shown(log_file)
+                    where = info.get("url") or f"{LOCALHOST}:{info['port']}"
                     self.log(
-                        f"  {name:<13} serving on {LOCALHOST}:{info['port']} "
+                        f"  {name:<13} serving on {where} "
                         f"(metrics :{info['metrics_port']}{extra}, pid {proc.pid}, log {shown})"
                     )
                     return info

@@ -22,6 +22,7 @@ from finpredict.api.serving.v1 import model_server_pb2 as mpb
 from finpredict.api.serving.v1 import model_server_pb2_grpc as mpb_grpc
 from finpredict.common.auth import bearer_metadata
 from finpredict.common.net import free_port
+from finpredict.testkit.evaluation import PASSING_GATES
 from finpredict.testkit.models import TrainedModel
 from finpredict.testkit.names import unique
 from finpredict.testkit.process import ServiceProcess, start_service
@@ -31,20 +32,14 @@ from finpredict.testkit.serving import register_requests
 REGISTRY_ADMIN = "cli-registry-admin-0123456789"
 REGISTRY_CONTROLLER = "cli-registry-controller-0123456789"
 REGISTRY_TOKENS = f"{REGISTRY_ADMIN}=alice:admin,{REGISTRY_CONTROLLER}=rollout-controller:admin"
-# Gateway: an operator (admin) and a scoring client (reader).
+# Gateway: an operator (admin), a scoring client (reader), the loan-servicing job that records
+# outcomes (writer).
 ADMIN_TOKEN = "cli-gateway-admin-0123456789"
 READER_TOKEN = "cli-gateway-reader-0123456789"
-GATEWAY_TOKENS = f"{ADMIN_TOKEN}=ops:admin,{READER_TOKEN}=lending-app:reader"
-
-PASSING_GATES = [
-    types_pb2.GateResult(
-        name="auc_roc",
-        value=0.8,
-        threshold=0.7,
-        comparator=types_pb2.COMPARATOR_GREATER_OR_EQUAL,
-        passed=True,
-    )
-]
+WRITER_TOKEN = "cli-gateway-writer-0123456789"
+GATEWAY_TOKENS = (
+    f"{ADMIN_TOKEN}=ops:admin,{READER_TOKEN}=lending-app:reader,{WRITER_TOKEN}=loan-servicing:writer"
+)
 
 
 class RegistryAdmin:
@@ -59,7 +54,8 @@ class RegistryAdmin:
         self.stub.CreateModel(registry_pb2.CreateModelRequest(name=name), metadata=self.md, timeout=30)
 
     def register(self, name: str, trained: TrainedModel, threshold: float = 0.5) -> int:
-        """Registers ``trained`` with a passing gate (so `production` may point at it)."""
+        """Registers ``trained`` with the pipeline's passing gates and lineage (so `production` may
+        point at it)."""
         reqs = register_requests(name, trained, threshold, gate_results=PASSING_GATES)
         resp = self.stub.RegisterVersion(iter(reqs), metadata=self.md, timeout=60)
         return int(resp.version.version)
@@ -152,10 +148,13 @@ def invoke(app: Typer, args: list[str], target: str, token: str) -> Result:
 
 
 class FakeScoring(spb_grpc.ScoringServiceServicer):
-    """A stand-in ScoringService that records what it got: the CLI's success path without Ray."""
+    """A stand-in ScoringService that records what it got: the CLI's success path without Ray.
+    Outcomes are kept by request id, the first one wins (the monitor's rule): a repeat is a duplicate."""
 
     def __init__(self) -> None:
         self.batches: list[list[spb.Application]] = []
+        self.outcome_batches: list[list[spb.Outcome]] = []
+        self.outcomes: dict[str, spb.Outcome] = {}  # by request id, the first one
 
     def _score(self, model: str, app: spb.Application, explain: bool, top_k: int) -> spb.Score:
         debt = app.features["debt"].number if "debt" in app.features else 0.0
@@ -190,6 +189,13 @@ class FakeScoring(spb_grpc.ScoringServiceServicer):
             results=[self._score(request.model, a, request.explain, top_k) for a in request.applications]
         )
 
+    def RecordOutcomes(  # noqa: N802 (gRPC method)
+        self, request: spb.RecordOutcomesRequest, context: grpc.ServicerContext
+    ) -> spb.RecordOutcomesResponse:
+        self.outcome_batches.append(list(request.outcomes))
+        new = [o for o in request.outcomes if self.outcomes.setdefault(o.request_id, o) is o]
+        return spb.RecordOutcomesResponse(matched=len(new), duplicates=len(request.outcomes) - len(new))
+
 
 @contextmanager
 def fake_scoring() -> Iterator[tuple[str, FakeScoring]]:
@@ -207,7 +213,8 @@ def fake_scoring() -> Iterator[tuple[str, FakeScoring]]:
 
 class FakeModelServer(mpb_grpc.ModelServerServiceServicer):
     """A stand-in model server: ``score = debt / (debt + annual_revenue + 1)`` (missing numbers
-    count as 0), threshold 0.5; records every PredictRequest it gets."""
+    count as 0), threshold 0.5, reason codes when asked (:meth:`reasons`); records every
+    PredictRequest it gets."""
 
     THRESHOLD = 0.5
 
@@ -229,9 +236,32 @@ class FakeModelServer(mpb_grpc.ModelServerServiceServicer):
         self.requests.append(request)
         return mpb.PredictResponse(
             model=request.model,
-            predictions=[mpb.Prediction(score=self.score(row.features)) for row in request.rows],
+            predictions=[
+                mpb.Prediction(
+                    score=self.score(row.features),
+                    reason_codes=self.reasons(row.features, request.top_k or 4) if request.explain else [],
+                )
+                for row in request.rows
+            ],
             threshold=self.THRESHOLD,
         )
+
+    @staticmethod
+    def reasons(features: Mapping[str, types_pb2.FeatureValue], top_k: int) -> list[types_pb2.ReasonCode]:
+        """Reason codes when asked: the numeric features by value, largest first, each contributing
+        its share of their sum (``R<i>`` is the i-th feature by name), at most ``top_k``."""
+        names = sorted(features)
+        numeric = [(v.number, n) for n, v in features.items() if v.HasField("number") and v.number > 0]
+        total = sum(value for value, _ in numeric) or 1.0
+        return [
+            types_pb2.ReasonCode(
+                code=f"R{names.index(n) + 1:02d}",
+                feature=n,
+                contribution=value / total,
+                description=f"{n} is high",
+            )
+            for value, n in sorted(numeric, reverse=True)[:top_k]
+        ]
 
     def LoadModel(  # noqa: N802 (gRPC method)
         self, request: mpb.LoadModelRequest, context: grpc.ServicerContext

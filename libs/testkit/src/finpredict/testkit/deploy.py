@@ -25,7 +25,7 @@ ROOT = REPO_ROOT
 K8S = ROOT / "infra" / "k8s"
 TOOLS = ROOT / ".tools"
 OVERLAYS = ("dev", "prod")
-SERVICES = ("gateway", "registry", "model-server", "monitor")
+SERVICES = ("gateway", "registry", "model-server", "monitor", "console")
 WORKFLOWS = ROOT / ".github" / "workflows"
 
 Obj = dict[str, Any]
@@ -284,13 +284,28 @@ def check_containers(objs: list[Obj]) -> list[str]:
 
 
 def check_grpc_probes(objs: list[Obj]) -> list[str]:
-    """finpredict's own Deployments use Kubernetes' native gRPC probes (the gRPC health service)."""
+    """finpredict's own Deployments use Kubernetes' native gRPC probes (the gRPC health service);
+    an HTTP-only container (the console: an ``http`` port, no ``grpc`` one) probes its own
+    ``/healthz`` and ``/readyz`` on that port instead."""
     out = []
     for obj in objs:
         if obj["kind"] != "Deployment":
             continue
         for c in obj["spec"]["template"]["spec"]["containers"]:
             ports = {p["containerPort"] for p in c.get("ports", []) if p.get("name") == "grpc"}
+            http = {p["name"] for p in c.get("ports", []) if p.get("name") == "http"}
+            if http and not ports:
+                for probe in ("readinessProbe", "livenessProbe"):
+                    get = c.get(probe, {}).get("httpGet")
+                    if (
+                        get is None
+                        or get.get("port") not in http
+                        or get.get("path") not in ("/healthz", "/readyz")
+                    ):
+                        out.append(
+                            f"{name_of(obj)} container {c['name']}: {probe} is not an HTTP health probe"
+                        )
+                continue
             for probe in ("readinessProbe", "livenessProbe"):
                 grpc = c.get(probe, {}).get("grpc")
                 if grpc is None:
@@ -482,7 +497,8 @@ def ingress_sources(objs: list[Obj], app: str, port: int) -> set[str]:
 
 # gRPC ports clients would use, per app
 SERVICE_PORTS = {"gateway": 50051, "registry": 50052, "monitor": 50054, "model-server": 50063}
-ALLOWED_REGISTRY_CLIENTS = {"app:gateway", "app:monitor", "app:model-server"}
+# (the console reads models, versions, policies and the audit log for people)
+ALLOWED_REGISTRY_CLIENTS = {"app:gateway", "app:monitor", "app:model-server", "app:console"}
 
 
 def check_network_policies(objs: list[Obj]) -> list[str]:

@@ -29,9 +29,18 @@ from finpredict.common.auth import bearer_metadata
 from finpredict.common.net import free_port
 from finpredict.features import records_to_matrix
 from finpredict.testkit.models import SMALL_SCHEMA, TrainedModel, synthetic_records
+from finpredict.testkit.monitor import WRITER_TOKEN as MONITOR_WRITER_TOKEN
+from finpredict.testkit.monitor import monitor_env
 from finpredict.testkit.process import ServiceProcess, start_service, wait_for
 from finpredict.testkit.scrape import metric_value, samples, total
-from finpredict.testkit.serving import ADMIN_TOKEN, RayCluster, Registry, ray_cluster, start_model_server
+from finpredict.testkit.serving import (
+    ADMIN_TOKEN,
+    RayCluster,
+    Registry,
+    ServeOptions,
+    ray_cluster,
+    start_model_server,
+)
 
 # Registry tokens: the operator, the gateway's controller (admin: it moves `production`), replicas.
 CONTROLLER_TOKEN = "gw-controller-token-0123456789"
@@ -61,22 +70,6 @@ def train(seed: int, rounds: int, positive_share: float = 0.5, n: int = 600) -> 
     params = {"objective": "binary:logistic", "max_depth": 3, "eta": 0.3, "nthread": 1, "seed": seed}
     booster = xgb.train(params, dtrain, num_boost_round=rounds)
     return TrainedModel(booster, SMALL_SCHEMA, records, bytes(booster.save_raw(raw_format="ubj")))
-
-
-def pass_gates(registry: Registry, model: str, version: int) -> None:
-    """Records a passing gate, which the registry requires before `production` may point at a version."""
-    gate = types_pb2.GateResult(
-        name="auc_roc",
-        value=0.8,
-        threshold=0.7,
-        comparator=types_pb2.COMPARATOR_GREATER_OR_EQUAL,
-        passed=True,
-    )
-    registry.stub.AppendGateResults(
-        registry_pb2.AppendGateResultsRequest(model=model, version=version, results=[gate]),
-        metadata=registry.md,
-        timeout=30,
-    )
 
 
 def features_of(record: dict[str, Any]) -> dict[str, types_pb2.FeatureValue]:
@@ -201,6 +194,7 @@ def start_gateway(
         "FINPREDICT_GATEWAY_REGISTRY_TOKEN": CONTROLLER_TOKEN,
         "FINPREDICT_GATEWAY_MODEL_SERVER_TARGET": f"127.0.0.1:{serve_port}",
         "FINPREDICT_GATEWAY_MONITOR_TARGET": monitor_target,
+        "FINPREDICT_GATEWAY_MONITOR_TOKEN": MONITOR_WRITER_TOKEN,
         "FINPREDICT_GATEWAY_CONTROLLER_TICK_S": "0.1",
         "FINPREDICT_GATEWAY_LOG_FORMAT": "text",
         "FINPREDICT_GATEWAY_SHUTDOWN_GRACE_S": "2",
@@ -251,13 +245,18 @@ def running_stack(
     models: Mapping[str, TrainedModel],
     env: Mapping[str, str] | None = None,
     gateway_env: Mapping[str, str] | None = None,
+    *,
+    serve: ServeOptions | None = None,
+    ray_workers: int = 0,
 ) -> Iterator[Stack]:
     """The gateway's whole stack, each part a real process on loopback stopped by its pid: a
     registry holding one version of ``model`` per ``models`` item (in order, each with a passing
     gate; `production` on the first), Ray with the model-server app, a monitor receiving the
     prediction log, and the gateway. The monitor and the gateway have fixed ports, so a test can
     restart them. ``env``: extra settings of the registry, Ray (so the replicas) and the gateway;
-    ``gateway_env``: of the gateway only (both on every gateway start)."""
+    ``gateway_env``: of the gateway only (both on every gateway start). ``serve``: how the model
+    server is deployed (default: two replicas); ``ray_workers``: worker nodes besides the head
+    (then one CPU per node)."""
     env = dict(env or {})
     every_gateway = {**env, **(gateway_env or {})}
     with contextlib.ExitStack() as cleanup:
@@ -278,13 +277,12 @@ def running_stack(
         cleanup.callback(registry.close)
         registry.create_model(model)
         versions = {label: registry.register(model, trained) for label, trained in models.items()}
-        for version in versions.values():
-            pass_gates(registry, model, version)
         registry.set_alias(model, "production", next(iter(versions.values())))
         replica_env = {"FINPREDICT_MODEL_SERVER_REGISTRY_TOKEN": REPLICA_TOKEN, **env}
-        ray = cleanup.enter_context(ray_cluster(replica_env))
+        cpus = 1 if ray_workers else 2
+        ray = cleanup.enter_context(ray_cluster(replica_env, cpus, workers=ray_workers, worker_cpus=cpus))
         (tmp / "model-server").mkdir()
-        ms_proc, serve_port = start_model_server(tmp / "model-server", ray, registry)
+        ms_proc, serve_port = start_model_server(tmp / "model-server", ray, registry, options=serve)
         cleanup.callback(ms_proc.stop, timeout=60)
         monitor_port, gateway_port = free_port(), free_port()
         monitor = monitor_process(tmp / "monitor", monitor_port)
@@ -309,16 +307,12 @@ def running_stack(
 
 
 def monitor_process(work: Path, port: int) -> ServiceProcess:
+    """A monitor with the test tokens (:data:`finpredict.testkit.monitor.TOKENS`: the gateway logs
+    with the writer's, see :func:`start_gateway`)."""
     return start_service(
         "monitor",
         work,
-        env={
-            "FINPREDICT_MONITOR_PORT": str(port),
-            "FINPREDICT_MONITOR_DATA_DIR": str(work / "data"),
-            "FINPREDICT_MONITOR_PROFILES_DIR": str(work / "profiles"),
-            "FINPREDICT_MONITOR_EVALUATE_INTERVAL_S": "0",
-            "FINPREDICT_MONITOR_LOG_FORMAT": "text",
-        },
+        env=monitor_env(work, FINPREDICT_MONITOR_PORT=str(port), FINPREDICT_MONITOR_LOG_FORMAT="text"),
     )
 
 

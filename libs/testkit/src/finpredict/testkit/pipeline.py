@@ -14,6 +14,7 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]  # (no types-PyYAML in the lock)
 
 from finpredict.testkit.paths import REPO_ROOT
+from finpredict.testkit.s3 import S3Server
 
 ROOT = REPO_ROOT
 COPIED = [
@@ -116,3 +117,20 @@ def make_repo(path: Path, rows: int, extra_env: dict[str, str] | None = None) ->
     res = repo.git("commit", "-q", "-m", "pipeline under test")
     assert res.rc == 0, res.out
     return repo
+
+
+def use_s3_remote(repo: PipelineRepo, s3: S3Server, bucket: str, prefix: str = "dvc") -> str:
+    """Makes ``s3://<bucket>/<prefix>`` on the test S3 server the repository's default DVC remote
+    (``dvc-s3``; the credentials go into the repository's environment, as boto reads them);
+    commits the change and returns the remote's URL."""
+    repo.env.update(s3.dvc_env())
+    url = f"s3://{bucket}/{prefix}"
+    for args in (
+        ("remote", "add", "--force", "--default", "s3", url),
+        ("remote", "modify", "s3", "endpointurl", s3.endpoint_url),
+    ):
+        res = repo.dvc(*args)
+        assert res.rc == 0, res.out
+    res = repo.git("commit", "-q", "-am", "DVC remote on S3")
+    assert res.rc == 0, res.out
+    return url

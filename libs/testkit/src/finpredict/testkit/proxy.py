@@ -1,5 +1,5 @@
-"""A TCP proxy on loopback that makes a server slow or its uplink narrow, changeable while
-connections are open: for deadline, retry and circuit-breaker tests."""
+"""A TCP proxy on loopback that makes a server slow or its uplink narrow, or cuts it off,
+changeable while connections are open: for deadline, retry, circuit-breaker and partition tests."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ class DelayProxy:
     ``response_delay_s`` delays every segment from the server to the client (order kept), as a
     slow server or network would; ``upload_rate_bps`` throttles the client-to-server direction to
     that many bytes per second (``None``: no limit). Both can be changed while connections are
-    open. Use it as a context manager, or :meth:`start` and :meth:`stop`."""
+    open. :meth:`cut` closes every connection and refuses new ones (a partition) until
+    :meth:`restore`. Use it as a context manager, or :meth:`start` and :meth:`stop`."""
 
     def __init__(
         self, upstream_port: int, response_delay_s: float = 0.0, upload_rate_bps: float | None = None
@@ -28,6 +29,8 @@ class DelayProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.refusing = False
 
     @property
     def target(self) -> str:
@@ -54,6 +57,19 @@ class DelayProxy:
         self._thread.join(timeout=10)
         self._loop.close()
 
+    def cut(self) -> None:
+        """Closes every open connection (both sides) and refuses new ones until :meth:`restore`."""
+
+        async def close_all() -> None:
+            self.refusing = True
+            for writer in list(self._writers):
+                writer.close()
+
+        asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(timeout=10)
+
+    def restore(self) -> None:
+        self.refusing = False
+
     def __enter__(self) -> DelayProxy:
         return self.start()
 
@@ -61,11 +77,15 @@ class DelayProxy:
         self.stop()
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            client_w.close()
+            return
         try:
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
             client_w.close()
             return
+        self._writers.update((client_w, up_w))
         for reader, writer, upload in ((client_r, up_w, True), (up_r, client_w, False)):
             task = asyncio.ensure_future(self._pipe(reader, writer, upload))
             self._tasks.add(task)
@@ -93,5 +113,6 @@ class DelayProxy:
         except (ConnectionError, asyncio.CancelledError):
             sender.cancel()
         finally:
+            self._writers.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()

@@ -21,17 +21,24 @@ import grpc
 import psycopg
 import pytest
 
-from finpredict.api.common.v1 import types_pb2
 from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
 from finpredict.common.auth import bearer_metadata
 from finpredict.common.net import free_port
+from finpredict.registry.config import S3Location
+from finpredict.testkit.evaluation import PASSING_GATES, lineage
+from finpredict.testkit.evaluation import gate as gate  # re-exported for the registry tests
 from finpredict.testkit.names import unique
 from finpredict.testkit.process import ServiceProcess, start_service, wait_for
+from finpredict.testkit.s3 import S3Server
 
 ADMIN_TOKEN = "admin-token-0123456789"
 WRITER_TOKEN = "writer-token-0123456789"
 READER_TOKEN = "reader-token-0123456789"
-TOKENS = f"{ADMIN_TOKEN}=alice:admin,{WRITER_TOKEN}=trainer:writer,{READER_TOKEN}=bob:reader"
+VALIDATOR_TOKEN = "validator-token-0123456789"
+TOKENS = (
+    f"{ADMIN_TOKEN}=alice:admin,{WRITER_TOKEN}=trainer:writer,{READER_TOKEN}=bob:reader,"
+    f"{VALIDATOR_TOKEN}=carol:validator"
+)
 
 
 # ----- PostgreSQL ------------------------------------------------------------------------------
@@ -153,10 +160,11 @@ class Client:
 
 @dataclass
 class Registry:
-    backend: str
+    backend: str  # "sqlite", "postgres", or "s3": SQLite with the artifacts in an S3 bucket
     proc: ServiceProcess
     data_dir: Path
     env: dict[str, str]
+    s3: S3Server | None = None
 
     @property
     def target(self) -> str:
@@ -164,6 +172,31 @@ class Registry:
 
     def client(self, token: str | None = ADMIN_TOKEN) -> Client:
         return Client(self.target, token)
+
+    @property
+    def upload_dir(self) -> Path:
+        """Where the registry spools uploads in progress (``*.part`` files)."""
+        return self.data_dir / ("s3-uploads" if self.s3 else "artifacts/tmp")
+
+    def s3_key(self, digest: str) -> tuple[str, str]:
+        """The bucket and key of an artifact in the registry's S3 store."""
+        where = S3Location.parse(self.env["FINPREDICT_REGISTRY_ARTIFACT_STORE"])
+        return where.bucket, f"{where.prefix}sha256/{digest[:2]}/{digest}"
+
+    def read_blob(self, digest: str) -> bytes:
+        """The stored bytes of an artifact, read behind the registry's back."""
+        if self.s3 is None:
+            return (self.data_dir / "artifacts" / "sha256" / digest[:2] / digest).read_bytes()
+        bucket, key = self.s3_key(digest)
+        return self.s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def write_blob(self, digest: str, data: bytes) -> None:
+        """Overwrites the stored bytes of an artifact behind the registry's back (corruption)."""
+        if self.s3 is None:
+            (self.data_dir / "artifacts" / "sha256" / digest[:2] / digest).write_bytes(data)
+            return
+        bucket, key = self.s3_key(digest)
+        self.s3.client().put_object(Bucket=bucket, Key=key, Body=data)
 
 
 def registry_env(tmp: Path, database_url: str = "") -> dict[str, str]:
@@ -181,12 +214,16 @@ def registry_env(tmp: Path, database_url: str = "") -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_registry(backend: str, tmp: Path, pg: Postgres | None, **extra: str) -> Iterator[Registry]:
+def running_registry(
+    backend: str, tmp: Path, pg: Postgres | None, s3: S3Server | None = None, **extra: str
+) -> Iterator[Registry]:
+    """A registry subprocess; with ``s3``, its artifacts go to a new bucket on that server."""
     url = pg.new_database() if backend == "postgres" and pg is not None else ""
-    env = {**registry_env(tmp, url), **extra}
+    store = s3.registry_env(s3.create_bucket("registry")) if s3 is not None else {}
+    env = {**registry_env(tmp, url), **store, **extra}
     proc = start_service("registry", tmp, env=env)
     try:
-        yield Registry(backend, proc, tmp / "data", env)
+        yield Registry(backend, proc, tmp / "data", env, s3)
     finally:
         code = proc.stop(timeout=15)
         assert code == 0, proc.logs()
@@ -195,19 +232,16 @@ def running_registry(backend: str, tmp: Path, pg: Postgres | None, **extra: str)
 # ----- request builders ------------------------------------------------------------------------
 
 
-def gate(name: str, value: float, threshold: float, ge: bool = True) -> types_pb2.GateResult:
-    passed = value >= threshold if ge else value <= threshold
-    return types_pb2.GateResult(
-        name=name,
-        value=value,
-        threshold=threshold,
-        comparator=types_pb2.COMPARATOR_GREATER_OR_EQUAL if ge else types_pb2.COMPARATOR_LESS_OR_EQUAL,
-        passed=passed,
-        detail="test",
-    )
+# What the pipeline registers with a version that passed evaluation (promotable under the
+# registry's default policy); the registry stores the profile's bytes without reading them.
+PASSING = PASSING_GATES
+LINEAGE = lineage()
+PROFILE = b"\x00\x01reference-profile"
 
 
-PASSING = [gate("auc_roc", 0.8, 0.7), gate("ece", 0.02, 0.05, ge=False)]
+def promotable(**kwargs: Any) -> dict[str, Any]:
+    """Header fields of a version the default promotion policy accepts (``kwargs`` override)."""
+    return {"gate_results": PASSING, "lineage": LINEAGE, "reference_profile": PROFILE, **kwargs}
 
 
 def header(model: str, **kwargs: Any) -> registry_pb2.VersionHeader:

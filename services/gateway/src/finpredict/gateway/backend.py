@@ -5,10 +5,16 @@ concurrent requests for the same model version are coalesced into one ``Predict`
 for a version with no call in flight goes at once; while one is in flight, new requests gather
 and leave together when it returns (at most ``batch_window_ms`` later, or as soon as
 ``max_batch_rows`` are waiting), so batching costs nothing when idle and grows with load.
-Shadow calls always wait a longer window (nobody awaits them). Each call has a deadline.
-``UNAVAILABLE`` (a replica or proxy went away) is retried, since a predict is idempotent, and the
-retry reaches whichever replica Serve picks next; nothing else is retried. After
-``breaker_failures`` consecutive failures of a version its circuit opens: calls fail fast with
+Shadow calls always wait a longer window (nobody awaits them).
+
+Each attempt has its own deadline (``timeout_s``), and a call never outlives the deadline of the
+client it serves (:func:`bound_by_client`). A predict is idempotent, so a failed attempt is
+retried on a fresh one (which reaches whichever replica Serve picks next), up to ``retries``
+times: after ``UNAVAILABLE`` (a replica or proxy went away), and, at most ``timeout_retries``
+times, after an attempt ran out of its deadline (a replica lost with its node takes Ray seconds
+to fail the calls it held), but only while the client's deadline leaves room for a full attempt;
+nothing else is retried. After ``breaker_failures`` consecutive failures of a version (each
+attempt that ran out of its full deadline counts) its circuit opens: calls fail fast with
 UNAVAILABLE for ``breaker_cooldown_s``, then one probe call decides whether it closes again.
 """
 
@@ -19,6 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +52,16 @@ _HEALTH_CODES = frozenset(
 # Ray Serve's gRPC proxy answers INTERNAL when the replica handling a call dies (its message is
 # the ActorDiedError / ActorUnavailableError text): a replica went away, as UNAVAILABLE says.
 _REPLICA_GONE = ("The actor died", "The actor experienced an error", "is unavailable: ")
+
+# The time.monotonic() deadline of the client request being served (None: it has none).
+_CLIENT_DEADLINE: ContextVar[float | None] = ContextVar("finpredict_gateway_client_deadline", default=None)
+
+
+def bound_by_client(time_remaining: float | None) -> None:
+    """Bounds the model-server calls made for the request being served (in this task and the
+    tasks it starts) by its client's deadline: ``time_remaining`` is the servicer context's
+    ``time_remaining()``, None when the client set no deadline."""
+    _CLIENT_DEADLINE.set(None if time_remaining is None else time.monotonic() + time_remaining)
 
 
 class BackendError(Exception):
@@ -108,6 +125,8 @@ class CircuitBreaker:
 class _Pending:
     rows: list[pb.FeatureRow] = field(default_factory=list)
     waiters: list[tuple[int, int, asyncio.Future[Scored]]] = field(default_factory=list)
+    # the latest deadline of the waiting clients (None once one has none): the call serves them all
+    deadline: float | None = float("-inf")
 
 
 class ModelServerBackend:
@@ -120,6 +139,7 @@ class ModelServerBackend:
         *,
         timeout_s: float = 2.0,
         retries: int = 2,
+        timeout_retries: int = 1,
         batch_window_s: float = 0.002,
         max_batch_rows: int = 256,
         breaker_failures: int = 5,
@@ -129,6 +149,7 @@ class ModelServerBackend:
         self._app = application
         self._timeout = timeout_s
         self._retries = retries
+        self._timeout_retries = timeout_retries
         self._window = batch_window_s
         self._max_rows = max_batch_rows
         self._breaker_args = (breaker_failures, breaker_cooldown_s)
@@ -162,15 +183,17 @@ class ModelServerBackend:
         A request for a version with no call in flight goes out at once. While a call is in
         flight, new requests wait (at most ``batch_window_s``, or until ``max_batch_rows``)
         and leave together as soon as it returns: batching costs nothing when idle and grows
-        with load. ``defer_s`` always waits that long (for shadow traffic, which no one awaits).
+        with load. ``defer_s`` always waits that long (for shadow traffic, which no one awaits,
+        so it is not bound by the client's deadline either).
         """
         key = (model, version, explain, top_k)
         window = self._window if defer_s is None else defer_s
+        deadline = _CLIENT_DEADLINE.get() if defer_s is None else None
         if window <= 0 or len(rows) >= self._max_rows:
-            return await self._tracked(key, list(rows))
+            return await self._tracked(key, list(rows), deadline)
         pkey = (key, defer_s is not None)
         if defer_s is None and not self._inflight.get(key) and pkey not in self._pending:
-            return await self._tracked(key, list(rows))
+            return await self._tracked(key, list(rows), deadline)
         pending = self._pending.get(pkey)
         if pending is None:
             pending = self._pending[pkey] = _Pending()
@@ -178,15 +201,19 @@ class ModelServerBackend:
         future: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
         pending.waiters.append((len(pending.rows), len(rows), future))
         pending.rows.extend(rows)
+        if pending.deadline is not None:
+            pending.deadline = None if deadline is None else max(pending.deadline, deadline)
         if len(pending.rows) >= self._max_rows:
             self._flush(pkey, pending)
         return await future
 
-    async def _tracked(self, key: tuple[str, int, bool, int], rows: list[pb.FeatureRow]) -> Scored:
+    async def _tracked(
+        self, key: tuple[str, int, bool, int], rows: list[pb.FeatureRow], deadline: float | None
+    ) -> Scored:
         """One model-server call, counted in flight; when it ends, waiting requests go at once."""
         self._inflight[key] = self._inflight.get(key, 0) + 1
         try:
-            return await self._call(key[0], key[1], rows, key[2], key[3])
+            return await self._call(key[0], key[1], rows, key[2], key[3], deadline)
         finally:
             self._inflight[key] -= 1
             pending = self._pending.get((key, False))
@@ -203,7 +230,7 @@ class ModelServerBackend:
 
     async def _run_batch(self, key: tuple[str, int, bool, int], pending: _Pending) -> None:
         try:
-            scored = await self._tracked(key, pending.rows)
+            scored = await self._tracked(key, pending.rows, pending.deadline)
         except BaseException as exc:  # every waiter gets the failure, none hangs
             for _, _, fut in pending.waiters:
                 if not fut.done():
@@ -220,8 +247,16 @@ class ModelServerBackend:
                 fut.set_result(Scored(scored.predictions[start : start + count], scored.threshold))
 
     async def _call(
-        self, model: str, version: int, rows: list[pb.FeatureRow], explain: bool, top_k: int
+        self,
+        model: str,
+        version: int,
+        rows: list[pb.FeatureRow],
+        explain: bool,
+        top_k: int,
+        deadline: float | None,
     ) -> Scored:
+        """Attempts the call until one answers, a failure is final, or ``deadline`` (the client's)
+        leaves no room for another attempt."""
         breaker = self.breaker(model, version)
         if not breaker.allow(time.monotonic()):
             raise BackendError(
@@ -232,12 +267,14 @@ class ModelServerBackend:
         )
         metadata = (("application", self._app), ("multiplexed_model_id", f"{model}:{version}"))
         metrics.BACKEND_BATCH_ROWS.observe(len(rows))
-        deadline = time.monotonic() + self._timeout
-        attempt = 0
+        retries = timeouts = 0
         while True:
+            left = float("inf") if deadline is None else deadline - time.monotonic()
+            # an attempt cut short by the client's deadline says nothing about the backend
+            full_attempt = left >= self._timeout
             try:
                 resp = await self._stub.Predict(
-                    request, metadata=metadata, timeout=max(deadline - time.monotonic(), 0.001)
+                    request, metadata=metadata, timeout=max(min(self._timeout, left), 0.001)
                 )
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
@@ -245,24 +282,22 @@ class ModelServerBackend:
                     m in (exc.details() or "") for m in _REPLICA_GONE
                 ):
                     code = grpc.StatusCode.UNAVAILABLE  # the replica died mid-call: retry on another
-                retry = (
-                    code == grpc.StatusCode.UNAVAILABLE
-                    and attempt < self._retries
-                    and deadline - time.monotonic() > 0.01
-                )
-                if retry:
-                    attempt += 1
+                left = float("inf") if deadline is None else deadline - time.monotonic()
+                timed_out = code == grpc.StatusCode.DEADLINE_EXCEEDED
+                if timed_out and full_attempt:
+                    self._failed(breaker, model, version, code)  # every attempt too slow counts
+                if retries < self._retries and self._may_retry(code, full_attempt, timeouts, left, breaker):
+                    retries += 1
+                    timeouts += timed_out
                     metrics.BACKEND_RETRIES_TOTAL.labels(model).inc()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.sleep(min(0.01 * 2**attempt, max(deadline - time.monotonic(), 0)))
+                    if not timed_out:  # back off a little before trying the next replica
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.sleep(min(0.01 * 2**retries, max(left - 0.01, 0)))
                     continue
-                if code in _HEALTH_CODES and breaker.failure(time.monotonic()):
-                    metrics.CIRCUIT_OPEN.labels(model, str(version)).set(1)
-                    log.warning(
-                        "circuit opened", extra={"model": model, "version": version, "grpc_code": code.name}
-                    )
-                elif code not in _HEALTH_CODES:
+                if code not in _HEALTH_CODES:
                     breaker.success()  # the backend answered; the request itself was refused
+                elif not timed_out:
+                    self._failed(breaker, model, version, code)
                 raise BackendError(code, f"model server {model}:{version}: {exc.details()}") from None
             if breaker.success():
                 metrics.CIRCUIT_OPEN.labels(model, str(version)).set(0)
@@ -273,6 +308,27 @@ class ModelServerBackend:
                     f"model server returned {len(resp.predictions)} predictions for {len(rows)} rows",
                 )
             return Scored(resp.predictions, float(resp.threshold))
+
+    def _may_retry(
+        self, code: grpc.StatusCode, full_attempt: bool, timeouts: int, left: float, breaker: CircuitBreaker
+    ) -> bool:
+        """Whether a failed attempt goes again, with ``left`` seconds to the client's deadline."""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return left > 0.01
+        return (
+            code == grpc.StatusCode.DEADLINE_EXCEEDED
+            and full_attempt  # not the client's deadline
+            and timeouts < self._timeout_retries
+            and left >= self._timeout  # room for a full attempt
+            and not breaker.is_open  # this or other calls' slow attempts opened it
+        )
+
+    @staticmethod
+    def _failed(breaker: CircuitBreaker, model: str, version: int, code: grpc.StatusCode) -> None:
+        """Counts a failure of the backend towards ``breaker``."""
+        if breaker.failure(time.monotonic()):
+            metrics.CIRCUIT_OPEN.labels(model, str(version)).set(1)
+            log.warning("circuit opened", extra={"model": model, "version": version, "grpc_code": code.name})
 
     async def close(self) -> None:
         for task in list(self._tasks):

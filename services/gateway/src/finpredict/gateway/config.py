@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -25,7 +27,35 @@ class GatewaySettings(ServiceSettings):
         description="Bearer tokens the gateway accepts ('token=subject:role[|role],...' or JSON): "
         "scoring needs 'reader', recording outcomes 'writer', rollout changes 'admin'.",
     )
-    data_dir: Path = Field(default=Path(".run/gateway"), description="Rollout and experiment state (SQLite).")
+    data_dir: Path = Field(
+        default=Path(".run/gateway"), description="Folder of the default state database (SQLite, gateway.db)."
+    )
+    database_url: str = Field(
+        default="",
+        description="Rollouts, experiments, shadows and the controller lease, shared by every replica: "
+        "a SQLAlchemy URL (postgresql+psycopg://... for several replicas); "
+        "empty means sqlite:///<data_dir>/gateway.db (one gateway).",
+    )
+    replica_id: str = Field(
+        default="",
+        max_length=128,
+        description="This replica's name in the shared state (controller lease, window measurements); "
+        "unique per running gateway. Empty: <hostname>:<port> (the pod name in Kubernetes).",
+    )
+    lease_s: float = Field(
+        default=10.0,
+        ge=0.3,
+        le=300,
+        description="Controller lease: one replica runs the rollout analysis and renews the lease every "
+        "third of this; if it dies another takes over within two of these.",
+    )
+    state_poll_s: float = Field(
+        default=0.25,
+        gt=0,
+        le=5,
+        description="How often each replica checks the shared state for changes (applied within about "
+        "this) and publishes its window measurements.",
+    )
     registry_target: str = Field(default=addresses.REGISTRY_ADDRESS, description="Registry gRPC address.")
     registry_token: SecretStr = Field(
         default=SecretStr(""),
@@ -48,9 +78,26 @@ class GatewaySettings(ServiceSettings):
     )
     tls_client_cert_file: Path | None = Field(default=None, description="Client certificate for mutual TLS.")
     tls_client_key_file: Path | None = Field(default=None, description="Client private key for mutual TLS.")
-    backend_timeout_s: float = Field(default=2.0, gt=0, description="Deadline of one model-server call.")
+    backend_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Deadline of one model-server attempt; a call (its retries included) never "
+        "outlives the deadline of the client it serves.",
+    )
     backend_retries: int = Field(
-        default=2, ge=0, le=5, description="Retries of UNAVAILABLE model-server calls."
+        default=2,
+        ge=0,
+        le=5,
+        description="Retries of a model-server call on a fresh attempt: after UNAVAILABLE (a replica "
+        "or proxy went away), or after an attempt ran out of its deadline (see backend_timeout_retries).",
+    )
+    backend_timeout_retries: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="Of those retries, how many may follow an attempt that ran out of its deadline; "
+        "one goes only while the client's deadline leaves room for a full attempt, and each "
+        "attempt that runs out counts as a failure towards the circuit breaker.",
     )
     batch_window_ms: float = Field(
         default=2.0,
@@ -78,3 +125,14 @@ class GatewaySettings(ServiceSettings):
     shadow_concurrency: int = Field(
         default=64, ge=1, description="Most shadow calls in flight; more are skipped."
     )
+
+    def resolved_database_url(self) -> str:
+        """The state database URL, defaulting to SQLite in the data folder."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'gateway.db').resolve()}"
+
+    def resolved_replica_id(self) -> str:
+        """The replica id, defaulting to the host name and port (the pid when the port is chosen
+        at start), so a restarted gateway takes its own controller lease back at once."""
+        if self.replica_id:
+            return self.replica_id
+        return f"{socket.gethostname()}:{self.port}" if self.port else f"{socket.gethostname()}-{os.getpid()}"

@@ -1,8 +1,9 @@
-"""The rollout controller: measures both variants, runs the analysis, promotes or rolls back.
+"""The rollout controller: operator actions from any replica, and the analysis on exactly one.
 
-Every scored application of a rollout's model is recorded in the current step's window (one
-:class:`VariantWindow` for stable and one for the canary, over the same time span). Every
-``analysis_interval`` the window is analysed (:func:`finpredict.gateway.analysis.analyze`):
+Every replica measures what it routes (:class:`~finpredict.gateway.live.LiveRollouts`) and
+publishes it. The replica holding the controller lease (:mod:`finpredict.gateway.state.lease`)
+analyses each progressing rollout every ``analysis_interval`` over the sum of every replica's
+measurements of the current window (:func:`finpredict.gateway.analysis.analyze`):
 
 - ``wait`` keeps the window open (not enough traffic is never a pass);
 - ``rollback`` sets the canary weight to 0 at once, leaves the registry's aliases alone, and
@@ -12,8 +13,10 @@ Every scored application of a rollout's model is recorded in the current step's 
   moves ``production`` in the registry by compare-and-set (expected: the stable version the
   rollout started from) and only then marks the rollout promoted.
 
-State changes are written to the store before they take effect, so a restarted gateway resumes
-each rollout at its step (with a fresh window: measurements are not persisted).
+Every change is a compare-and-set on the stored rollout, so a step or a promotion is recorded
+once however many replicas try; a decision is written only while this replica's lease token is
+still current (fencing): one that lost its lease logs "lost the controller lease, decision not
+written" and writes nothing. A replica that takes over resumes each rollout at its step.
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import grpc
 
 from finpredict.gateway import metrics
-from finpredict.gateway.analysis import Thresholds, VariantWindow, Verdict, analyze
+from finpredict.gateway.analysis import Thresholds, Verdict, analyze
 from finpredict.gateway.catalog import Catalog, CatalogError
+from finpredict.gateway.live import LiveRollouts
 from finpredict.gateway.rollout import (
     ACTIVE,
     Decision,
@@ -37,83 +40,87 @@ from finpredict.gateway.rollout import (
     RolloutConflictError,
     RolloutState,
     RolloutStore,
+    StaleRolloutError,
 )
 from finpredict.gateway.routing import Split
+from finpredict.gateway.state.db import StateUnavailableError, call
+from finpredict.gateway.state.lease import Fence, LeaseHolder, LeaseKeeper, LeaseLostError
+from finpredict.gateway.state.sync import Applied
+from finpredict.gateway.state.windows import StepWindow, WindowStore, merge_windows
 
 log = logging.getLogger("finpredict.gateway.controller")
-
-
-@dataclass
-class StepWindow:
-    """Both variants' measurements since the current step (or the last analysis) began."""
-
-    started: float
-    stable: VariantWindow = field(default_factory=VariantWindow)
-    canary: VariantWindow = field(default_factory=VariantWindow)
+CHANGE_ATTEMPTS = 5  # an operator change retried when a decision was written meanwhile
+PRUNE_EVERY_S = 30.0  # the leader deletes the window rows of past windows this often
 
 
 class RolloutController:
-    """Owns the active rollouts of this gateway and the loop that analyses them."""
+    """Operator actions and reads of this replica; the analysis loop while it holds the lease."""
 
     def __init__(
         self,
         store: RolloutStore,
+        windows: WindowStore,
+        lease: LeaseKeeper,
         catalog: Catalog,
+        *,
+        applied: Applied | None = None,
         tick_s: float = 0.5,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._windows = windows
+        self._lease = lease
         self._catalog = catalog
+        self._applied = applied or Applied()
         self._tick = tick_s
         self._clock = clock
-        self._active: dict[str, Rollout] = {}
-        self._windows: dict[str, StepWindow] = {}
-        self._splits: dict[str, tuple[tuple[str, int, str], Split]] = {}
+        self.replica = windows.replica
+        self.live = LiveRollouts()
         self._last: dict[str, Verdict] = {}
         self._promoting: set[str] = set()  # rollouts with a registry call in flight (never two at once)
+        self._pruned_at = 0.0
         self._task: asyncio.Task[None] | None = None
-        for rollout in store.active():
-            self._active[rollout.model] = rollout
-            self._windows[rollout.id] = StepWindow(self._clock())
-            self._export(rollout)
-            log.info(
-                "resumed rollout",
-                extra={
-                    "rollout": rollout.id,
-                    "model": rollout.model,
-                    "step": rollout.step_index,
-                    "state": rollout.state.value,
-                },
-            )
 
-    # ----- request path ------------------------------------------------------------------------
+    # ----- the request path (in memory) --------------------------------------------------------
 
     def active(self, model: str) -> Rollout | None:
         """The model's rollout while it still routes traffic to the canary."""
-        return self._active.get(model)
+        return self.live.active(model)
 
     def split(self, rollout: Rollout) -> Split:
-        key = (rollout.state.value, rollout.step_index, rollout.id)
-        cached = self._splits.get(rollout.model)
-        if cached is None or cached[0] != key:
-            cached = (key, rollout.split())
-            self._splits[rollout.model] = cached
-        return cached[1]
+        return self.live.split(rollout)
 
     def record(
         self, rollout_id: str, variant: str, *, ok: bool, latency_ms: float, score: float | None = None
     ) -> None:
-        window = self._windows.get(rollout_id)
-        if window is None:
-            return
-        side = window.canary if variant == "canary" else window.stable
-        side.record(ok=ok, latency_ms=latency_ms, score=score)
-
-    def window(self, rollout_id: str) -> StepWindow | None:
-        return self._windows.get(rollout_id)
+        scores = () if score is None else (score,)
+        self.live.record_batch(rollout_id, variant, 1, ok=ok, latency_ms=latency_ms, scores=scores)
 
     def last_verdict(self, rollout_id: str) -> Verdict | None:
         return self._last.get(rollout_id)
+
+    # ----- reads (from the shared state) -------------------------------------------------------
+
+    async def get(self, rollout_id: str) -> Rollout | None:
+        return await call("read", self._store.get, rollout_id)
+
+    async def latest(self, model: str) -> Rollout | None:
+        return await call("read", self._store.latest, model)
+
+    async def list(self, model: str = "") -> list[Rollout]:
+        return await call("read", self._store.list, model)
+
+    async def window(self, rollout: Rollout) -> tuple[StepWindow, int] | None:
+        """The current window of an active rollout summed over every replica (this one live), and
+        how many replicas contributed; None for an ended rollout."""
+        if rollout.state not in ACTIVE:
+            return None
+        published = await call("read", self._windows.read, rollout.id, rollout.window)
+        own = self.live.window(rollout.id)
+        return merge_windows(rollout.window, published, own, self._windows.source, self.replica)
+
+    async def leader(self) -> LeaseHolder:
+        return await call("read", self._lease.lease.current)
 
     # ----- operator actions --------------------------------------------------------------------
 
@@ -128,15 +135,12 @@ class RolloutController:
         thresholds: Thresholds | None = None,
         actor: str = "",
     ) -> Rollout:
-        if model in self._active:
-            raise RolloutConflictError(
-                f"model: {model!r} already has an active rollout ({self._active[model].id})"
-            )
         stable = await self._catalog.production(model)
         await self._catalog.version(model, candidate_version)  # exists, and its schema is cached
         kwargs: dict[str, object] = {}
         if steps:
             kwargs["steps"] = [float(s) for s in steps]
+        now = self._clock()
         rollout = Rollout(
             model=model,
             stable_version=stable,
@@ -145,20 +149,12 @@ class RolloutController:
             min_requests_per_step=min_requests_per_step,
             thresholds=thresholds or Thresholds(),
             started_by=actor,
+            started_at=now,
             **kwargs,  # type: ignore[arg-type]
         )
-        rollout.decisions.append(
-            Decision(
-                self._clock(),
-                rollout.step_index,
-                "start",
-                f"{actor or 'someone'} started {model} v{stable} -> v{candidate_version}",
-            )
-        )
-        self._store.create(rollout)
-        self._active[model] = rollout
-        self._windows[rollout.id] = StepWindow(self._clock())
-        self._export(rollout)
+        reason = f"{actor or 'someone'} started {model} v{stable} -> v{candidate_version}"
+        rollout.decisions.append(Decision(now, rollout.step_index, "start", reason, replica=self.replica))
+        self._adopt(rollout, await call("write", self._store.create, rollout), "start")
         log.info(
             "rollout started",
             extra={
@@ -171,55 +167,49 @@ class RolloutController:
         )
         return rollout
 
-    def get(self, rollout_id: str) -> Rollout | None:
-        for rollout in self._active.values():
-            if rollout.id == rollout_id:
-                return rollout
-        return self._store.get(rollout_id)
+    async def pause(self, rollout_id: str, reason: str) -> Rollout:
+        return await self._change(rollout_id, "pause", lambda r, now: r.pause(reason, now))
 
-    def latest(self, model: str) -> Rollout | None:
-        if model in self._active:
-            return self._active[model]
-        found = self._store.list(model)
-        return found[0] if found else None
+    async def resume(self, rollout_id: str, reason: str) -> Rollout:
+        return await self._change(rollout_id, "resume", lambda r, now: r.resume(reason, now))
 
-    def list(self, model: str = "") -> list[Rollout]:
-        live = {r.id: r for r in self._active.values()}
-        return [live.get(r.id, r) for r in self._store.list(model)]
-
-    def _running(self, rollout_id: str) -> Rollout:
-        rollout = self.get(rollout_id)
-        if rollout is None:
-            raise KeyError(rollout_id)
-        if rollout.state not in ACTIVE:
-            raise RolloutConflictError(f"rollout {rollout_id} has ended ({rollout.state.value})")
-        return rollout
-
-    def pause(self, rollout_id: str, reason: str) -> Rollout:
-        rollout = self._running(rollout_id)
-        rollout.pause(reason, self._clock())
-        self._commit(rollout, "pause")
-        return rollout
-
-    def resume(self, rollout_id: str, reason: str) -> Rollout:
-        rollout = self._running(rollout_id)
-        rollout.resume(reason, self._clock())
-        self._windows[rollout.id] = StepWindow(self._clock())
-        self._commit(rollout, "resume")
-        return rollout
-
-    def abort(self, rollout_id: str, reason: str) -> Rollout:
-        rollout = self._running(rollout_id)
-        rollout.abort(reason, self._clock())
-        self._commit(rollout, "abort")
-        return rollout
+    async def abort(self, rollout_id: str, reason: str) -> Rollout:
+        return await self._change(rollout_id, "abort", lambda r, now: r.abort(reason, now))
 
     async def promote(self, rollout_id: str, reason: str) -> Rollout:
-        rollout = self._running(rollout_id)
-        rollout.request_promotion(reason, self._clock())
-        self._commit(rollout, "promote")
-        await self._promote(rollout)
-        return rollout
+        """Skips the remaining steps; this replica moves `production` at once (the registry's
+        compare-and-set and the rollout's make sure it happens and is recorded once)."""
+        rollout = await self._change(rollout_id, "promote", lambda r, now: r.request_promotion(reason, now))
+        try:
+            return await self._promote(rollout, fence=None) or rollout
+        except StateUnavailableError:
+            return rollout  # promoting is stored: the controller finishes it
+
+    async def _change(
+        self, rollout_id: str, verdict: str, change: Callable[[Rollout, float], None]
+    ) -> Rollout:
+        """Reads the rollout, changes it and stores it, again if a decision got in between."""
+        for _ in range(CHANGE_ATTEMPTS):
+            rollout = await self.get(rollout_id)
+            if rollout is None:
+                raise KeyError(rollout_id)
+            if rollout.state not in ACTIVE:
+                raise RolloutConflictError(f"rollout {rollout_id} has ended ({rollout.state.value})")
+            change(rollout, self._clock())
+            rollout.decisions[-1].replica = self.replica
+            try:
+                version = await call("write", self._store.save, rollout)
+            except StaleRolloutError:
+                continue
+            self._adopt(rollout, version, verdict)
+            return rollout
+        raise RolloutConflictError(f"rollout {rollout_id} kept changing; try again")
+
+    def _adopt(self, rollout: Rollout, version: int, verdict: str) -> None:
+        """A change this replica stored: counted, and applied here at once."""
+        self._applied.wrote(version)
+        metrics.ROLLOUT_DECISIONS_TOTAL.labels(rollout.model, verdict).inc()
+        self.live.adopt(rollout)
 
     # ----- the loop ----------------------------------------------------------------------------
 
@@ -236,58 +226,97 @@ class RolloutController:
         while True:
             try:
                 await self.tick()
+            except StateUnavailableError as exc:
+                log.debug("rollout controller tick: %s", exc)
             except Exception:
                 log.exception("rollout controller tick failed")
             await asyncio.sleep(self._tick)
 
     async def tick(self) -> None:
-        """One pass over the active rollouts (the loop calls it every ``tick_s``)."""
+        """One pass over the active rollouts while this replica holds the lease."""
+        fence = self._lease.fence
+        if fence is None:
+            return
         now = self._clock()
-        for rollout in list(self._active.values()):
+        for rollout in self.live.rollouts():
             if rollout.state is RolloutState.PROMOTING:
-                await self._promote(rollout)
-            elif rollout.state is RolloutState.PROGRESSING:
-                window = self._windows.setdefault(rollout.id, StepWindow(now))
-                if now - window.started >= rollout.analysis_interval_s:
-                    self._analyse(rollout, window, now)
-                    if rollout.state is RolloutState.PROMOTING:  # type: ignore[comparison-overlap]
-                        await self._promote(rollout)
+                await self._promote(rollout, fence)
+            elif (
+                rollout.state is RolloutState.PROGRESSING
+                and now - rollout.window_started >= rollout.analysis_interval_s
+            ):
+                await self._analyse(rollout, fence, now)
+        if now - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = now
+            await call("write", self._windows.prune)
 
-    def _analyse(self, rollout: Rollout, window: StepWindow, now: float) -> None:
+    async def _analyse(self, rollout: Rollout, fence: Fence, now: float) -> None:
+        merged = await self.window(rollout)
+        assert merged is not None
+        window, replicas = merged
         verdict = analyze(window.stable, window.canary, rollout.thresholds, rollout.min_requests_per_step)
         self._last[rollout.id] = verdict
-        step = rollout.step_index
-        rollout.apply(verdict, now)
-        previous = rollout.decisions[-2] if len(rollout.decisions) > 1 else None
+        updated = rollout.copy()
+        step = updated.step_index
+        updated.apply(verdict, now, replicas=replicas, replica=self.replica)
+        previous = updated.decisions[-2] if len(updated.decisions) > 1 else None
         if (
             verdict.action == "wait"
             and previous is not None
-            and (previous.verdict, previous.step_index) == ("wait", step)
+            and (previous.verdict, previous.step_index, previous.replica) == ("wait", step, self.replica)
         ):
-            rollout.decisions.pop(-2)  # keep one "wait" per stretch of waiting, with the latest figures
-        self._commit(rollout, verdict.action)
-        extra = {"rollout": rollout.id, "model": rollout.model, "step": step, "reason": verdict.reason}
+            updated.decisions.pop(-2)  # one "wait" per stretch of waiting and leader, the latest figures
+        if not await self._decide(updated, fence, now, verdict.action):
+            return
+        extra = {
+            "rollout": rollout.id,
+            "model": rollout.model,
+            "step": step,
+            "reason": verdict.reason,
+            "replicas": replicas,
+        }
         if verdict.action == "rollback":
             log.warning("rollout rolled back", extra=extra)
         elif verdict.action == "advance":
-            log.info("rollout advanced", extra={**extra, "weight": rollout.weight})
-        if verdict.action != "wait":
-            self._windows[rollout.id] = StepWindow(now)
+            log.info("rollout advanced", extra={**extra, "weight": updated.weight})
+        if updated.state is RolloutState.PROMOTING:
+            await self._promote(updated, fence)
 
-    async def _promote(self, rollout: Rollout) -> None:
+    async def _decide(self, rollout: Rollout, fence: Fence | None, now: float, verdict: str) -> bool:
+        """Stores a decision: under ``fence`` (only while the lease is still this replica's) or, for
+        an operator's promotion, unfenced. False when it was not written."""
+        try:
+            version = await call("write", self._store.save, rollout, fence=fence, now=now)
+        except LeaseLostError as exc:
+            assert fence is not None
+            metrics.FENCED_WRITES_TOTAL.inc()
+            log.warning(
+                "lost the controller lease, decision not written",
+                extra={"rollout": rollout.id, "verdict": verdict, "token": fence.token, "error": str(exc)},
+            )
+            self._lease.lost(fence, "a decision was refused")
+            return False
+        except StaleRolloutError:
+            return False  # an operator (or another replica) changed it: the next tick sees the change
+        self._adopt(rollout, version, verdict)
+        return True
+
+    async def _promote(self, rollout: Rollout, fence: Fence | None) -> Rollout | None:
         if rollout.id in self._promoting or rollout.state is not RolloutState.PROMOTING:
-            return
+            return None
         self._promoting.add(rollout.id)
         try:
-            await self._move_production(rollout)
+            return await self._move_production(rollout, fence)
         finally:
             self._promoting.discard(rollout.id)
 
-    async def _move_production(self, rollout: Rollout) -> None:
+    async def _move_production(self, rollout: Rollout, fence: Fence | None) -> Rollout | None:
         reason = (
             f"rollout {rollout.id}: v{rollout.candidate_version} passed {rollout.steps} "
             "(by the rollout controller)"
         )
+        updated = rollout.copy()
+        now = self._clock()
         try:
             await self._catalog.set_production(
                 rollout.model, rollout.candidate_version, expected=rollout.stable_version, reason=reason
@@ -302,29 +331,34 @@ class RolloutController:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 grpc.StatusCode.NOT_FOUND,
             ):
-                rollout.state, rollout.ended_at = RolloutState.ABORTED, self._clock()
-                rollout.decisions.append(
+                updated.state, updated.ended_at = RolloutState.ABORTED, now
+                updated.decisions.append(
                     Decision(
-                        self._clock(),
-                        rollout.step_index,
+                        now,
+                        updated.step_index,
                         "abort",
                         f"promotion refused by the registry: {details}",
+                        replica=self.replica,
                     )
                 )
-                self._commit(rollout, "abort")
-                log.warning("promotion refused", extra={"rollout": rollout.id, "reason": details})
-                return
+                if await self._decide(updated, fence, now, "abort"):
+                    log.warning("promotion refused", extra={"rollout": rollout.id, "reason": details})
+                    return updated
+                return None
             else:
                 log.warning(
                     "promotion failed, will retry", extra={"rollout": rollout.id, "grpc_code": code.name}
                 )
-                return
-        rollout.mark_promoted(self._clock())
-        self._commit(rollout, "promoted")
+                return None
+        updated.mark_promoted(now)
+        updated.decisions[-1].replica = self.replica
+        if not await self._decide(updated, fence, now, "promoted"):
+            return await self.get(rollout.id)  # recorded by whoever got there first
         log.info(
             "rollout promoted",
             extra={"rollout": rollout.id, "model": rollout.model, "version": rollout.candidate_version},
         )
+        return updated
 
     async def _already_production(self, rollout: Rollout) -> bool:
         self._catalog.invalidate(rollout.model)
@@ -332,15 +366,3 @@ class RolloutController:
             return await self._catalog.production(rollout.model) == rollout.candidate_version
         except CatalogError:
             return False
-
-    def _commit(self, rollout: Rollout, verdict: str) -> None:
-        self._store.save(rollout)
-        metrics.ROLLOUT_DECISIONS_TOTAL.labels(rollout.model, verdict).inc()
-        if rollout.state not in ACTIVE:
-            self._active.pop(rollout.model, None)
-            self._windows.pop(rollout.id, None)
-        self._export(rollout)
-
-    def _export(self, rollout: Rollout) -> None:
-        metrics.ROLLOUT_WEIGHT_PERCENT.labels(rollout.model).set(rollout.weight)
-        metrics.ROLLOUT_STEP.labels(rollout.model).set(rollout.step_index)

@@ -38,7 +38,7 @@ LOG_SENT_TOTAL = Counter(
 OUTCOMES_TOTAL = Counter(
     "finpredict_gateway_outcomes_total",
     "Outcomes clients reported (RecordOutcomes), by what the monitor made of them: matched, unmatched "
-    "(waiting for their prediction), duplicate (already recorded); failed when the monitor did not answer.",
+    "(waiting for their prediction), duplicate (already recorded); failed: the monitor did not record them.",
     ["result"],
 )
 for _result in ("matched", "unmatched", "duplicate", "failed"):
@@ -81,5 +81,29 @@ BACKEND_BATCH_ROWS = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
 BACKEND_RETRIES_TOTAL = Counter(
-    "finpredict_gateway_backend_retries_total", "Model-server calls retried after UNAVAILABLE.", ["model"]
+    "finpredict_gateway_backend_retries_total",
+    "Model-server attempts retried (after UNAVAILABLE or a deadline).",
+    ["model"],
+)
+STATE_ERRORS_TOTAL = Counter(
+    "finpredict_gateway_state_errors_total",
+    "Calls to the shared state database that failed (it was unreachable or timed out), by operation "
+    "(refresh, publish, lease, write, read): while refreshes fail, routing keeps the last known state.",
+    ["operation"],
+)
+for _operation in ("refresh", "publish", "lease", "write", "read"):
+    STATE_ERRORS_TOTAL.labels(_operation)
+STATE_VERSION = Gauge(
+    "finpredict_gateway_state_version", "Change counter of the shared state this replica routes by."
+)
+STATE_AGE_SECONDS = Gauge(
+    "finpredict_gateway_state_age_seconds",
+    "Seconds since this replica last read the shared state successfully (grows while it is unreachable).",
+)
+CONTROLLER_LEADER = Gauge(
+    "finpredict_gateway_controller_leader", "1 while this replica holds the rollout-controller lease."
+)
+FENCED_WRITES_TOTAL = Counter(
+    "finpredict_gateway_fenced_writes_total",
+    "Controller decisions refused because this replica no longer held the lease (nothing was written).",
 )

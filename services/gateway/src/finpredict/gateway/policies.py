@@ -1,20 +1,25 @@
-"""A/B experiments and shadow mirroring per model, persisted next to the rollouts.
+"""A/B experiments and shadow mirroring per model, in the shared state next to the rollouts.
 
 An experiment splits a model's traffic over N arms with fixed weights (sticky per entity, like
-a canary); a shadow mirrors a share of a model's traffic to another version after the response
-is sent. Both survive a gateway restart.
+a canary, salted with the experiment's id); a shadow mirrors a share of a model's traffic to
+another version after the response is sent. Both survive a gateway restart, and every replica
+routes by the same ones.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+
+from sqlalchemy import Connection, Engine, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from finpredict.gateway.routing import Arm, Split, hash_point
+from finpredict.gateway.state import schema
+from finpredict.gateway.state.db import bump_version, call, read_tx, write_tx
+from finpredict.gateway.state.sync import Applied
 
 
 class PolicyError(ValueError):
@@ -71,64 +76,97 @@ class Shadow:
 
 
 class PolicyStore:
-    """Experiments (at most one running per model) and shadows, in SQLite."""
+    """Experiments (at most one running per model, none while the model has an active rollout) and
+    shadows in the shared state database. ``experiments`` and ``shadows`` are this replica's
+    in-memory copy, which the request path reads: changes made here apply at once, changes made
+    by other replicas when :class:`~finpredict.gateway.state.sync.StateSync` refreshes it."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS experiments (id TEXT PRIMARY KEY, model TEXT NOT NULL,"
-            " running INTEGER NOT NULL, doc TEXT NOT NULL)"
-        )
-        self._db.execute(
-            "CREATE UNIQUE INDEX IF NOT EXISTS one_experiment_per_model"
-            " ON experiments(model) WHERE running = 1"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS shadows (model TEXT PRIMARY KEY, version INTEGER NOT NULL,"
-            " percent REAL NOT NULL)"
-        )
+    def __init__(self, engine: Engine, applied: Applied | None = None) -> None:
+        self._engine = engine
+        self._applied = applied or Applied()
         self.experiments: dict[str, Experiment] = {}
-        for (doc,) in self._db.execute("SELECT doc FROM experiments WHERE running = 1"):
-            exp = Experiment.from_json(doc)
-            self.experiments[exp.model] = exp
-        self.shadows: dict[str, Shadow] = {
-            m: Shadow(m, int(v), float(p)) for m, v, p in self._db.execute("SELECT * FROM shadows")
-        }
+        self.shadows: dict[str, Shadow] = {}
 
-    def start_experiment(self, exp: Experiment) -> None:
-        try:
-            self._db.execute(
-                "INSERT INTO experiments (id, model, running, doc) VALUES (?, ?, 1, ?)",
-                (exp.id, exp.model, exp.to_json()),
-            )
-        except sqlite3.IntegrityError:
-            raise PolicyError(f"model: {exp.model!r} already has a running experiment") from None
+    def load(self) -> tuple[dict[str, Experiment], dict[str, Shadow]]:
+        """The running experiments and the shadows, by model, as stored (blocking)."""
+        e, s = schema.experiments, schema.shadows
+        with read_tx(self._engine) as conn:
+            docs = conn.execute(select(e.c.doc).where(e.c.running_model.is_not(None))).scalars().all()
+            rows = conn.execute(select(s.c.model, s.c.version, s.c.percent)).all()
+        experiments = {x.model: x for x in map(Experiment.from_json, docs)}
+        return experiments, {m: Shadow(m, int(v), float(p)) for m, v, p in rows}
+
+    def apply(self, experiments: dict[str, Experiment], shadows: dict[str, Shadow]) -> None:
+        self.experiments, self.shadows = experiments, shadows
+
+    async def start_experiment(self, exp: Experiment) -> None:
+        self._applied.wrote(await call("write", self._insert, exp))
         self.experiments[exp.model] = exp
 
-    def stop_experiment(self, experiment_id: str) -> Experiment:
-        exp = next((e for e in self.experiments.values() if e.id == experiment_id), None)
-        if exp is None:
-            raise KeyError(experiment_id)
-        exp.stopped_at = time.time()
-        self._db.execute("UPDATE experiments SET running = 0, doc = ? WHERE id = ?", (exp.to_json(), exp.id))
-        del self.experiments[exp.model]
+    async def stop_experiment(self, experiment_id: str) -> Experiment:
+        """Stops a running experiment; KeyError if there is none with that id."""
+        exp, version = await call("write", self._stop, experiment_id, time.time())
+        self._applied.wrote(version)
+        self.experiments.pop(exp.model, None)
         return exp
 
-    def set_shadow(self, shadow: Shadow | None, model: str) -> None:
-        if shadow is None:
-            self._db.execute("DELETE FROM shadows WHERE model = ?", (model,))
-            self.shadows.pop(model, None)
-            return
-        if not 0 < shadow.percent <= 100:
+    async def set_shadow(self, shadow: Shadow | None, model: str) -> None:
+        """Mirrors ``model`` to ``shadow`` (None: stops mirroring)."""
+        if shadow is not None and not 0 < shadow.percent <= 100:
             raise PolicyError(f"percent: {shadow.percent} is outside (0, 100]")
-        self._db.execute(
-            "INSERT INTO shadows (model, version, percent) VALUES (?, ?, ?) ON CONFLICT(model) DO UPDATE"
-            " SET version = excluded.version, percent = excluded.percent",
-            (shadow.model, shadow.version, shadow.percent),
-        )
-        self.shadows[model] = shadow
+        self._applied.wrote(await call("write", self._write_shadow, shadow, model))
+        if shadow is None:
+            self.shadows.pop(model, None)
+        else:
+            self.shadows[model] = shadow
 
-    def close(self) -> None:
-        self._db.close()
+    # ----- blocking writes (in a worker thread) ----------------------------------------------
+
+    def _insert(self, exp: Experiment) -> int:
+        e = schema.experiments
+        with write_tx(self._engine) as conn:
+            version = bump_version(conn)
+            _refuse_if_busy(conn, exp.model)
+            conn.execute(
+                e.insert().values(id=exp.id, model=exp.model, running_model=exp.model, doc=exp.to_json())
+            )
+        return version
+
+    def _stop(self, experiment_id: str, now: float) -> tuple[Experiment, int]:
+        e = schema.experiments
+        with write_tx(self._engine) as conn:
+            running = (e.c.id == experiment_id, e.c.running_model.is_not(None))
+            doc = conn.execute(select(e.c.doc).where(*running)).scalar_one_or_none()
+            if doc is None:
+                raise KeyError(experiment_id)
+            version = bump_version(conn)
+            exp = Experiment.from_json(doc)
+            exp.stopped_at = now
+            conn.execute(update(e).where(e.c.id == exp.id).values(running_model=None, doc=exp.to_json()))
+        return exp, version
+
+    def _write_shadow(self, shadow: Shadow | None, model: str) -> int:
+        s = schema.shadows
+        with write_tx(self._engine) as conn:
+            version = bump_version(conn)
+            if shadow is None:
+                conn.execute(delete(s).where(s.c.model == model))
+                return version
+            insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            stmt = insert(s).values(model=model, version=shadow.version, percent=shadow.percent)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["model"],
+                    set_={"version": stmt.excluded.version, "percent": stmt.excluded.percent},
+                )
+            )
+        return version
+
+
+def _refuse_if_busy(conn: Connection, model: str) -> None:
+    """Inside a write transaction (serialised by the change counter): the model is free for an experiment."""
+    r, e = schema.rollouts, schema.experiments
+    if conn.execute(select(r.c.id).where(r.c.active_model == model)).first() is not None:
+        raise PolicyError(f"model: {model!r} has an active rollout; finish it first")
+    if conn.execute(select(e.c.id).where(e.c.running_model == model)).first() is not None:
+        raise PolicyError(f"model: {model!r} already has a running experiment")

@@ -195,14 +195,14 @@ class ScoringCore:
         metrics.SCORED_TOTAL.labels(model, version, route.variant, "ok" if ok else "error").inc(n)
         metrics.SCORED_TOTAL.labels(model, version, route.variant, "error" if ok else "ok")
         if route.rollout_id:
-            if scored is None:
-                for _ in range(n):
-                    self.controller.record(route.rollout_id, route.variant, ok=False, latency_ms=elapsed_ms)
-            else:
-                for p in scored.predictions:
-                    self.controller.record(
-                        route.rollout_id, route.variant, ok=True, latency_ms=elapsed_ms, score=p.score
-                    )
+            self.controller.live.record_batch(
+                route.rollout_id,
+                route.variant,
+                n,
+                ok=ok,
+                latency_ms=elapsed_ms,
+                scores=[p.score for p in scored.predictions] if scored is not None else (),
+            )
 
     @staticmethod
     def _results(apps: list[Application], scored: Scored, route: Route) -> list[Result]:
@@ -230,6 +230,8 @@ class ScoringCore:
                     latency_ms=latency_ms,
                     trace_id=trace_id,
                     time=now,
+                    # what the client received (the model server gives reasons only when asked)
+                    reason_codes=res.prediction.reason_codes,
                 )
             )
 

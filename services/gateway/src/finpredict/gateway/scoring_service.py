@@ -13,7 +13,7 @@ from finpredict.api.common.v1 import types_pb2
 from finpredict.api.scoring.v1 import scoring_pb2 as pb
 from finpredict.api.scoring.v1 import scoring_pb2_grpc as pb_grpc
 from finpredict.common.telemetry import current_trace_id
-from finpredict.gateway.backend import BackendError
+from finpredict.gateway.backend import BackendError, bound_by_client
 from finpredict.gateway.catalog import CatalogError
 from finpredict.gateway.outcomes import MonitorError, OutcomeForwarder
 from finpredict.gateway.scoring import Application, Result, ScoringCore
@@ -31,7 +31,9 @@ MAX_TOP_K = 45
 
 
 async def guarded(context: Context, call: Callable[[], Awaitable[T]]) -> T:
-    """Runs ``call``, turning the request path's errors into gRPC statuses with their messages."""
+    """Runs ``call``, turning the request path's errors into gRPC statuses with their messages;
+    its model-server calls never outlive the client's deadline."""
+    bound_by_client(context.time_remaining())
     try:
         return await call()
     except RequestError as exc:

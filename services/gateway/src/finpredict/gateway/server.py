@@ -1,17 +1,22 @@
 """Assembles the gateway on the shared server skeleton.
 
-:class:`Gateway` opens its channels and stores inside the event loop (``open``, a start hook),
-mounts the scoring API, the Open Inference Protocol and the rollout service behind bearer-token
-auth, and on shutdown stops the controller, flushes the prediction log and closes channels.
+:class:`Gateway` opens its channels and the shared state inside the event loop (``open``, a
+start hook: migrations, the first snapshot, the first try for the controller lease), mounts the
+scoring API, the Open Inference Protocol and the rollout service behind bearer-token auth, and
+on shutdown stops the controller, publishes its last measurements, hands the lease back,
+flushes the prediction log and closes channels.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from sqlalchemy import Engine
 
 from finpredict.api.inference import grpc_predict_v2_pb2 as oip_pb
 from finpredict.api.inference import grpc_predict_v2_pb2_grpc as oip_grpc
@@ -46,6 +51,11 @@ from finpredict.gateway.rollout_service import SERVICE as ROLLOUT_SERVICE
 from finpredict.gateway.rollout_service import RolloutServicer
 from finpredict.gateway.scoring import ScoringCore
 from finpredict.gateway.scoring_service import ScoringServicer
+from finpredict.gateway.state.db import create_state_engine, migrate
+from finpredict.gateway.state.lease import Lease, LeaseKeeper
+from finpredict.gateway.state.legacy import import_legacy
+from finpredict.gateway.state.sync import Applied, StateSync
+from finpredict.gateway.state.windows import WindowStore
 
 log = logging.getLogger("finpredict.gateway")
 
@@ -75,7 +85,9 @@ class Gateway:
     scoring: ScoringServicer | None = None
     inference: InferenceServicer | None = None
     rollouts: RolloutServicer | None = None
-    stores: list[RolloutStore | PolicyStore] = field(default_factory=list)
+    engine: Engine | None = None
+    sync: StateSync | None = None
+    lease: LeaseKeeper | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -118,15 +130,31 @@ class Gateway:
             s.model_server_application,
             timeout_s=s.backend_timeout_s,
             retries=s.backend_retries,
+            timeout_retries=s.backend_timeout_retries,
             batch_window_s=s.batch_window_ms / 1000,
             max_batch_rows=s.max_batch_rows,
             breaker_failures=s.breaker_failures,
             breaker_cooldown_s=s.breaker_cooldown_s,
         )
-        rollout_store = RolloutStore(s.data_dir / "rollouts.db")
-        policies = PolicyStore(s.data_dir / "policies.db")
-        self.stores = [rollout_store, policies]
-        self.controller = RolloutController(rollout_store, catalog, tick_s=s.controller_tick_s)
+        self.engine = engine = create_state_engine(s.resolved_database_url())
+        await asyncio.to_thread(migrate, engine)
+        if not s.database_url:  # a single gateway upgraded in place keeps its rollouts
+            await asyncio.to_thread(import_legacy, engine, s.data_dir)
+        replica = s.resolved_replica_id()
+        applied = Applied()
+        rollout_store = RolloutStore(engine)
+        policies = PolicyStore(engine, applied)
+        windows = WindowStore(engine, replica=replica, source=f"{replica}/{uuid.uuid4().hex[:8]}")
+        self.lease = LeaseKeeper(Lease(engine, replica, s.lease_s))
+        self.controller = RolloutController(
+            rollout_store, windows, self.lease, catalog, applied=applied, tick_s=s.controller_tick_s
+        )
+        self.sync = StateSync(
+            engine, rollout_store, self.controller.live, policies, windows, applied, s.state_poll_s
+        )
+        await self.sync.refresh()  # routes by the shared state from the first request
+        await self.lease.step()
+        log.info("gateway state opened", extra={"replica": replica, "dialect": engine.dialect.name})
         outcomes = None
         if s.monitor_target:
             monitor = monitor_pb2_grpc.MonitorServiceStub(self._channel(s.monitor_target))
@@ -153,15 +181,22 @@ class Gateway:
         self.inference = InferenceServicer(self.core, s.max_request_rows)
         self.rollouts = RolloutServicer(self.controller, policies, catalog)
         self.controller.start_loop()
+        self.sync.start()
+        self.lease.start()
 
     async def drain(self) -> None:
         if self.inference is not None:
             self.inference.ready = False
 
     async def close(self) -> None:
-        """Stops the controller, flushes the prediction log, closes channels and stores."""
+        """Stops the controller, publishes the last measurements, hands the lease back, flushes the
+        prediction log, closes channels and the database."""
         if self.controller is not None:
             await self.controller.close()
+        if self.sync is not None:
+            await self.sync.close()
+        if self.lease is not None:
+            await self.lease.close()
         if self.core is not None:
             await self.core.close()
             await self.core.backend.close()
@@ -169,8 +204,8 @@ class Gateway:
             await self.prediction_log.close()
         for channel in self.channels:
             await channel.close(None)
-        for store in self.stores:
-            store.close()
+        if self.engine is not None:
+            self.engine.dispose()
 
     def _opened(self) -> tuple[ScoringServicer, InferenceServicer, RolloutServicer]:
         if self.scoring is None or self.inference is None or self.rollouts is None:

@@ -146,25 +146,55 @@ class AlertmanagerClient:
                 await self._post(due)
 
 
+class Subscriber:
+    """One ``WatchAlerts`` stream: a bounded queue of alert changes; ``overflowed`` once it fell
+    further behind than the queue holds (it is then dropped and told why)."""
+
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[AlertRecord | None] = asyncio.Queue(maxsize=size + 1)  # + the end mark
+        self.size = size
+        self.overflowed = False
+
+    def offer(self, alert: AlertRecord) -> bool:
+        """Queues ``alert``; False (and the subscriber ended) when the queue is full."""
+        if self.queue.qsize() >= self.size:
+            self.overflowed = True
+            self.end()
+            return False
+        self.queue.put_nowait(alert)
+        return True
+
+    def end(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+
+
 class Watchers:
-    """Fans alert changes out to ``WatchAlerts`` streams."""
+    """Fans alert changes out to ``WatchAlerts`` streams, each with a queue of ``queue_size``."""
 
-    def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[AlertRecord | None]] = set()
+    def __init__(self, queue_size: int = 1000) -> None:
+        self.queue_size = queue_size
+        self._subscribers: set[Subscriber] = set()
 
-    def subscribe(self) -> asyncio.Queue[AlertRecord | None]:
-        q: asyncio.Queue[AlertRecord | None] = asyncio.Queue()
-        self._queues.add(q)
-        return q
+    def subscribe(self) -> Subscriber:
+        sub = Subscriber(self.queue_size)
+        self._subscribers.add(sub)
+        m.WATCHERS.set(len(self._subscribers))
+        return sub
 
-    def unsubscribe(self, q: asyncio.Queue[AlertRecord | None]) -> None:
-        self._queues.discard(q)
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subscribers.discard(sub)
+        m.WATCHERS.set(len(self._subscribers))
 
     def publish(self, alerts: list[AlertRecord]) -> None:
-        for q in self._queues:
+        for sub in list(self._subscribers):
             for a in alerts:
-                q.put_nowait(a)
+                if not sub.offer(a):
+                    m.WATCHERS_DROPPED.inc()
+                    log.warning("WatchAlerts subscriber dropped: too far behind", extra={"queue": sub.size})
+                    self.unsubscribe(sub)
+                    break
 
     def close(self) -> None:
-        for q in self._queues:
-            q.put_nowait(None)
+        for sub in self._subscribers:
+            sub.end()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import grpc
 import typer
@@ -17,7 +17,7 @@ import drift_core
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc as pb_grpc
 from finpredict.common import addresses
-from finpredict.common.auth import bearer_metadata
+from finpredict.common.auth import BearerClientInterceptor
 from finpredict.common.config import ClientSettings, ConfigError, env_var_name, load_settings
 from finpredict.monitor.config import MonitorSettings
 
@@ -48,22 +48,6 @@ Token = Annotated[
 ]
 
 
-class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):  # type: ignore[type-arg,misc]
-    """Adds ``authorization: Bearer <token>`` to every call."""
-
-    def __init__(self, token: str) -> None:
-        self.metadata = bearer_metadata(token)
-
-    def _details(self, details: Any) -> Any:
-        return details._replace(metadata=[*(details.metadata or ()), *self.metadata])
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        return continuation(self._details(details), request_iterator)
-
-
 def _load(settings_cls: type[S]) -> S:
     """Settings read from the environment; a bad value is a usage error naming the variable."""
     try:
@@ -79,7 +63,7 @@ def _channel(target: str | None, token: str | None) -> Iterator[grpc.Channel]:
     target = settings.monitor_target if target is None else target
     token = settings.token.get_secret_value() if token is None else token
     with grpc.insecure_channel(target) as channel:
-        yield grpc.intercept_channel(channel, _Bearer(token)) if token else channel
+        yield grpc.intercept_channel(channel, BearerClientInterceptor(token)) if token else channel
 
 
 def _monitor_dirs(data_dir: Path | None, profiles_dir: Path | None) -> tuple[Path, Path]:
@@ -89,7 +73,7 @@ def _monitor_dirs(data_dir: Path | None, profiles_dir: Path | None) -> tuple[Pat
     data = settings.data_dir if data_dir is None else data_dir
     if profiles_dir is not None:
         return data, profiles_dir
-    return data, settings.profiles_dir if "profiles_dir" in settings.model_fields_set else data / "profiles"
+    return data, settings.profiles_dir if settings.profiles_dir is not None else data / "profiles"
 
 
 @app.command()

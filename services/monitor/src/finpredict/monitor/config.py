@@ -28,8 +28,9 @@ class MonitorSettings(ServiceSettings):
     )
     profiles_dir: Path | None = Field(
         default=None,
-        description="The reference profiles' cache, one version per file: <profiles_dir>/<model>/<version>.bin "
-        "(drift_core Profile.to_bytes(), with its registry sha256 and feature schema beside it), filled "
+        description="The reference profiles' cache, one version per file: "
+        "<profiles_dir>/<model>/<version>.bin (drift_core Profile.to_bytes(), with its registry sha256 "
+        "and feature schema beside it), filled "
         "from the registry on first sight of a version; a file put there by hand is used as is. "
         "Default: <data_dir>/profiles.",
     )

@@ -2,7 +2,9 @@
 
 An alert is identified by (rule, model, version, feature) (:func:`alert_id`), so evaluating the
 same window twice never duplicates it. Drift rules are evaluated on a window when it closes;
-accuracy rules whenever outcomes label a window's predictions.
+accuracy rules whenever outcomes label a window's predictions. ``consecutive`` counts windows in a
+row of the calendar: a window without records (or with fewer than the rule's ``min_samples``) in
+between breaks the run (:meth:`RuleEvaluator.streak`).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class RuleEvaluator:
         self.windows = windows
         self.alerts: dict[str, AlertRecord] = {}
         self.streaks: dict[str, int] = {}  # alert id -> consecutive breaching windows
+        self.streak_ends: dict[str, str] = {}  # alert id -> end of the run's latest window (ISO)
         self.accuracy_day: dict[str, str] = {}  # rule|model|version -> latest evaluated day
         self.listeners: list[Listener] = []
 
@@ -100,17 +103,29 @@ class RuleEvaluator:
             if rule.kind == "score_kl":
                 changed += self.transition(rule, key, "", ws.score_kl, end, f"score KL {ws.score_kl:.3f}")
             elif rule.kind == "feature_psi":
-                for name, psi, _, _ in ws.features:
+                for f in ws.features:
+                    name, psi = f.name, f.psi
                     aid = alert_id(rule.name, key[0], key[1], name)
-                    streak = self.streaks.get(aid, 0) + 1 if rule.breaches(psi) else 0
-                    if streak:
-                        self.streaks[aid] = streak
-                    else:
-                        self.streaks.pop(aid, None)
+                    streak = self.streak(aid, start, end, rule.breaches(psi))
                     if streak >= rule.consecutive or (not streak and aid in self.alerts):
                         detail = f"PSI of {name} {psi:.3f}, {streak} consecutive {size} window(s) above"
                         changed += self.transition(rule, key, name, psi, end, detail, force=streak > 0)
         return changed
+
+    def streak(self, aid: str, start: datetime, end: datetime, breach: bool) -> int:
+        """The breach run of ``aid`` with the window ``[start, end)``: one more than the run of the
+        window just before it (ending at ``start``) when that one breached, else 1; 0 without a
+        breach. A window between them that was not evaluated (no records, or fewer than the rule's
+        minimum) breaks the run: "3 consecutive days" are three calendar days in a row."""
+        if not breach:
+            self.streaks.pop(aid, None)
+            self.streak_ends.pop(aid, None)
+            return 0
+        adjacent = self.streak_ends.get(aid, start.isoformat()) == start.isoformat()
+        streak = self.streaks.get(aid, 0) + 1 if adjacent else 1
+        self.streaks[aid] = streak
+        self.streak_ends[aid] = end.isoformat()
+        return streak
 
     def labelled(self, touched: set[tuple[VersionKey, datetime]], now: datetime) -> list[AlertRecord]:
         """Evaluates the accuracy rules on the windows of the (version, hour) cells just labelled."""

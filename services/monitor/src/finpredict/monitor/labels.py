@@ -1,94 +1,351 @@
 """Label matching: every stored prediction by request id (and by entity and prediction time), and
-outcomes attached to the hour cell of their prediction, whichever of the two arrives first."""
+outcomes attached to the hour cell of their prediction, whichever of the two arrives first.
+
+The index is also the request-id dedup set of ingest. It holds, per version and hour, the columns
+an outcome needs (score, threshold, time, whether it is labelled) in compact arrays, and two maps
+from a 64-bit digest of the request id (and of entity id + prediction time) to a row: about a
+hundred bytes a prediction, dropped hour by hour with the retention period (:meth:`prune`).
+
+An outcome whose prediction is not stored yet *waits* (the gateway's prediction log may still be
+on its way) for ``wait_s`` seconds of wall-clock time, then is *orphaned*: counted and dropped. A
+second outcome for a request that already has one, matched or waiting (or orphaned within the
+retention period), is a duplicate: the first one wins, nothing is counted twice.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+import hashlib
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+import numpy as np
 import polars as pl
 
+from finpredict.monitor import metrics as m
 from finpredict.monitor.records import OutcomeIn
-from finpredict.monitor.windows import Labeled, VersionKey, VersionState
+from finpredict.monitor.windows import VersionKey, VersionState
+
+Result = Literal["matched", "waiting", "duplicate"]
+_ROW_BITS = 32
+_ROW_MASK = (1 << _ROW_BITS) - 1
+
+
+def digest(text: str) -> int:
+    """A stable 64-bit digest of a request id (or an entity key)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def entity_digest(entity_id: str, t: datetime) -> int:
+    return digest(f"{entity_id}\x00{_us(t)}")
 
 
 @dataclass
-class _Indexed:
+class Block:
+    """The predictions of one version and hour, column by column."""
+
     key: VersionKey
     hour: datetime
-    score: float
-    threshold: float
-    time: datetime
+    rids: array[int] = field(default_factory=lambda: array("Q"))
+    entities: array[int] = field(default_factory=lambda: array("Q"))  # 0: no entity id
+    times_us: array[int] = field(default_factory=lambda: array("q"))
+    scores: array[float] = field(default_factory=lambda: array("d"))
+    thresholds: array[float] = field(default_factory=lambda: array("d"))
+    labelled: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class Waiting:
+    """An outcome waiting for its prediction, since ``received`` (wall clock, epoch seconds)."""
+
+    outcome: OutcomeIn
+    received: float
 
 
 class LabelIndex:
-    """Predictions by request id and entity, outcomes waiting for their prediction, and the
-    request ids already labelled (the first outcome of a request wins)."""
+    """Predictions by request id and entity, outcomes waiting for their prediction, and the request
+    ids orphaned lately."""
 
-    def __init__(self, versions: dict[VersionKey, VersionState]) -> None:
+    def __init__(
+        self,
+        versions: dict[VersionKey, VersionState],
+        wait_s: float = 3600.0,
+        max_waiting: int = 100_000,
+        remember_s: float = 30 * 86400.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.versions = versions  # shared with the windows: labels go to their cells
-        self.index: dict[str, _Indexed] = {}
-        self.by_entity: dict[tuple[str, int], str] = {}
-        self.pending: dict[str, OutcomeIn] = {}  # request id -> outcome waiting for its prediction
-        self.pending_entity: dict[tuple[str, int], OutcomeIn] = {}
-        self.labeled_ids: set[str] = set()
+        self.wait_s = wait_s
+        self.max_waiting = max_waiting
+        self.remember_s = remember_s
+        self.clock = clock
+        self.blocks: dict[int, Block] = {}
+        self.block_of: dict[tuple[VersionKey, datetime], int] = {}
+        self.ids: dict[int, int] = {}  # request-id digest -> block << 32 | row
+        self.by_entity: dict[int, int] = {}  # (entity, prediction time) digest -> block << 32 | row
+        self.waiting: dict[int, Waiting] = {}  # by request-id digest, oldest first
+        self.waiting_entity: dict[int, Waiting] = {}  # by (entity, time) digest, oldest first
+        self.orphaned: dict[int, float] = {}  # digest -> when orphaned (wall clock), oldest first
+        self._next_block = 1
 
     def __contains__(self, request_id: str) -> bool:
-        return request_id in self.index
+        return digest(request_id) in self.ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # ------------------------------------------------------------------ predictions
+
+    def block(self, key: VersionKey, hour: datetime) -> tuple[int, Block]:
+        bid = self.block_of.get((key, hour))
+        if bid is None:
+            bid, self._next_block = self._next_block, self._next_block + 1
+            self.block_of[(key, hour)] = bid
+            self.blocks[bid] = Block(key, hour)
+        return bid, self.blocks[bid]
 
     def add(self, key: VersionKey, hour: datetime, part: pl.DataFrame) -> None:
         """Indexes the stored predictions ``part`` of one version and hour."""
-        for rid, ent, t, score, thr in zip(
-            part["request_id"],
-            part["entity_id"],
-            part["time"],
-            part["score"],
-            part["threshold"],
-            strict=True,
+        bid, b = self.block(key, hour)
+        times = part["time"].dt.epoch("us").to_list()
+        for rid, ent, t_us, score, thr in zip(
+            part["request_id"], part["entity_id"], times, part["score"], part["threshold"], strict=True
         ):
-            self.index[rid] = _Indexed(key, hour, score, thr, t)
-            if ent:
-                self.by_entity[(ent, _us(t))] = rid
+            self._append(
+                bid, b, digest(rid), digest(f"{ent}\x00{t_us}") if ent else 0, t_us, score, thr, False
+            )
 
-    def resolve_pending(self, frame: pl.DataFrame) -> None:
-        """Attaches the outcomes that arrived before the predictions of ``frame`` (indexed already)."""
-        if not (self.pending or self.pending_entity):
-            return
-        for rid, ent, t in zip(frame["request_id"], frame["entity_id"], frame["time"], strict=True):
-            waiting = self.pending.pop(rid, None)
+    def _append(
+        self, bid: int, b: Block, rid: int, ent: int, t_us: int, score: float, thr: float, labelled: bool
+    ) -> None:
+        code = bid << _ROW_BITS | len(b.rids)
+        b.rids.append(rid)
+        b.entities.append(ent)
+        b.times_us.append(t_us)
+        b.scores.append(score)
+        b.thresholds.append(thr)
+        b.labelled.append(1 if labelled else 0)
+        self.ids[rid] = code
+        if ent:
+            self.by_entity[ent] = code
+
+    def resolve_waiting(self, frame: pl.DataFrame) -> set[tuple[VersionKey, datetime]]:
+        """Attaches the outcomes that arrived before the predictions of ``frame`` (indexed already);
+        returns the (version, hour) cells labelled."""
+        touched: set[tuple[VersionKey, datetime]] = set()
+        if not (self.waiting or self.waiting_entity):
+            return touched
+        times = frame["time"].dt.epoch("us").to_list()
+        for rid, ent, t_us in zip(frame["request_id"], frame["entity_id"], times, strict=True):
+            rk = digest(rid)
+            waiting = self.waiting.pop(rk, None)
             if waiting is None and ent:
-                waiting = self.pending_entity.pop((ent, _us(t)), None)
-            if waiting is not None:
-                self._attach(rid, waiting)
+                waiting = self.waiting_entity.pop(digest(f"{ent}\x00{t_us}"), None)
+            if waiting is not None and self._attach(self.ids[rk], waiting.outcome):
+                touched.add(self._cell(self.ids[rk]))
+                m.OUTCOMES.labels("matched_late").inc()
+        m.OUTCOMES_WAITING.set(len(self.waiting) + len(self.waiting_entity))
+        return touched
 
-    def match(self, o: OutcomeIn) -> tuple[VersionKey, datetime] | Literal["unmatched", "duplicate"]:
-        """Attaches ``o`` to its prediction (returns the version and hour labelled), or keeps it
-        waiting for a prediction not stored yet (``"unmatched"``). A request that already has an
-        outcome, attached or waiting, keeps the first one (``"duplicate"``)."""
-        rid = o.request_id
-        if not rid and o.prediction_time is not None:
-            rid = self.by_entity.get((o.entity_id, _us(o.prediction_time)), "")
-        if not rid or rid not in self.index:
-            if o.request_id:
-                waiting = self.pending.setdefault(o.request_id, o)
-            elif o.prediction_time is not None:
-                waiting = self.pending_entity.setdefault((o.entity_id, _us(o.prediction_time)), o)
-            else:
-                waiting = o
-            return "unmatched" if waiting is o else "duplicate"
-        return self._attach(rid, o) or "duplicate"
+    # ------------------------------------------------------------------ outcomes
 
-    def _attach(self, rid: str, o: OutcomeIn) -> tuple[VersionKey, datetime] | None:
-        if rid in self.labeled_ids:  # a repeated outcome for the same request: first one wins
-            return None
-        ix = self.index[rid]
-        cell = self.versions[ix.key].hours[ix.hour]
-        delay = (o.observed_at - ix.time).total_seconds() / 3600.0
-        cell.labels.append(Labeled(ix.score, ix.threshold, o.defaulted, delay))
-        self.labeled_ids.add(rid)
-        return ix.key, ix.hour
+    def _locate(self, o: OutcomeIn) -> tuple[int, dict[int, Waiting], int | None]:
+        """An outcome's key, the waiting table it would wait in, and its prediction's row (or None)."""
+        if o.request_id:
+            key = digest(o.request_id)
+            return key, self.waiting, self.ids.get(key)
+        assert o.prediction_time is not None  # checked by records.check_outcomes
+        key = entity_digest(o.entity_id, o.prediction_time)
+        return key, self.waiting_entity, self.by_entity.get(key)
+
+    def outcome_key(self, o: OutcomeIn) -> int:
+        return self._locate(o)[0]
+
+    def is_duplicate(self, o: OutcomeIn) -> bool:
+        """Whether the request of ``o`` already has an outcome (matched, waiting or orphaned lately)."""
+        key, table, code = self._locate(o)
+        if code is None:
+            return key in table or key in self.orphaned
+        return bool(self.blocks[code >> _ROW_BITS].labelled[code & _ROW_MASK])
+
+    def match(self, o: OutcomeIn) -> tuple[Result, tuple[VersionKey, datetime] | None]:
+        """Attaches ``o`` to its prediction (returning the version and hour labelled), or keeps it
+        waiting for a prediction not stored yet; a second outcome for a request is a duplicate."""
+        key, table, code = self._locate(o)
+        if code is None:
+            if key in table or key in self.orphaned:
+                return "duplicate", None
+            table[key] = Waiting(o, self.clock())
+            if len(self.waiting) + len(self.waiting_entity) > self.max_waiting:
+                self._orphan_oldest()
+            m.OUTCOMES_WAITING.set(len(self.waiting) + len(self.waiting_entity))
+            return "waiting", None
+        if not self._attach(code, o):
+            return "duplicate", None
+        return "matched", self._cell(code)
+
+    def _cell(self, code: int) -> tuple[VersionKey, datetime]:
+        b = self.blocks[code >> _ROW_BITS]
+        return b.key, b.hour
+
+    def _attach(self, code: int, o: OutcomeIn) -> bool:
+        b, row = self.blocks[code >> _ROW_BITS], code & _ROW_MASK
+        if b.labelled[row]:  # a repeated outcome for the same request: the first one wins
+            return False
+        b.labelled[row] = 1
+        cell = self.versions[b.key].hours[b.hour]
+        delay = (o.observed_at.timestamp() * 1e6 - b.times_us[row]) / 3.6e9
+        cell.labels.add(b.scores[row], b.thresholds[row], o.defaulted, delay)
+        return True
+
+    def _orphan_oldest(self) -> None:
+        oldest = min(
+            (t for t in (self.waiting, self.waiting_entity) if t),
+            key=lambda t: next(iter(t.values())).received,
+        )
+        key = next(iter(oldest))
+        del oldest[key]
+        self.orphaned[key] = self.clock()
+        m.OUTCOMES.labels("orphaned").inc()
+
+    def expire(self) -> int:
+        """Orphans the outcomes that waited longer than ``wait_s``, forgets orphans older than
+        ``remember_s``; returns how many were orphaned."""
+        now = self.clock()
+        n = 0
+        for table in (self.waiting, self.waiting_entity):
+            while table:
+                key, w = next(iter(table.items()))
+                if now - w.received < self.wait_s:
+                    break
+                del table[key]
+                self.orphaned[key] = now
+                n += 1
+        while self.orphaned and now - next(iter(self.orphaned.values())) >= self.remember_s:
+            del self.orphaned[next(iter(self.orphaned))]
+        if n:
+            m.OUTCOMES.labels("orphaned").inc(n)
+        m.OUTCOMES_WAITING.set(len(self.waiting) + len(self.waiting_entity))
+        return n
+
+    # ------------------------------------------------------------------ retention
+
+    def prune(self, horizon: datetime) -> int:
+        """Forgets the predictions of hours that ended before ``horizon``; returns how many."""
+        gone = 0
+        for (key, hour), bid in list(self.block_of.items()):
+            if (hour.timestamp() + 3600) > horizon.timestamp():
+                continue
+            b = self.blocks.pop(bid)
+            del self.block_of[(key, hour)]
+            for rid in b.rids:
+                if self.ids.get(rid, 0) >> _ROW_BITS == bid:
+                    del self.ids[rid]
+            for ent in b.entities:
+                if ent and self.by_entity.get(ent, 0) >> _ROW_BITS == bid:
+                    del self.by_entity[ent]
+            gone += len(b.rids)
+        return gone
+
+    # ------------------------------------------------------------------ snapshot
+
+    def predictions_frame(self) -> pl.DataFrame:
+        """The index as a frame (for the snapshot)."""
+        blocks = list(self.blocks.values())
+        sizes = [len(b.rids) for b in blocks]
+
+        def column(get: Callable[[Block], array[int] | array[float] | bytearray], dtype: type) -> np.ndarray:
+            parts: list[np.ndarray] = [np.frombuffer(get(b), dtype=dtype) for b in blocks]
+            return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+        return pl.DataFrame(
+            {
+                "model": pl.Series([b.key[0] for b in blocks], dtype=pl.String).gather(_repeat(sizes)),
+                "version": pl.Series([b.key[1] for b in blocks], dtype=pl.Int64).gather(_repeat(sizes)),
+                "hour": pl.Series([b.hour for b in blocks], dtype=pl.Datetime("us", "UTC")).gather(
+                    _repeat(sizes)
+                ),
+                "rid": column(lambda b: b.rids, np.uint64),
+                "entity": column(lambda b: b.entities, np.uint64),
+                "time_us": column(lambda b: b.times_us, np.int64),
+                "score": column(lambda b: b.scores, np.float64),
+                "threshold": column(lambda b: b.thresholds, np.float64),
+                "labelled": column(lambda b: b.labelled, np.uint8),
+            }
+        )
+
+    def load_predictions(self, frame: pl.DataFrame) -> None:
+        """Restores the index from :meth:`predictions_frame`."""
+        for (model, version, hour), part in frame.partition_by(
+            ["model", "version", "hour"], as_dict=True, maintain_order=True
+        ).items():
+            assert isinstance(hour, datetime)
+            bid, b = self.block((str(model), int(str(version))), hour.astimezone(UTC))
+            start = len(b.rids)
+            b.rids.frombytes(part["rid"].to_numpy().astype(np.uint64).tobytes())
+            b.entities.frombytes(part["entity"].to_numpy().astype(np.uint64).tobytes())
+            b.times_us.frombytes(part["time_us"].to_numpy().astype(np.int64).tobytes())
+            b.scores.frombytes(part["score"].to_numpy().astype(np.float64).tobytes())
+            b.thresholds.frombytes(part["threshold"].to_numpy().astype(np.float64).tobytes())
+            b.labelled.extend(part["labelled"].to_numpy().astype(np.uint8).tobytes())
+            codes = range(bid << _ROW_BITS | start, bid << _ROW_BITS | len(b.rids))
+            self.ids.update(zip(part["rid"].to_list(), codes, strict=True))
+            self.by_entity.update((e, c) for e, c in zip(part["entity"].to_list(), codes, strict=True) if e)
+
+    def waiting_frame(self) -> pl.DataFrame:
+        """The waiting outcomes and the orphans remembered (for the snapshot)."""
+        entries = [(k, w.outcome, w.received, "request") for k, w in self.waiting.items()] + [
+            (k, w.outcome, w.received, "entity") for k, w in self.waiting_entity.items()
+        ]
+        return pl.DataFrame(
+            {
+                "key": pl.Series([k for k, *_ in entries] + list(self.orphaned), dtype=pl.UInt64),
+                "table": [t for *_, t in entries] + ["orphaned"] * len(self.orphaned),
+                "received": pl.Series(
+                    [r for _, _, r, _ in entries] + list(self.orphaned.values()), dtype=pl.Float64
+                ),
+                "request_id": [o.request_id for _, o, _, _ in entries] + [""] * len(self.orphaned),
+                "entity_id": [o.entity_id for _, o, _, _ in entries] + [""] * len(self.orphaned),
+                "defaulted": [o.defaulted for _, o, _, _ in entries] + [False] * len(self.orphaned),
+                "observed_at": pl.Series(
+                    [o.observed_at for _, o, _, _ in entries] + [None] * len(self.orphaned),
+                    dtype=pl.Datetime("us", "UTC"),
+                ),
+                "prediction_time": pl.Series(
+                    [o.prediction_time for _, o, _, _ in entries] + [None] * len(self.orphaned),
+                    dtype=pl.Datetime("us", "UTC"),
+                ),
+            }
+        )
+
+    def load_waiting(self, frame: pl.DataFrame) -> None:
+        """Restores :meth:`waiting_frame`."""
+        for row in frame.iter_rows(named=True):
+            if row["table"] == "orphaned":
+                self.orphaned[row["key"]] = row["received"]
+                continue
+            o = OutcomeIn(
+                row["request_id"],
+                row["entity_id"],
+                row["defaulted"],
+                row["observed_at"],
+                row["prediction_time"],
+            )
+            table = self.waiting if row["table"] == "request" else self.waiting_entity
+            table[row["key"]] = Waiting(o, row["received"])
+        m.OUTCOMES_WAITING.set(len(self.waiting) + len(self.waiting_entity))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _us(t: datetime) -> int:
-    return round(t.timestamp() * 1_000_000)
+    return (t - _EPOCH) // timedelta(microseconds=1)
+
+
+def _repeat(sizes: list[int]) -> pl.Series:
+    """Indexes that repeat item ``i`` ``sizes[i]`` times."""
+    return pl.Series(np.repeat(np.arange(len(sizes), dtype=np.int64), sizes))

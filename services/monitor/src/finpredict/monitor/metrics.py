@@ -40,8 +40,8 @@ RECORDS_UNPROFILED = Counter(
 )
 RECORDS_EXPIRED = Counter(
     "finpredict_monitor_records_expired_total",
-    "Records, outcomes and index entries deleted because they fell out of the retention period, by kind "
-    "(predictions, outcomes).",
+    "What was deleted because it fell out of the retention period, by kind: predictions (from the "
+    "request-id index and the windows), partitions (prediction hours and outcome days of the logs).",
     ["kind"],
 )
 PROFILE_FETCHES = Counter(

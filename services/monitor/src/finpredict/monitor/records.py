@@ -4,10 +4,12 @@ frames they are stored as (see :mod:`finpredict.monitor.store`)."""
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import re
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -55,6 +57,8 @@ class Prediction:
     trace_id: str
     time: datetime
     features: dict[str, float | str | None]
+    # the reason codes the client received: (code, feature, contribution, description)
+    reason_codes: tuple[tuple[str, str, float, str], ...] = ()
 
 
 @dataclass
@@ -106,7 +110,9 @@ def prediction_problem(i: int, p: Prediction) -> str | None:
     return None
 
 
-def feature_kind_problem(i: int, p: Prediction, numeric: set[str], categorical: set[str]) -> str | None:
+def feature_kind_problem(
+    i: int, p: Prediction, numeric: AbstractSet[str], categorical: AbstractSet[str]
+) -> str | None:
     """The first feature of record ``i`` whose kind contradicts the profile (``numeric`` /
     ``categorical`` feature names), or None."""
     for name, v in p.features.items():
@@ -144,6 +150,7 @@ def predictions_frame(preds: Sequence[Prediction]) -> pl.DataFrame:
         pl.Series("latency_ms", [p.latency_ms for p in preds], dtype=pl.Float64),
         pl.Series("trace_id", [p.trace_id for p in preds], dtype=pl.String),
         pl.Series("time", [p.time for p in preds], dtype=pl.Datetime("us", "UTC")),
+        pl.Series("reason_codes", [reason_codes_json(p.reason_codes) for p in preds], dtype=pl.String),
     ]
     names: dict[str, None] = {}
     for p in preds:
@@ -158,6 +165,19 @@ def predictions_frame(preds: Sequence[Prediction]) -> pl.DataFrame:
         else:
             series.append(pl.Series(FEATURE_PREFIX + name, values, dtype=pl.Float64))
     return pl.DataFrame(series)
+
+
+def reason_codes_json(codes: Sequence[tuple[str, str, float, str]]) -> str | None:
+    """Reason codes as stored: a JSON list of ``[code, feature, contribution, description]``
+    (null when there are none)."""
+    return json.dumps([list(c) for c in codes]) if codes else None
+
+
+def reason_codes_from_json(text: str | None) -> list[tuple[str, str, float, str]]:
+    """The stored reason codes back (none for null: a record logged without them)."""
+    if not text:
+        return []
+    return [(str(c), str(f), float(v), str(d)) for c, f, v, d in json.loads(text)]
 
 
 def outcomes_frame(outcomes: Sequence[OutcomeIn]) -> pl.DataFrame:

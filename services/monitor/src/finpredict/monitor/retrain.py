@@ -1,10 +1,11 @@
 """The retraining trigger: starts the training pipeline as a background subprocess, once per
 incident, and reads the version it registered from its output.
 
-The command (``FINPREDICT_MONITOR_RETRAIN_COMMAND``) runs with ``FINPREDICT_TRIGGER`` set to
-``alert:<id>`` (or ``manual:<reason>`` / ``schedule``), which the pipeline's register stage writes
-into the new version's ``lineage.trigger``. The version id is taken from the register stage's
-line ``[register] <model> version <n> registered``.
+At most one job runs per model: a trigger while one runs (an alert or ``TriggerRetraining``) is
+answered with that job. The command (``FINPREDICT_MONITOR_RETRAIN_COMMAND``) runs with
+``FINPREDICT_TRIGGER`` set to ``alert:<id>`` (or ``manual:<reason>`` / ``schedule``), which the
+pipeline's register stage writes into the new version's ``lineage.trigger``. The version id is
+taken from the register stage's line ``[register] <model> version <n> registered``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from finpredict.monitor import metrics as m
 
 log = logging.getLogger("finpredict.monitor.retrain")
 
+MAX_FINISHED_JOBS = 100
 REGISTERED = re.compile(r"\[register\] (\S+) version (\d+) registered")
 
 
@@ -55,9 +57,24 @@ class Retrainer:
     def enabled(self) -> bool:
         return bool(self.command.strip())
 
-    def start(self, model: str, trigger: str, reason: str) -> Job:
+    def running(self, model: str) -> Job | None:
+        """The job running for ``model``, if any."""
+        return next((j for j in self.jobs.values() if j.model == model and j.returncode is None), None)
+
+    def start(self, model: str, trigger: str, reason: str) -> tuple[Job, bool]:
+        """Starts a job for ``model``, or answers with the one running for it: at most one job per
+        model at a time. Returns the job and whether it was started now."""
         if not self.enabled:
             raise RuntimeError("retraining is disabled (FINPREDICT_MONITOR_RETRAIN_COMMAND is empty)")
+        current = self.running(model)
+        if current is not None:
+            m.RETRAINING_JOINED.labels(trigger.split(":", 1)[0]).inc()
+            log.info(
+                "retraining already running", extra={"job": current.id, "model": model, "trigger": trigger}
+            )
+            return current, False
+        for done in [j for j in self.jobs.values() if j.returncode is not None][:-MAX_FINISHED_JOBS]:
+            del self.jobs[done.id]  # finished jobs are remembered a while, not forever
         job_id = f"retrain-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self.work_dir.mkdir(parents=True, exist_ok=True)
         job = Job(job_id, model, trigger, self.work_dir / f"{job_id}.log")
@@ -67,7 +84,7 @@ class Retrainer:
         task.add_done_callback(self._tasks.discard)
         self.jobs[job_id] = job
         m.RETRAINING_RUNS.labels(trigger.split(":", 1)[0]).inc()
-        return job
+        return job, True
 
     async def _run(self, job: Job, argv: list[str]) -> None:
         env = {**os.environ, "FINPREDICT_TRIGGER": job.trigger, "FINPREDICT_RETRAIN_MODEL": job.model}

@@ -33,7 +33,7 @@ def bindings(service: MonitorService) -> list[ServiceBinding]:
     return [ServiceBinding(SERVICE_NAME, add)]
 
 
-# Role each RPC needs when tokens are configured (admin implies writer implies reader).
+# Role each RPC needs (admin implies writer implies reader).
 METHOD_ROLES: dict[str, str] = {
     f"/{SERVICE_NAME}/{method}": role
     for method, role in {
@@ -44,22 +44,23 @@ METHOD_ROLES: dict[str, str] = {
         "WatchAlerts": READER,
         "TriggerRetraining": ADMIN,
         "EvaluateRules": ADMIN,
+        "LookupPredictions": READER,
     }.items()
 }
 
 
 def interceptors(settings: MonitorSettings) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
-    """Bearer-token auth when ``tokens`` is set; raises :class:`ConfigError` naming the variable."""
+    """Bearer-token auth, always (like the registry and the gateway): with no tokens configured every
+    RPC is refused. Raises :class:`ConfigError` naming the variable when ``tokens`` is malformed."""
     try:
         tokens = parse_tokens(settings.tokens.get_secret_value())
     except TokenSpecError as exc:
         raise ConfigError(f"{env_var_name(MonitorSettings, 'tokens')}: {exc}") from None
     if not tokens:
         log.warning(
-            "no tokens configured: every monitor RPC is open, TriggerRetraining included (set %s)",
+            "no tokens configured: every monitor RPC will be refused (set %s)",
             env_var_name(MonitorSettings, "tokens"),
         )
-        return []
     return [BearerAuthInterceptor(tokens, METHOD_ROLES)]
 
 

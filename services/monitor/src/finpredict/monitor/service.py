@@ -7,6 +7,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -16,8 +17,11 @@ from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc as pb_grpc
 from finpredict.monitor.alerting import AlertmanagerClient, Watchers
 from finpredict.monitor.config import MonitorSettings
-from finpredict.monitor.engine import Engine
+from finpredict.monitor.engine import Engine, EngineOptions
 from finpredict.monitor.evaluation import AlertRecord
+from finpredict.monitor.fetch import ProfileFetcher
+from finpredict.monitor.lookup import Query, check_query, lookup
+from finpredict.monitor.profiles import ProfileCache, Reference
 from finpredict.monitor.records import (
     MAX_EVENT_TIME,
     InvalidInputError,
@@ -25,10 +29,12 @@ from finpredict.monitor.records import (
     Prediction,
     StorageError,
     model_name_problem,
+    reason_codes_from_json,
 )
 from finpredict.monitor.retrain import Job, Retrainer
 from finpredict.monitor.rules import Rule, load_rules
-from finpredict.monitor.windows import WindowStats
+from finpredict.monitor.store import FEATURE_PREFIX
+from finpredict.monitor.windows import VersionKey, WindowStats
 
 log = logging.getLogger("finpredict.monitor")
 
@@ -92,6 +98,37 @@ def record_from_proto(r: pb.PredictionRecord) -> Prediction:
         trace_id=r.trace_id,
         time=_event_time(r.time),
         features=features,
+        reason_codes=tuple((c.code, c.feature, c.contribution, c.description) for c in r.reason_codes),
+    )
+
+
+def row_to_record(row: dict[str, Any]) -> pb.PredictionRecord:
+    """A stored prediction (a row of :func:`~finpredict.monitor.records.predictions_frame`) as
+    logged; a missing feature stays unset."""
+    features: dict[str, types_pb2.FeatureValue] = {}
+    for column, value in row.items():
+        if not column.startswith(FEATURE_PREFIX) or value is None:
+            continue
+        name = column.removeprefix(FEATURE_PREFIX)
+        if isinstance(value, str):
+            features[name] = types_pb2.FeatureValue(category=value)
+        else:
+            features[name] = types_pb2.FeatureValue(number=float(value))
+    return pb.PredictionRecord(
+        request_id=row["request_id"],
+        entity_id=row["entity_id"] or "",
+        model=types_pb2.ModelRef(name=row["model"], version=row["version"]),
+        variant=row["variant"] or "",
+        features=features,
+        score=row["score"],
+        threshold=row["threshold"],
+        latency_ms=row["latency_ms"] or 0.0,
+        trace_id=row["trace_id"] or "",
+        time=dt_to_ts(row["time"]),
+        reason_codes=[
+            types_pb2.ReasonCode(code=c, feature=f, contribution=v, description=d)
+            for c, f, v, d in reason_codes_from_json(row.get("reason_codes"))
+        ],
     )
 
 
@@ -120,8 +157,15 @@ def stats_to_proto(w: WindowStats) -> pb.WindowStats:
         size=pb.WINDOW_SIZE_HOURLY if w.size == "hourly" else pb.WINDOW_SIZE_DAILY,
         count=w.count,
         features=[
-            pb.FeatureDrift(feature=n, psi=psi, missing_share=miss, reference_missing_share=ref)
-            for n, psi, miss, ref in w.features
+            pb.FeatureDrift(
+                feature=f.name,
+                psi=f.psi,
+                missing_share=f.missing,
+                reference_missing_share=f.reference_missing,
+                kl=f.kl,
+                js=f.js,
+            )
+            for f in w.features
         ],
         score_kl=w.score_kl,
         score_js=w.score_js,
@@ -141,11 +185,29 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
     def __init__(self, settings: MonitorSettings) -> None:
         self.settings = settings
         rules = load_rules(settings.rules_file)
-        self.engine = Engine(
-            settings.data_dir, settings.profiles_dir, rules, timedelta(seconds=settings.allowed_lateness_s)
+        cache = ProfileCache(settings.cache_dir)
+        options = EngineOptions(
+            allowed_lateness=timedelta(seconds=settings.allowed_lateness_s),
+            retention=timedelta(days=settings.retention_days),
+            max_future_skew=timedelta(seconds=settings.max_future_skew_s),
+            snapshot_interval_s=settings.snapshot_interval_s,
+            outcome_wait_s=settings.outcome_wait_s,
+            max_waiting_outcomes=settings.max_waiting_outcomes,
+            fetching=bool(settings.registry_target),
+        )
+        self.engine = Engine(settings.data_dir, cache, rules, options)
+        self.fetcher = ProfileFetcher(
+            settings.registry_target,
+            settings.registry_token.get_secret_value(),
+            cache,
+            self._profile_ready,
+            self._profile_missing,
+            settings.profile_retry_initial_s,
+            settings.profile_retry_max_s,
+            settings.registry_tls_ca_file,
         )
         self.lock = asyncio.Lock()
-        self.watchers = Watchers()
+        self.watchers = Watchers(settings.watch_queue_size)
         self.alertmanager = (
             AlertmanagerClient(settings.alertmanager_url, settings.alert_resend_s)
             if settings.alertmanager_url
@@ -160,6 +222,7 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
         self._pending_fired: list[tuple[AlertRecord, Rule]] = []
         self.engine.listeners.append(self._on_transition)
         self._ticker: asyncio.Task[None] | None = None
+        self._housekeeper: asyncio.Task[None] | None = None
 
     # lifecycle ---------------------------------------------------------------
 
@@ -169,16 +232,22 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
             self.alertmanager.start()
         if self.settings.evaluate_interval_s > 0:
             self._ticker = asyncio.create_task(self._tick())
+        self._housekeeper = asyncio.create_task(self._housekeep())
+        self.fetcher.want(self.engine.take_wanted())  # versions recovered without a profile
 
     async def drain(self) -> None:
         self.watchers.close()
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for task in (self._ticker, self._housekeeper):
+            if task is not None:
+                task.cancel()
 
     async def shutdown(self) -> None:
+        await self.fetcher.close()
         if self.alertmanager is not None:
             await self.alertmanager.stop()
         await self.retrainer.stop()
+        async with self.lock:  # the next start reads this snapshot, not the logs
+            await asyncio.to_thread(self.engine.snapshot)
 
     async def _tick(self) -> None:
         while True:
@@ -186,6 +255,26 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
             async with self.lock:
                 changed = await asyncio.to_thread(self.engine.evaluate, datetime.now(UTC))
                 self._deliver(changed)
+
+    async def _housekeep(self) -> None:
+        """Orphans outcomes that waited too long and writes the snapshot when due."""
+        period = max(0.05, min(self.settings.outcome_wait_s / 4, 30.0))
+        while True:
+            await asyncio.sleep(period)
+            async with self.lock:
+                await asyncio.to_thread(self.engine.housekeeping)
+
+    # profiles ----------------------------------------------------------------
+
+    async def _profile_ready(self, key: VersionKey, ref: Reference) -> None:
+        async with self.lock:
+            changed = await asyncio.to_thread(self.engine.profile_arrived, key, ref)
+            self._deliver(changed)
+
+    async def _profile_missing(self, key: VersionKey, reason: str) -> None:
+        async with self.lock:
+            changed = await asyncio.to_thread(self.engine.profile_unavailable, key, reason)
+            self._deliver(changed)
 
     # alerts ------------------------------------------------------------------
 
@@ -217,7 +306,7 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
             alert.retrain_job = incident[0].retrain_job
             alert.retrained_version = incident[0].retrained_version
             return
-        job = self.retrainer.start(alert.model, f"alert:{alert.id}", alert.summary)
+        job, _ = self.retrainer.start(alert.model, f"alert:{alert.id}", alert.summary)
         alert.retrain_job = job.id
 
     def _retrain_done(self, job: Job) -> None:
@@ -247,6 +336,7 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
                     await context.abort(_status(exc), str(exc))
                 changed = await asyncio.to_thread(self.engine.evaluate)
                 self._deliver(changed)
+            self.fetcher.want(self.engine.take_wanted())  # never waits for the registry
             accepted += a
             duplicates += d
             rejected += r
@@ -328,17 +418,23 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
     async def WatchAlerts(  # noqa: N802 (gRPC method name)
         self, request: pb.WatchAlertsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.WatchAlertsResponse]:
-        queue = self.watchers.subscribe()
+        sub = self.watchers.subscribe()
         try:
             while True:
-                alert = await queue.get()
+                alert = await sub.queue.get()
                 if alert is None:
-                    return
+                    break
                 if request.model and alert.model != request.model:
                     continue
                 yield pb.WatchAlertsResponse(alert=alert_to_proto(alert))
         finally:
-            self.watchers.unsubscribe(queue)
+            self.watchers.unsubscribe(sub)
+        if sub.overflowed:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this WatchAlerts stream fell more than {sub.size} alert changes behind and was dropped "
+                "(FINPREDICT_MONITOR_WATCH_QUEUE_SIZE): read faster, then call ListAlerts and watch again",
+            )
 
     async def TriggerRetraining(  # noqa: N802 (gRPC method name)
         self, request: pb.TriggerRetrainingRequest, context: grpc.aio.ServicerContext[object, object]
@@ -356,7 +452,10 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "retraining is disabled: FINPREDICT_MONITOR_RETRAIN_COMMAND is empty",
             )
-        job = self.retrainer.start(request.model, f"manual:{request.reason or 'unspecified'}", request.reason)
+        # one job per model at a time: a trigger while one runs is answered with that job's id
+        job, _ = self.retrainer.start(
+            request.model, f"manual:{request.reason or 'unspecified'}", request.reason
+        )
         return pb.TriggerRetrainingResponse(job_id=job.id)
 
     async def EvaluateRules(  # noqa: N802 (gRPC method name)
@@ -370,6 +469,31 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise AssertionError from None  # unreachable; abort raises
         async with self.lock:
-            changed = await asyncio.to_thread(self.engine.evaluate, now)
+            try:
+                changed = await asyncio.to_thread(self.engine.evaluate, now)
+            except InvalidInputError as exc:  # too far in the future: the clock does not move
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             self._deliver(changed)
         return pb.EvaluateRulesResponse(changed=[alert_to_proto(a) for a in changed])
+
+    async def LookupPredictions(  # noqa: N802 (gRPC method name)
+        self, request: pb.LookupPredictionsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.LookupPredictionsResponse:
+        try:
+            query = check_query(
+                Query(
+                    request_id=request.request_id,
+                    entity_id=request.entity_id,
+                    start=checked_dt("start", request.start) if request.HasField("start") else None,
+                    end=checked_dt("end", request.end) if request.HasField("end") else None,
+                    model=request.model,
+                    limit=request.limit,
+                )
+            )
+        except InvalidInputError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError from None  # unreachable; abort raises
+        async with self.lock:  # no compaction or retention pass removes a file while it is read
+            frame, truncated = await asyncio.to_thread(lookup, self.engine.store, query)
+        records = [row_to_record(row) for row in frame.iter_rows(named=True)]
+        return pb.LookupPredictionsResponse(records=records, truncated=truncated)

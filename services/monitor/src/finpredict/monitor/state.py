@@ -8,13 +8,11 @@ own, fsync'ed, renamed over the old one, the directory fsync'ed.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from finpredict.common.fsio import fsync_dir
+from finpredict.common.fsio import write_atomic
 from finpredict.monitor.evaluation import AlertRecord
 from finpredict.monitor.windows import VersionKey
 
@@ -23,6 +21,7 @@ from finpredict.monitor.windows import VersionKey
 class SavedState:
     alerts: dict[str, AlertRecord] = field(default_factory=dict)
     streaks: dict[str, int] = field(default_factory=dict)
+    streak_ends: dict[str, str] = field(default_factory=dict)
     accuracy_day: dict[str, str] = field(default_factory=dict)
     clock: datetime | None = None
     evaluated_until: dict[VersionKey, datetime] = field(default_factory=dict)
@@ -40,6 +39,7 @@ def load_state(path: Path) -> SavedState:
     return SavedState(
         alerts={a["id"]: AlertRecord.from_json(a) for a in doc.get("alerts", [])},
         streaks={k: int(v) for k, v in doc.get("streaks", {}).items()},
+        streak_ends=dict(doc.get("streak_ends", {})),
         accuracy_day=dict(doc.get("accuracy_day", {})),
         clock=datetime.fromisoformat(doc["clock"]) if doc.get("clock") else None,
         evaluated_until=evaluated,
@@ -51,21 +51,9 @@ def save_state(path: Path, state: SavedState) -> None:
     doc = {
         "alerts": [a.to_json() for a in state.alerts.values()],
         "streaks": state.streaks,
+        "streak_ends": state.streak_ends,
         "accuracy_day": state.accuracy_day,
         "clock": state.clock.isoformat() if state.clock else None,
         "evaluated_until": {f"{k[0]}|{k[1]}": v.isoformat() for k, v in state.evaluated_until.items()},
     }
-    write_atomic(path, json.dumps(doc, indent=1, sort_keys=True))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replaces ``path`` with ``text`` so that a crash leaves either the old or the new file."""
-    # A temporary name of its own per write: two writers (e.g. two retraining jobs ending at
-    # once) never rename each other's file away; the last complete write wins.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    fsync_dir(path.parent)
+    write_atomic(path, json.dumps(doc, indent=1, sort_keys=True).encode())

@@ -7,10 +7,11 @@ hourly or daily window (:func:`window_stats`) come from the cells alone, never f
 
 from __future__ import annotations
 
-import logging
+from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -19,9 +20,7 @@ import drift_core
 from finpredict.metrics import accuracy, approved, auc_roc, expected_calibration_error
 from finpredict.monitor import metrics as m
 from finpredict.monitor.drift_input import SCORE_COLUMN, drift_matrix
-from finpredict.monitor.records import MODEL_NAME_RE
-
-log = logging.getLogger("finpredict.monitor")
+from finpredict.monitor.profiles import Reference
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -39,11 +38,22 @@ def floor_day(t: datetime) -> datetime:
 
 
 @dataclass
-class Labeled:
-    score: float
-    threshold: float
-    defaulted: bool
-    delay_hours: float
+class Labels:
+    """The outcomes matched to one hour's predictions, column by column (a few bytes each)."""
+
+    scores: array[float] = field(default_factory=lambda: array("d"))
+    thresholds: array[float] = field(default_factory=lambda: array("d"))
+    delays_h: array[float] = field(default_factory=lambda: array("d"))
+    defaulted: bytearray = field(default_factory=bytearray)
+
+    def __len__(self) -> int:
+        return len(self.defaulted)
+
+    def add(self, score: float, threshold: float, defaulted: bool, delay_hours: float) -> None:
+        self.scores.append(score)
+        self.thresholds.append(threshold)
+        self.delays_h.append(delay_hours)
+        self.defaulted.append(1 if defaulted else 0)
 
 
 @dataclass
@@ -52,21 +62,58 @@ class HourCell:
 
     window: drift_core.Window | None
     count: int = 0
-    labels: list[Labeled] = field(default_factory=list)
+    labels: Labels = field(default_factory=Labels)
     approved: dict[str, list[int]] = field(default_factory=dict)  # variant -> [approved, total]
+
+
+ProfileStatus = Literal["ready", "pending", "missing"]
 
 
 @dataclass
 class VersionState:
+    """One model version: its reference (once known), its hourly cells and how far they were evaluated.
+
+    ``status``: ``ready`` (a reference profile), ``pending`` (being fetched: its windows wait, its
+    records are kept and folded when it arrives) or ``missing`` (none to be had, ``reason`` says why:
+    records are stored and counted, drift rules skip it).
+    """
+
     model: str
     version: int
     profile: drift_core.Profile | None
+    status: ProfileStatus = "missing"
+    reason: str = ""
     hours: dict[datetime, HourCell] = field(default_factory=dict)
     max_event: datetime | None = None
     evaluated_until: datetime | None = None  # start of the first hour not yet evaluated
     evaluated_any: bool = False
-    categorical: set[str] = field(default_factory=set)
-    numeric: set[str] = field(default_factory=set)
+    categorical: frozenset[str] = frozenset()
+    numeric: frozenset[str] = frozenset()
+
+    def use(self, ref: Reference) -> None:
+        self.profile, self.status, self.reason = ref.profile, "ready", ""
+        self.numeric, self.categorical = ref.numeric, ref.categorical
+
+    def reference(self) -> Reference | None:
+        if self.profile is None:
+            return None
+        return Reference(self.profile, self.numeric, self.categorical)
+
+    @property
+    def records(self) -> int:
+        return sum(c.count for c in self.hours.values())
+
+
+@dataclass
+class FeatureStats:
+    """Drift of one feature against the reference: PSI, KL(window || reference), JS, missing shares."""
+
+    name: str
+    psi: float
+    kl: float
+    js: float
+    missing: float
+    reference_missing: float
 
 
 @dataclass
@@ -74,7 +121,7 @@ class WindowStats:
     start: datetime
     size: str  # "hourly" | "daily"
     count: int
-    features: list[tuple[str, float, float, float]]  # name, psi, missing, reference missing
+    features: list[FeatureStats]
     score_kl: float
     score_js: float
     labeled: int
@@ -84,20 +131,6 @@ class WindowStats:
     label_delay_hours: float
     approval_rate: float
     approval_rate_by_variant: dict[str, float]
-
-
-def load_profile(profiles_dir: Path, model: str, version: int) -> drift_core.Profile | None:
-    """The reference profile ``<profiles_dir>/<model>/<version>.bin``, or None (absent or unreadable)."""
-    if not MODEL_NAME_RE.match(model):  # a name from disk or a request never escapes the folder
-        return None
-    path = profiles_dir / model / f"{version}.bin"
-    if not path.exists():
-        return None
-    try:
-        return drift_core.Profile.from_bytes(path.read_bytes())
-    except drift_core.DriftCoreError as exc:
-        log.error("bad reference profile", extra={"path": str(path), "error": str(exc)})
-        return None
 
 
 def _merged(
@@ -117,7 +150,7 @@ def window_stats(state: VersionState, start: datetime, size: str) -> WindowStats
     """Drift, label and approval statistics of the ``size`` window of ``state`` starting at ``start``."""
     window, cells = _merged(state, start, HOUR if size == "hourly" else DAY)
     count = sum(c.count for c in cells)
-    features: list[tuple[str, float, float, float]] = []
+    features: list[FeatureStats] = []
     score_kl = score_js = NAN
     profile = state.profile
     if window is not None and profile is not None and window.n_rows > 0:
@@ -125,17 +158,28 @@ def window_stats(state: VersionState, start: datetime, size: str) -> WindowStats
         for fd in report.features:
             if fd.name == SCORE_COLUMN:
                 continue
-            features.append((fd.name, fd.psi, fd.missing_share_current, fd.missing_share_reference))
+            features.append(
+                FeatureStats(
+                    fd.name, fd.psi, fd.kl, fd.js, fd.missing_share_current, fd.missing_share_reference
+                )
+            )
         if SCORE_COLUMN in profile.feature_names:
             ref = profile.reference_proportions(SCORE_COLUMN)
             cur = window.proportions(SCORE_COLUMN)
             score_kl = float(drift_core.kl(ref, cur))
             score_js = float(drift_core.js(ref, cur))
-    labels = [lab for c in cells for lab in c.labels]
-    scores = np.array([lab.score for lab in labels], dtype=np.float64)
-    thresholds = np.array([lab.threshold for lab in labels], dtype=np.float64)
-    truth = np.array([lab.defaulted for lab in labels], dtype=np.bool_)
-    delays = np.array([lab.delay_hours for lab in labels], dtype=np.float64)
+    scores = np.concatenate(
+        [np.frombuffer(c.labels.scores, dtype=np.float64) for c in cells] or [np.empty(0)]
+    )
+    thresholds = np.concatenate(
+        [np.frombuffer(c.labels.thresholds, dtype=np.float64) for c in cells] or [np.empty(0)]
+    )
+    truth = np.concatenate(
+        [np.frombuffer(c.labels.defaulted, dtype=np.uint8) for c in cells] or [np.empty(0, np.uint8)]
+    ).astype(np.bool_)
+    delays = np.concatenate(
+        [np.frombuffer(c.labels.delays_h, dtype=np.float64) for c in cells] or [np.empty(0)]
+    )
     by_variant: dict[str, list[int]] = {}
     for c in cells:
         for variant, (a, t) in c.approved.items():
@@ -150,7 +194,7 @@ def window_stats(state: VersionState, start: datetime, size: str) -> WindowStats
         features=features,
         score_kl=score_kl,
         score_js=score_js,
-        labeled=len(labels),
+        labeled=int(truth.size),
         auc=auc_roc(truth, scores),
         accuracy=accuracy(truth, scores, thresholds),
         ece=expected_calibration_error(truth, scores),
@@ -161,23 +205,69 @@ def window_stats(state: VersionState, start: datetime, size: str) -> WindowStats
 
 
 class Windows:
-    """The hourly cells of every model version seen (in records or in saved state)."""
+    """The hourly cells of every model version seen (in records or in saved state).
 
-    def __init__(self, profiles_dir: Path) -> None:
-        self.profiles_dir = profiles_dir
+    ``lookup(key)`` gives a version's reference on first sight (the disk cache), or None: the
+    version is then ``pending`` when ``fetching`` (a fetch is wanted, see :attr:`wanted`), else
+    ``missing``.
+    """
+
+    def __init__(self, lookup: Callable[[VersionKey], Reference | None], fetching: bool) -> None:
+        self.lookup = lookup
+        self.fetching = fetching
         self.versions: dict[VersionKey, VersionState] = {}
+        self.wanted: set[VersionKey] = set()  # versions whose profile is to be fetched
 
     def version(self, key: VersionKey) -> VersionState:
         """The state of ``key``, created (with its reference profile, if any) on first use."""
         state = self.versions.get(key)
         if state is None:
-            state = VersionState(key[0], key[1], load_profile(self.profiles_dir, *key))
-            if state.profile is not None:
-                for name in state.profile.feature_names:
-                    if name != SCORE_COLUMN:
-                        (state.categorical if state.profile.is_categorical(name) else state.numeric).add(name)
+            state = VersionState(key[0], key[1], None)
+            ref = self.lookup(key)
+            if ref is not None:
+                state.use(ref)
+            elif self.fetching:
+                state.status = "pending"
+                self.wanted.add(key)
+            else:
+                state.reason = "no_registry"
             self.versions[key] = state
+            m.PROFILES_PENDING.set(sum(v.status == "pending" for v in self.versions.values()))
         return state
+
+    def arrived(
+        self, key: VersionKey, ref: Reference, frames: Callable[[], list[tuple[datetime, pl.DataFrame]]]
+    ) -> None:
+        """The reference of a pending version arrived: its cells get drift windows, built from its
+        stored records (``frames``: each hour's records)."""
+        state = self.version(key)
+        state.use(ref)
+        for hour, frame in frames():
+            cell = state.hours.get(hour)
+            if cell is not None and cell.window is None:
+                cell.window = ref.profile.window()
+                cell.window.add(drift_matrix(ref.profile, frame))
+        m.PROFILES_PENDING.set(sum(v.status == "pending" for v in self.versions.values()))
+
+    def unavailable(self, key: VersionKey, reason: str) -> None:
+        """A pending version will get no reference: its records so far are counted as unprofiled."""
+        state = self.version(key)
+        state.status, state.reason = "missing", reason
+        m.RECORDS_UNPROFILED.labels(key[0], str(key[1]), reason).inc(state.records)
+        m.PROFILES_PENDING.set(sum(v.status == "pending" for v in self.versions.values()))
+
+    def prune(self, horizon: datetime) -> int:
+        """Drops the cells of hours that ended before ``horizon`` (and versions left with none);
+        returns how many cells went."""
+        gone = 0
+        for key, state in list(self.versions.items()):
+            old = [h for h in state.hours if h + HOUR <= horizon]
+            for h in old:
+                del state.hours[h]
+            gone += len(old)
+            if old and not state.hours and state.status != "pending":
+                del self.versions[key]
+        return gone
 
     def add(self, key: VersionKey, hour: datetime, part: pl.DataFrame, live: bool) -> None:
         """Adds the stored records ``part`` of one version and hour to its cell; ``live`` for a
@@ -190,8 +280,8 @@ class Windows:
             state.hours[hour] = cell
         if cell.window is not None and state.profile is not None:
             cell.window.add(drift_matrix(state.profile, part))
-        elif live:
-            m.RECORDS_UNPROFILED.labels(model, str(version)).inc(part.height)
+        elif live and state.status == "missing":
+            m.RECORDS_UNPROFILED.labels(model, str(version), state.reason).inc(part.height)
         cell.count += part.height
         ok = pl.Series("a", approved(part["score"].to_numpy(), part["threshold"].to_numpy()))
         decisions = part.select("variant", ok).group_by("variant").agg(pl.col("a").sum(), pl.len().alias("n"))
@@ -238,14 +328,16 @@ class Windows:
         last_day = floor_day(state.evaluated_until) - DAY
         if any(last_day <= h < last_day + DAY for h in state.hours):
             ws = window_stats(state, last_day, "daily")
-            for name, psi, missing, _ in ws.features:
-                m.FEATURE_PSI.labels(model, version, name, "daily").set(psi)
-                m.FEATURE_MISSING.labels(model, version, name, "daily").set(missing)
+            for f in ws.features:
+                m.FEATURE_PSI.labels(model, version, f.name, "daily").set(f.psi)
+                m.FEATURE_KL.labels(model, version, f.name, "daily").set(f.kl)
+                m.FEATURE_JS.labels(model, version, f.name, "daily").set(f.js)
+                m.FEATURE_MISSING.labels(model, version, f.name, "daily").set(f.missing)
             m.SCORE_KL.labels(model, version, "daily").set(ws.score_kl)
             m.SCORE_JS.labels(model, version, "daily").set(ws.score_js)
             m.WINDOW_PREDICTIONS.labels(model, version, "daily").set(ws.count)
             m.APPROVAL_RATE.labels(model, version, "daily").set(ws.approval_rate)
-        labeled_days = sorted({floor_day(h) for h, c in state.hours.items() if c.labels})
+        labeled_days = sorted({floor_day(h) for h, c in state.hours.items() if len(c.labels)})
         if labeled_days:
             ws = window_stats(state, labeled_days[-1], "daily")
             m.ACCURACY.labels(model, version, "daily").set(ws.accuracy)

@@ -32,14 +32,16 @@ TOKEN_ENV = env_var_name(ClientSettings, "token")
 MAX_VERSION = 2**63 - 1  # versions are int64 on the wire
 
 app = typer.Typer(
-    help="Model registry: list, show, lineage, promote, rollback, history.", no_args_is_help=True
+    help="Model registry: list, show, lineage, promote, rollback, history, policy.", no_args_is_help=True
 )
 out = Console()
 err = Console(stderr=True)
 
 _HINTS = {
     grpc.StatusCode.UNAUTHENTICATED: f"set a valid token with --token or {TOKEN_ENV}",
-    grpc.StatusCode.PERMISSION_DENIED: "this needs a token with a stronger role (admin for alias moves)",
+    grpc.StatusCode.PERMISSION_DENIED: (
+        "this needs a token with another role (admin: alias moves, policies; validator: gate results)"
+    ),
     grpc.StatusCode.UNAVAILABLE: f"is the registry running at the target? (--target or {TARGET_ENV})",
     grpc.StatusCode.ABORTED: "the alias moved meanwhile: check `finpredict models history` and retry",
 }
@@ -66,7 +68,7 @@ def _options(
         str | None, typer.Option("--token", help=f"Bearer token (default: {TOKEN_ENV}).", show_default=False)
     ] = None,
 ) -> None:
-    """Model registry: list, show, lineage, promote, rollback, history."""
+    """Model registry: list, show, lineage, promote, rollback, history, policy."""
     try:
         settings = load_settings(ClientSettings)
     except ConfigError as exc:
@@ -259,7 +261,8 @@ def promote(
     ] = None,
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
 ) -> None:
-    """Point an alias (default: production) at a version; production needs passing gates."""
+    """Point an alias (default: production) at a version; production needs what the model's
+    promotion policy requires (`finpredict models policy show MODEL --version N`)."""
     req = pb.SetAliasRequest(model=model, alias=alias, version=version, reason=reason)
     if expect is not None:
         req.expected_version = expect
@@ -315,3 +318,104 @@ def history(
             e.reason,
         )
     out.print(table)
+
+
+# ----- promotion policy --------------------------------------------------------------------------
+
+policy_app = typer.Typer(
+    help="A model's promotion policy: the gates and lineage `production` requires.", no_args_is_help=True
+)
+app.add_typer(policy_app, name="policy")
+
+_LINEAGE = {
+    "git_commit": pb.LINEAGE_REQUIREMENT_GIT_COMMIT,
+    "data_md5": pb.LINEAGE_REQUIREMENT_DATA_MD5,
+    "dvc_lock_sha256": pb.LINEAGE_REQUIREMENT_DVC_LOCK_SHA256,
+    "reference_profile": pb.LINEAGE_REQUIREMENT_REFERENCE_PROFILE,
+}
+_LINEAGE_NAME = {v: k for k, v in _LINEAGE.items()}
+
+
+def _parse_gate(text: str) -> pb.PolicyGate:
+    """``name>=threshold`` or ``name<=threshold``."""
+    for op, comparator in ((">=", 1), ("<=", 2)):
+        name, sep, value = text.partition(op)
+        if sep:
+            try:
+                return pb.PolicyGate(name=name.strip(), comparator=comparator, threshold=float(value))  # type: ignore[arg-type]
+            except ValueError:
+                break
+    raise typer.BadParameter(f"{text!r}: expected NAME>=THRESHOLD or NAME<=THRESHOLD", param_hint="--gate")
+
+
+def _print_policy(model: str, p: pb.PromotionPolicy) -> None:
+    origin = "the registry's default" if p.is_default else f"set {_time(p.updated_at)} by {p.updated_by}"
+    table = Table("gate", "rule", title=f"promotion policy of {model} ({origin})")
+    for g in p.gates:
+        table.add_row(g.name, f"{'>=' if g.comparator == 1 else '<='} {g.threshold:g}")
+    out.print(table)
+    required = ", ".join(_LINEAGE_NAME.get(r, str(r)) for r in p.required_lineage)
+    out.print(f"required lineage: {required or 'none'}")
+
+
+@policy_app.command("show")
+def policy_show(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[
+        int, typer.Option(help="Also check this version against the policy.", min=0, max=MAX_VERSION)
+    ] = 0,
+) -> None:
+    """Show the promotion policy (and whether a version satisfies it)."""
+    with _stub(ctx) as (stub, md):
+        resp = stub.GetPolicy(pb.GetPolicyRequest(model=model, version=version), metadata=md, timeout=30)
+    _print_policy(model, resp.policy)
+    if version:
+        if resp.check.promotable:
+            out.print(f"version {version}: [green]may become production[/green]")
+        else:
+            out.print(f"version {version}: [red]may not become production[/red]")
+            for problem in resp.check.problems:
+                out.print(f"  - {escape(problem)}")
+
+
+@policy_app.command("set")
+def policy_set(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    gate: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gate", help="A required gate, NAME>=THRESHOLD or NAME<=THRESHOLD (repeat; default: keep)."
+        ),
+    ] = None,
+    require: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--require",
+            help=f"Required lineage, one of {', '.join(_LINEAGE)} (repeat; default: keep).",
+        ),
+    ] = None,
+    no_lineage: Annotated[bool, typer.Option("--no-lineage", help="Require no lineage.")] = False,
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
+) -> None:
+    """Replace parts of the promotion policy (admin; audited). Unnamed parts are kept."""
+    gates = [_parse_gate(g) for g in gate or []]
+    unknown = [r for r in require or [] if r not in _LINEAGE]
+    if unknown:
+        raise typer.BadParameter(f"unknown lineage {', '.join(unknown)}", param_hint="--require")
+    if no_lineage and require:
+        raise typer.BadParameter("give either --require or --no-lineage", param_hint="--no-lineage")
+    with _stub(ctx) as (stub, md):
+        current = stub.GetPolicy(pb.GetPolicyRequest(model=model), metadata=md, timeout=30).policy
+        policy = pb.PromotionPolicy(
+            gates=gates or current.gates,
+            required_lineage=(
+                [] if no_lineage else [_LINEAGE[r] for r in require] if require else current.required_lineage
+            ),
+        )
+        resp = stub.SetPolicy(
+            pb.SetPolicyRequest(model=model, policy=policy, reason=reason), metadata=md, timeout=30
+        )
+    _print_policy(model, resp.policy)
+    out.print(f"recorded as audit event {resp.entry.id}")

@@ -26,7 +26,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _WRITE = "finpredict_write"
 # The newest migration; a test checks it is Alembic's head. A database already there is not
 # touched (and Alembic is not even imported: faster restarts).
-HEAD_REVISION = "0002_profile_sha256"
+HEAD_REVISION = "0003_promotion_policies"
 
 
 def create_db_engine(url: str) -> Engine:

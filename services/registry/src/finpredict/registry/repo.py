@@ -19,12 +19,15 @@ from sqlalchemy import delete as sa_delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
+from finpredict.registry import policy as pol
 from finpredict.registry.db import read_tx, write_tx
+from finpredict.registry.policy import COMPARATOR_GE, DEFAULT_POLICY, Policy
 from finpredict.registry.schema import (
     aliases,
     audit_log,
     gate_results,
     models,
+    promotion_policies,
     registry_state,
     version_metrics,
     version_tags,
@@ -35,8 +38,6 @@ STATUS_READY = 1
 STATUS_DELETED = 2
 PRODUCTION = "production"
 ALIAS_ACTIONS = ("alias.set", "alias.rollback", "alias.delete")
-COMPARATOR_GE = 1
-COMPARATOR_LE = 2
 
 
 class RegistryError(Exception):
@@ -62,7 +63,12 @@ class FailedPreconditionError(RegistryError):
 
 
 class GatesFailedError(FailedPreconditionError):
-    """Promotion to production refused: the failing (or missing) gates are named."""
+    """Promotion to production refused by the model's promotion policy: the missing or failing
+    gates and the missing lineage are named."""
+
+
+class GatesImmutableError(FailedPreconditionError):
+    """An appended gate result names a gate the version already has a result for."""
 
 
 def now_us() -> int:
@@ -120,6 +126,20 @@ class ModelRow:
     created_by: str
     latest_version: int
     aliases: dict[str, int]
+
+
+@dataclass
+class PolicyRow:
+    """A model's promotion policy in force; ``updated_by`` is empty for the default."""
+
+    model: str
+    policy: Policy
+    updated_at_us: int
+    updated_by: str
+
+    @property
+    def is_default(self) -> bool:
+        return not self.updated_by
 
 
 @dataclass
@@ -537,12 +557,26 @@ class Repository:
             return _load_versions(conn, conn.execute(stmt).all())
 
     def append_gates(self, model: str, version: int, gates: Sequence[GateRow], actor: str) -> VersionRow:
+        """Adds results for gates the version has none for (recorded results are immutable)."""
         with write_tx(self.engine) as conn:
             row = _model_row(conn, model, lock=True)
             vid = _live_version(conn, row.id, model, version)
+            recorded = set(
+                conn.execute(select(gate_results.c.name).where(gate_results.c.version_id == vid)).scalars()
+            )
+            again = sorted(g.name for g in gates if g.name in recorded)
+            if again:
+                raise GatesImmutableError(
+                    f"version {version} of model {model!r} already has results for {', '.join(again)}; "
+                    "recorded gate results are immutable"
+                )
             self._insert_gates(conn, vid, gates, now_us())
-            names = ",".join(sorted({g.name for g in gates}))
-            _audit(conn, "gates.append", model, actor, reason=names, version=version)
+            summary = ", ".join(
+                f"{g.name}={g.value:g} {'>=' if g.comparator == COMPARATOR_GE else '<='} {g.threshold:g} "
+                f"({'pass' if g.passed else 'fail'})"
+                for g in sorted(gates, key=lambda g: g.name)
+            )
+            _audit(conn, "gates.append", model, actor, reason=summary, version=version)
             return _get_version_row(conn, model, version)
 
     def delete_version(self, model: str, version: int, reason: str, actor: str) -> AuditRow:
@@ -578,17 +612,47 @@ class Repository:
         target = _get_version_row(conn, model, version)
         if target.status == STATUS_DELETED:
             raise FailedPreconditionError(f"version {version} of model {model!r} is deleted")
-        if alias == PRODUCTION and not target.gates_passed:
-            failing = [g.name for g in target.gates if not g.passed]
-            if failing:
+        if alias == PRODUCTION:
+            found = _policy_of(conn, model)
+            refused = pol.problems(found.policy, target.gates, target.lineage_json, target.reference_profile)
+            if refused:
                 raise GatesFailedError(
-                    f"version {version} of model {model!r} cannot become {PRODUCTION}: "
-                    f"failing gates: {', '.join(failing)}"
+                    f"version {version} of model {model!r} cannot become {PRODUCTION} under "
+                    f"{'the default' if found.is_default else 'its'} promotion policy: {'; '.join(refused)}"
                 )
-            raise GatesFailedError(
-                f"version {version} of model {model!r} cannot become {PRODUCTION}: no gate results"
-            )
         return target
+
+    # ----- promotion policies -------------------------------------------------------------------
+
+    def get_policy(self, model: str) -> PolicyRow:
+        with read_tx(self.engine) as conn:
+            return _policy_of(conn, model)
+
+    def check_policy(self, model: str, version: int) -> tuple[PolicyRow, list[str]]:
+        """The policy in force and what keeps ``version`` from ``production`` (empty: nothing)."""
+        with read_tx(self.engine) as conn:
+            found = _policy_of(conn, model)
+            target = _get_version_row(conn, model, version)
+            refused = pol.problems(found.policy, target.gates, target.lineage_json, target.reference_profile)
+            if target.status == STATUS_DELETED:
+                refused.insert(0, "the version is deleted")
+            return found, refused
+
+    def set_policy(self, model: str, policy: Policy, reason: str, actor: str) -> tuple[PolicyRow, AuditRow]:
+        with write_tx(self.engine) as conn:
+            row = _model_row(conn, model, lock=True)  # serialised with alias moves of this model
+            t = now_us()
+            values = {"policy_json": policy.to_json(), "updated_at_us": t, "updated_by": actor}
+            done = conn.execute(
+                update(promotion_policies).where(promotion_policies.c.model_id == row.id).values(**values)
+            )
+            if not done.rowcount:
+                conn.execute(insert(promotion_policies).values(model_id=row.id, **values))
+            summary = policy_summary(policy)
+            audit = _audit(
+                conn, "policy.set", model, actor, reason=f"{summary}; {reason}" if reason else summary
+            )
+            return PolicyRow(model, policy, t, actor), audit
 
     def _move(
         self,
@@ -720,6 +784,22 @@ class Repository:
                     select(registry_state.c.last_event_id).where(registry_state.c.id == 1)
                 ).scalar_one()
             )
+
+
+def policy_summary(policy: Policy) -> str:
+    """One line: the gates with their rules and the required lineage."""
+    gates = ", ".join(f"{g.name} {g.rule()}" for g in policy.gates) or "no gates"
+    return f"gates: {gates}; lineage: {', '.join(policy.required_lineage) or 'none'}"
+
+
+def _policy_of(conn: Connection, model: str) -> PolicyRow:
+    row = _model_row(conn, model)
+    found = conn.execute(
+        select(promotion_policies).where(promotion_policies.c.model_id == row.id)
+    ).one_or_none()
+    if found is None:
+        return PolicyRow(model, DEFAULT_POLICY, 0, "")
+    return PolicyRow(model, Policy.from_json(found.policy_json), int(found.updated_at_us), found.updated_by)
 
 
 def _live_version(conn: Connection, model_id: int, model: str, version: int) -> int:

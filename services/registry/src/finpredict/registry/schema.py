@@ -104,6 +104,17 @@ gate_results = Table(
 )
 Index("ix_gate_results_version", gate_results.c.version_id)
 
+# A model's own promotion policy (finpredict.registry.policy JSON); a model without a row gets
+# the default policy.
+promotion_policies = Table(
+    "promotion_policies",
+    metadata,
+    Column("model_id", Integer, ForeignKey("models.id"), primary_key=True),
+    Column("policy_json", Text, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    Column("updated_by", String(128), nullable=False),
+)
+
 aliases = Table(
     "aliases",
     metadata,

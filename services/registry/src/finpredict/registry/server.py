@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,8 +17,15 @@ from finpredict.common.server import ServiceBinding
 from finpredict.registry.config import RegistrySettings
 from finpredict.registry.db import create_db_engine, migrate
 from finpredict.registry.repo import Repository
-from finpredict.registry.service import METHOD_ROLES, SERVICE, SWEPT_UPLOADS, RegistryServicer, WandbLinker
-from finpredict.registry.store import LocalArtifactStore
+from finpredict.registry.service import (
+    METHOD_ROLES,
+    ROLE_IMPLIES,
+    SERVICE,
+    SWEPT_UPLOADS,
+    RegistryServicer,
+    WandbLinker,
+)
+from finpredict.registry.store import ArtifactStore, LocalArtifactStore, StoreError
 
 log = logging.getLogger("finpredict.registry")
 
@@ -30,6 +38,26 @@ class Registry:
     interceptors: list[grpc.aio.ServerInterceptor[Any, Any]]
     on_drain: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def open_store(settings: RegistrySettings) -> ArtifactStore:
+    """The configured artifact store: a local folder, or an S3 bucket (probed, not required to
+    answer: while S3 is down the registry serves metadata and refuses artifact RPCs UNAVAILABLE)."""
+    where = settings.resolved_artifact_store()
+    if isinstance(where, Path):
+        return LocalArtifactStore(where)
+    from finpredict.registry.s3store import S3ArtifactStore  # boto3 only when configured
+
+    store = S3ArtifactStore.from_settings(settings, where)
+    try:
+        store.probe()
+    except StoreError as exc:
+        log.warning("the S3 artifact store does not answer yet", extra={"error": str(exc)})
+    else:
+        log.info(
+            "artifact store on S3", extra={"location": where.uri(), "endpoint": settings.s3_endpoint_url}
+        )
+    return store
 
 
 def build(settings: RegistrySettings) -> Registry:
@@ -47,7 +75,7 @@ def build(settings: RegistrySettings) -> Registry:
     engine = create_db_engine(settings.resolved_database_url())
     if settings.migrate_on_start:
         migrate(engine)
-    store = LocalArtifactStore(settings.resolved_artifact_root())
+    store = open_store(settings)
     swept = store.sweep()
     SWEPT_UPLOADS.inc(swept)
     if swept:
@@ -71,7 +99,7 @@ def build(settings: RegistrySettings) -> Registry:
                 lambda server: registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server),
             )
         ],
-        interceptors=[BearerAuthInterceptor(tokens, METHOD_ROLES)],
+        interceptors=[BearerAuthInterceptor(tokens, METHOD_ROLES, role_implies=ROLE_IMPLIES)],
         on_drain=[servicer.close],
         on_shutdown=[dispose],
     )

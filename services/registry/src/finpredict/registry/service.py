@@ -27,7 +27,7 @@ from sqlalchemy.exc import OperationalError
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
-from finpredict.common.auth import ADMIN, READER, WRITER, current_subject
+from finpredict.common.auth import ADMIN, DEFAULT_ROLE_IMPLIES, READER, WRITER, current_subject
 from finpredict.registry import validation as v
 from finpredict.registry.repo import (
     PRODUCTION,
@@ -37,17 +37,25 @@ from finpredict.registry.repo import (
     GatesFailedError,
     ModelRow,
     NewVersion,
+    PolicyRow,
     RegistryError,
     Repository,
     VersionRow,
 )
-from finpredict.registry.store import ArtifactStore, ChecksumError, StoreError
+from finpredict.registry.store import ArtifactStore, ChecksumError, StoreError, StoreUnavailableError
 
 log = logging.getLogger("finpredict.registry")
 T = TypeVar("T")
 SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 
-# Role each RPC needs (admin implies writer implies reader); used by the auth interceptor.
+# Appends gate results after registration (a human or job that validated the version). Only this
+# role may: not a writer (it registers the results it computed, then they are immutable) and not
+# an admin (who moves `production`), so nobody can both vouch for a version and promote it.
+VALIDATOR = "validator"
+ROLE_IMPLIES = {**DEFAULT_ROLE_IMPLIES, VALIDATOR: frozenset({READER})}
+
+# Role each RPC needs (admin implies writer implies reader; validator implies reader); used by the
+# auth interceptor.
 METHOD_ROLES: dict[str, str] = {
     f"/{SERVICE}/{method}": role
     for method, role in {
@@ -63,7 +71,9 @@ METHOD_ROLES: dict[str, str] = {
         "DeleteAlias": ADMIN,
         "DeleteVersion": ADMIN,
         "GetLineage": READER,
-        "AppendGateResults": WRITER,
+        "AppendGateResults": VALIDATOR,
+        "GetPolicy": READER,
+        "SetPolicy": ADMIN,
         "ListAuditLog": READER,
         "WatchAliases": READER,
         "DownloadArtifact": READER,
@@ -82,7 +92,8 @@ SWEPT_UPLOADS = Counter(
 )
 REFUSALS = Counter(
     "finpredict_registry_refusals",
-    "Refused registry operations, by reason (gates_failed, cas_conflict, checksum, invalid_argument).",
+    "Refused registry operations, by reason (gates_failed: the promotion policy refused production, "
+    "cas_conflict, checksum, invalid_argument).",
     ["reason"],
 )
 
@@ -142,6 +153,24 @@ def gate_pb(g: Any) -> types_pb2.GateResult:
         passed=g.passed,
         detail=g.detail,
     )
+
+
+_LINEAGE_ENUM = {name: value for value, name in v.LINEAGE_NAMES.items()}
+
+
+def policy_pb(row: PolicyRow) -> registry_pb2.PromotionPolicy:
+    out = registry_pb2.PromotionPolicy(
+        gates=[
+            registry_pb2.PolicyGate(name=g.name, comparator=g.comparator, threshold=g.threshold)  # type: ignore[arg-type]
+            for g in row.policy.gates
+        ],
+        required_lineage=[_LINEAGE_ENUM[r] for r in row.policy.required_lineage],  # type: ignore[misc]
+        is_default=row.is_default,
+        updated_by=row.updated_by,
+    )
+    if not row.is_default:
+        out.updated_at.CopyFrom(_ts(row.updated_at_us))
+    return out
 
 
 def lineage_pb(row: VersionRow) -> registry_pb2.Lineage:
@@ -274,6 +303,11 @@ def _rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         except OperationalError as exc:
             log.error("database unavailable", extra={"error": type(exc.orig).__name__})
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the registry database is unavailable; retry")
+        except StoreUnavailableError as exc:
+            log.error("artifact store unavailable", extra={"error": str(exc)})
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"the artifact store is unavailable; retry: {exc}"
+            )
         raise AssertionError("unreachable")
 
     return wrapper
@@ -517,7 +551,47 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         row = await asyncio.to_thread(
             self.repo.append_gates, request.model, request.version, gates, current_subject()
         )
+        log.info(
+            "gate results appended",
+            extra={
+                "model": row.model,
+                "version": row.version,
+                "actor": current_subject(),
+                "gates": ",".join(g.name for g in gates),
+            },
+        )
         return registry_pb2.AppendGateResultsResponse(version=version_pb(row))
+
+    # ----- promotion policies -------------------------------------------------------------------
+
+    @_rpc
+    async def GetPolicy(self, request: registry_pb2.GetPolicyRequest, context: Any) -> Any:
+        v.name("model", request.model, "model name")
+        if request.version < 0:
+            raise v.InvalidArgumentError(
+                "version", f"must be 0 (none) or a version number, got {request.version}"
+            )
+        if not request.version:
+            row = await asyncio.to_thread(self.repo.get_policy, request.model)
+            return registry_pb2.GetPolicyResponse(policy=policy_pb(row))
+        row, problems = await asyncio.to_thread(self.repo.check_policy, request.model, request.version)
+        return registry_pb2.GetPolicyResponse(
+            policy=policy_pb(row), check=registry_pb2.PolicyCheck(promotable=not problems, problems=problems)
+        )
+
+    @_rpc
+    async def SetPolicy(self, request: registry_pb2.SetPolicyRequest, context: Any) -> Any:
+        v.name("model", request.model, "model name")
+        policy = v.policy("policy", request.policy)
+        v.text("reason", request.reason, v.MAX_REASON)
+        row, audit = await asyncio.to_thread(
+            self.repo.set_policy, request.model, policy, request.reason, current_subject()
+        )
+        log.info(
+            "promotion policy set",
+            extra={"model": row.model, "actor": audit.actor, "event_id": audit.id, "policy": audit.reason},
+        )
+        return registry_pb2.SetPolicyResponse(policy=policy_pb(row), entry=audit_pb(audit))
 
     # ----- aliases ----------------------------------------------------------------------------
 
@@ -647,7 +721,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 raise _RefusedError(
                     grpc.StatusCode.NOT_FOUND, f"version {row.version} of {row.model!r} is deleted"
                 )
-            if not row.artifact_uri.startswith("file://"):
+            if not self.store.holds(row.artifact_uri, row.artifact_sha256):
                 raise _RefusedError(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"the artifact is stored outside the registry at {row.artifact_uri}",
@@ -675,9 +749,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             log.error(
                 "artifact checksum mismatch", extra={"model": request.model, "version": request.version}
             )
-            code, message = grpc.StatusCode.DATA_LOSS, str(exc)
+            code, message = grpc.StatusCode.DATA_LOSS, f"{request.model} version {request.version}: {exc}"
+        except StoreUnavailableError as exc:
+            log.error("artifact store unavailable", extra={"error": str(exc)})
+            code, message = grpc.StatusCode.UNAVAILABLE, f"the artifact store is unavailable; retry: {exc}"
         except StoreError as exc:
-            code, message = grpc.StatusCode.DATA_LOSS, str(exc)
+            code, message = grpc.StatusCode.DATA_LOSS, f"{request.model} version {request.version}: {exc}"
         if code != grpc.StatusCode.OK:
             await context.abort(code, message)
 

@@ -1,9 +1,9 @@
 """Content-addressed artifact storage.
 
-:class:`ArtifactStore` is the interface; :class:`LocalArtifactStore` (a folder) is the only
-implementation in this build. An S3-compatible store implements the same four operations
-(``begin_upload`` streaming to a temporary object, ``commit`` as a copy to
-``sha256/<ab>/<hash>``, ``open`` and ``sweep``).
+:class:`ArtifactStore` is the interface; :class:`LocalArtifactStore` (a folder) is one
+implementation, :class:`~finpredict.registry.s3store.S3ArtifactStore` (an S3-compatible bucket)
+the other. Both hash uploads as they arrive (:class:`SpoolFile`), keep blobs under
+``sha256/<ab>/<hash>`` and re-hash every read (:func:`verified_chunks`).
 
 Layout of the local store::
 
@@ -37,10 +37,16 @@ class ChecksumError(StoreError):
     """Stored bytes do not match their recorded sha256 (corruption on disk)."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached or refused the request (a remote store down, timing out,
+    throttling or misconfigured); the caller may retry later."""
+
+
 class Upload(Protocol):
     """An upload in progress: bytes are hashed and counted as they are written."""
 
-    size: int
+    @property
+    def size(self) -> int: ...
 
     def write(self, chunk: bytes) -> None: ...
 
@@ -60,9 +66,11 @@ class ArtifactStore(Protocol):
 
     def uri(self, sha256: str) -> str: ...
 
-    def exists(self, sha256: str) -> bool: ...
+    def holds(self, uri: str, sha256: str) -> bool:
+        """True when ``uri`` names a blob this store wrote (the registry streams only those)."""
+        ...
 
-    def open(self, sha256: str) -> BinaryIO: ...
+    def exists(self, sha256: str) -> bool: ...
 
     def iter_verified(self, sha256: str, size: int, chunk_size: int) -> Iterator[bytes]: ...
 
@@ -80,10 +88,29 @@ def check_sha256(value: str) -> str:
     return value
 
 
-class _LocalUpload:
-    def __init__(self, store: LocalArtifactStore) -> None:
-        self._store = store
-        self.path = store.tmp_dir / f"{uuid.uuid4().hex}.part"
+def verified_chunks(sha256: str, size: int, chunks: Iterator[bytes], where: str) -> Iterator[bytes]:
+    """Passes ``chunks`` through while hashing them; after the last one raises
+    :class:`ChecksumError` when the bytes (read from ``where``) are not ``size`` bytes with that
+    sha256."""
+    h = hashlib.sha256()
+    total = 0
+    for chunk in chunks:
+        h.update(chunk)
+        total += len(chunk)
+        yield chunk
+    if total != size or h.hexdigest() != sha256:
+        raise ChecksumError(
+            f"artifact {sha256} is corrupted {where}: read {total} bytes with sha256 "
+            f"{h.hexdigest()}, expected {size} bytes"
+        )
+
+
+class SpoolFile:
+    """A local temporary file that hashes and counts what is written to it: an upload's bytes
+    before they are stored under their digest."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self.path = tmp_dir / f"{uuid.uuid4().hex}.part"
         self._file: BinaryIO | None = self.path.open("xb")
         self._hash = hashlib.sha256()
         self.size = 0
@@ -97,27 +124,50 @@ class _LocalUpload:
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
-    def commit(self) -> str:
-        assert self._file is not None
+    def close(self, *, durable: bool) -> None:
+        """Closes the file (idempotent), after an fsync when ``durable``."""
+        if self._file is None:
+            return
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if durable:
+            os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        digest = self._hash.hexdigest()
+
+    def remove(self) -> None:
+        self.close(durable=False)
+        self.path.unlink(missing_ok=True)
+
+
+class _LocalUpload:
+    def __init__(self, store: LocalArtifactStore) -> None:
+        self._store = store
+        self._spool = SpoolFile(store.tmp_dir)
+
+    @property
+    def size(self) -> int:
+        return self._spool.size
+
+    def write(self, chunk: bytes) -> None:
+        self._spool.write(chunk)
+
+    def hexdigest(self) -> str:
+        return self._spool.hexdigest()
+
+    def commit(self) -> str:
+        self._spool.close(durable=True)
+        digest = self._spool.hexdigest()
         final = self._store.path_for(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists() and self._store.verify(digest, raise_on_error=False):
-            self.path.unlink(missing_ok=True)  # same content already stored
+            self._spool.remove()  # same content already stored
         else:
-            os.replace(self.path, final)  # atomic within one filesystem
+            os.replace(self._spool.path, final)  # atomic within one filesystem
             fsync_dir(final.parent)
         return digest
 
     def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self.path.unlink(missing_ok=True)
+        self._spool.remove()
 
 
 class LocalArtifactStore:
@@ -143,6 +193,9 @@ class LocalArtifactStore:
     def uri(self, sha256: str) -> str:
         return self.path_for(sha256).as_uri()
 
+    def holds(self, uri: str, sha256: str) -> bool:
+        return uri.startswith("file://")  # by digest: the data folder may have moved since
+
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).is_file()
 
@@ -155,18 +208,8 @@ class LocalArtifactStore:
 
     def iter_verified(self, sha256: str, size: int, chunk_size: int) -> Iterator[bytes]:
         """Yields the blob in chunks; raises :class:`ChecksumError` at the end if it is corrupt."""
-        h = hashlib.sha256()
-        total = 0
         with self.open(sha256) as f:
-            while chunk := f.read(chunk_size):
-                h.update(chunk)
-                total += len(chunk)
-                yield chunk
-        if total != size or h.hexdigest() != sha256:
-            raise ChecksumError(
-                f"artifact {sha256} is corrupted on disk: read {total} bytes with sha256 "
-                f"{h.hexdigest()}, expected {size} bytes"
-            )
+            yield from verified_chunks(sha256, size, iter(lambda: f.read(chunk_size), b""), "on disk")
 
     def verify(self, sha256: str, size: int | None = None, *, raise_on_error: bool = True) -> bool:
         """Re-hashes the blob; False (or :class:`ChecksumError`) when it does not match."""

@@ -13,7 +13,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.registry.v1 import registry_pb2
-from finpredict.registry.repo import COMPARATOR_GE, COMPARATOR_LE, GateRow
+from finpredict.registry import policy as pol
+from finpredict.registry.policy import COMPARATOR_GE, COMPARATOR_LE, Policy, PolicyGate
+from finpredict.registry.repo import GateRow
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 GATE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
@@ -209,3 +211,38 @@ def header(h: registry_pb2.VersionHeader) -> list[GateRow]:
     if len(h.idempotency_key) > 128:
         raise InvalidArgumentError("header.idempotency_key", "longer than 128 characters")
     return gates("header.gate_results", h.gate_results)
+
+
+# LineageRequirement enum value -> the policy's lineage name.
+LINEAGE_NAMES: dict[int, str] = {
+    registry_pb2.LINEAGE_REQUIREMENT_GIT_COMMIT: pol.GIT_COMMIT,
+    registry_pb2.LINEAGE_REQUIREMENT_DATA_MD5: pol.DATA_MD5,
+    registry_pb2.LINEAGE_REQUIREMENT_DVC_LOCK_SHA256: pol.DVC_LOCK_SHA256,
+    registry_pb2.LINEAGE_REQUIREMENT_REFERENCE_PROFILE: pol.REFERENCE_PROFILE,
+}
+
+
+def policy(field: str, p: registry_pb2.PromotionPolicy) -> Policy:
+    """A promotion policy to store: named gates with GE/LE rules and finite thresholds, each at
+    most once; known lineage requirements, each at most once. Output-only fields are ignored."""
+    gates: list[PolicyGate] = []
+    for i, g in enumerate(p.gates):
+        f = f"{field}.gates[{i}]"
+        if not GATE_RE.match(g.name):
+            raise InvalidArgumentError(
+                f"{f}.name", f"gate name {g.name!r} must match [A-Za-z0-9][A-Za-z0-9_.:-]*"
+            )
+        if any(seen.name == g.name for seen in gates):
+            raise InvalidArgumentError(f"{f}.name", f"gate {g.name!r} appears twice")
+        if g.comparator not in (COMPARATOR_GE, COMPARATOR_LE):
+            raise InvalidArgumentError(f"{f}.comparator", "must be GREATER_OR_EQUAL or LESS_OR_EQUAL")
+        gates.append(PolicyGate(g.name, int(g.comparator), finite(f"{f}.threshold", g.threshold)))
+    lineage: list[str] = []
+    for i, r in enumerate(p.required_lineage):
+        f = f"{field}.required_lineage[{i}]"
+        if r not in LINEAGE_NAMES:
+            raise InvalidArgumentError(f, f"unknown lineage requirement {r}")
+        if LINEAGE_NAMES[r] in lineage:
+            raise InvalidArgumentError(f, f"{LINEAGE_NAMES[r]} appears twice")
+        lineage.append(LINEAGE_NAMES[r])
+    return Policy(tuple(gates), tuple(lineage))

@@ -78,7 +78,8 @@ def recession(story: Story) -> None:
             for d in range(cfg.replay_first_day, cfg.replay_days):
                 lo, hi = start + d * DAY, start + (d + 1) * DAY
                 day = stream.filter((pl.col("time") >= lo) & (pl.col("time") < hi))
-                got = replay.replay(channel, day, MODEL, v2)
+                # on a simulated clock: straight to the monitor's API (EvaluateRules needs its admin role)
+                got = replay.replay(channel, day, MODEL, v2, metadata=story.p.admin)
                 for a in got.changes:
                     replayed = a.started_at.ToDatetime(tzinfo=UTC) >= start + cfg.replay_first_day * DAY
                     if a.model.version == v2 and a.state == monitor_pb2.ALERT_STATE_FIRING and replayed:

@@ -130,7 +130,6 @@ def rollout_v2(story: Story) -> None:
     assert traffic is not None
     v1, v2 = story.result.versions["v1"], story.result.versions["v2"]
     story.con.print(gate_table(story, v2, f"v{v2}: trained on the next month"))
-    story.write_profile(v2)
     warm = story.warm_up(v2, story.pools["none"])
     story.say(
         f"canary analysis every {cfg.analysis_interval_s:g} s once each variant has "
@@ -183,7 +182,6 @@ def rollout_broken(story: Story) -> None:
         f"candidate v{bad} passed its gates, on a test split as broken as its training data; in "
         "production its debt service coverage arrives as a ratio again (1.25, not 125)"
     )
-    story.write_profile(bad)
     story.warm_up(bad, story.pools["none"])
     traffic.phase = "broken canary"
     rollout = start_rollout(story, bad)
@@ -212,7 +210,6 @@ def rollout_broken(story: Story) -> None:
 def canary_v3(story: Story) -> None:
     cfg = story.cfg
     v2, v3 = story.result.versions["v2"], story.result.versions["v3"]
-    story.write_profile(v3)
     story.warm_up(v3, story.pools["recession"])
     story.say(
         f"v{v3} enters a canary at {cfg.steps[0]:g}% with recession-era applications; a model "

@@ -1,5 +1,6 @@
 """Chapter 3: v1 serves applications through the gateway with the client SDK while their outcomes
-reach the monitor later; then single applications, timed one at a time."""
+are reported later (through the gateway, which forwards them to the monitor); then single
+applications, timed one at a time."""
 
 from __future__ import annotations
 
@@ -27,8 +28,7 @@ def start_traffic(story: Story, pool: Pool, phase: str, entity_prefix: str) -> T
         story.p.client_token,
         MODEL,
         pool,
-        monitor=story.p.targets["monitor"],
-        monitor_metadata=story.p.admin,
+        outcomes_token=story.p.outcomes_token,
         batch=cfg.traffic_batch,
         senders=cfg.senders,
         label_delay_s=cfg.label_delay_s,
@@ -52,8 +52,8 @@ def serve_v1(story: Story) -> None:
         f"a lending app scores applications through the gateway ({story.p.targets['gateway']}) with "
         f"the client SDK, about {cfg.serve_rate:,.0f} applications/s in batches of {cfg.traffic_batch} "
         "plus single calls timed by the client; "
-        f"each outcome reaches the monitor {cfg.label_delay_s:g} s later (RecordOutcomes by request "
-        "id: in lending, months later)"
+        f"each outcome is reported {cfg.label_delay_s:g} s later (the SDK's record_outcomes by request "
+        "id, through the gateway to the monitor: in lending, months later)"
     )
     traffic = start_traffic(story, story.pools["none"], "v1 serving", "biz")
     traffic.rate = cfg.serve_rate

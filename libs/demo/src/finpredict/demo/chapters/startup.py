@@ -36,7 +36,12 @@ def start_stack(story: Story) -> None:
         {**cfg.next_params, "data.scenario": "recession", "data.seed": 44}
     )
     wandb = cfg.work_dir / "wandb"
+    # The recession is replayed on a simulated clock in the days after today (so that the
+    # monitor's windows of today's live traffic and of the replay never mix): the monitor, which
+    # refuses times ahead of the wall clock by default, accepts that far ahead here.
+    replay_ahead_days = cfg.replay_days - cfg.replay_first_day + 3
     monitor_env = {
+        "FINPREDICT_MONITOR_MAX_FUTURE_SKEW_S": str(replay_ahead_days * 86_400),
         "FINPREDICT_MONITOR_RETRAIN_COMMAND": retrain,
         "FINPREDICT_MONITOR_RETRAIN_WORKDIR": str(story.workspaces["main"].path),
         "WANDB_MODE": cfg.wandb_mode,
@@ -57,6 +62,7 @@ def start_stack(story: Story) -> None:
         "serve": "Ray Serve gRPC ingress: multiplexed XGBoost models",
         "monitor": "prediction/outcome logs, drift, alerts, retraining trigger",
         "gateway": "scoring API, canary rollouts, Open Inference Protocol",
+        "console": "web console: models, lineage, rollouts, drift, decisions (sign in with FINPREDICT_TOKEN)",
         "alertmanager": "alert routing (monitor + Prometheus rules)",
         "prometheus": "metrics of every service, SLO rules -> Prometheus UI",
     }

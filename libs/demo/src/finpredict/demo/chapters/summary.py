@@ -62,11 +62,34 @@ def summarise(story: Story) -> None:
     observability(story)
     r.report_path = write_report(story, lat)
     story.say(f"HTML report: {r.report_path}")
+    for name, url in console_links(story).items():
+        story.say(f"console, {name}: {url}")
     story.say(f"W&B offline runs: {cfg.work_dir / 'wandb'} (`wandb sync --view`, `wandb sync` uploads them)")
     if "prometheus" in r.targets:
         story.say(
             f"Prometheus UI: {r.targets['prometheus']} (Alertmanager: {r.targets.get('alertmanager', '-')})"
         )
+
+
+def console_links(story: Story) -> dict[str, str]:
+    """The web console's pages of what the demo did (none when the console is not running): the
+    models, each version, each rollout, the production version's drift, alerts, decisions."""
+    r = story.result
+    base = r.targets.get("console", "")
+    if not base:
+        return {}
+    model = urllib.parse.quote(MODEL)
+    links = {"models": f"{base}/"}
+    for role, v in r.versions.items():
+        links[f"version {role} (v{v})"] = f"{base}/models/{model}/versions/{v}"
+    for role, ro in r.rollouts.items():
+        links[f"rollout {role}"] = f"{base}/rollouts/{urllib.parse.quote(ro.id)}"
+    for role in ("v1", "v3"):
+        if role in r.versions:
+            links[f"drift and quality of {role}"] = f"{base}/models/{model}/versions/{r.versions[role]}/drift"
+    links["alerts"] = f"{base}/alerts"
+    links["decision lookup"] = f"{base}/decisions"
+    return links
 
 
 def observability(story: Story) -> None:
@@ -150,7 +173,10 @@ def write_report(story: Story, lat: dict[str, list[float]]) -> Path:
         links=dr.Links(
             wandb_dir=str(cfg.work_dir / "wandb"),
             prometheus_url=r.targets.get("prometheus", ""),
-            other={k: v for k, v in r.targets.items() if k in ("alertmanager", "gateway", "registry")},
+            other={
+                **{k: v for k, v in r.targets.items() if k in ("alertmanager", "gateway", "registry")},
+                **{f"console: {name}": url for name, url in console_links(story).items()},
+            },
         ),
     )
     cfg.report_path.parent.mkdir(parents=True, exist_ok=True)

@@ -136,7 +136,6 @@ def train_v1(story: Story) -> None:
         metadata=story.p.admin,
         timeout=30,
     )
-    story.write_profile(v1)
     story.result.production["v1"] = story.p.production()
     story.say(f"production -> v{v1} (compare-and-set against v{current}, written to the audit log)")
     story.add(

@@ -70,4 +70,5 @@ outcomes_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+outcomes_app.callback()(outcomes.group)  # a group, so that `record` stays a sub-command
 outcomes_app.command("record")(outcomes.record)

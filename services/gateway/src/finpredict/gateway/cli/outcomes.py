@@ -37,10 +37,15 @@ BATCH_OUTCOMES = 500  # outcomes per RecordOutcomes call
 _OUTCOME_INDEX = re.compile(r"^outcomes\[(\d+)\]")
 
 
+def group() -> None:
+    """Outcomes (ground truth) of scored applications, for the monitor's accuracy."""
+
+
 def record(
     file: Annotated[
         Path,
         typer.Argument(
+            metavar="FILE",
             help="A .csv or .parquet file: request_id, defaulted (0/1/true/false), "
             "optionally observed_at (ISO 8601) and entity_id.",
             show_default=False,

@@ -147,8 +147,9 @@ def read_outcomes_parquet(path: Path) -> list[OutcomeRow]:
 
     try:
         frame = pl.read_parquet(path)
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # the reader of an untrusted file may raise anything; name the file
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(f"{path}: not a readable Parquet file ({first})") from None
     _check_header(path, "schema", frame.columns)
     rows = []
     for i, cells in enumerate(frame.iter_rows(named=True)):

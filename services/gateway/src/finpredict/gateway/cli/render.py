@@ -70,12 +70,15 @@ def render_rollout(r: pb.Rollout) -> RenderableType:
     summary.add_row("started", started)
     if ended:
         summary.add_row("ended", fmt_time(r.ended_at))
+    else:
+        summary.add_row("controller", escape(r.leader) if r.leader else "no gateway holds the lease now")
     parts: list[RenderableType] = [summary]
 
     if r.metrics:
         metrics = Table(
             "variant", "version", "requests", "error rate", "p50 ms", "p99 ms", "mean score",
-            title="current analysis window", title_justify="left",
+            title=f"current analysis window (all gateways: {r.window_replicas} sent traffic)",
+            title_justify="left",
         )  # fmt: skip
         for m in r.metrics:
             metrics.add_row(

@@ -9,11 +9,12 @@ TCP timeouts: a lost database fails a call within seconds instead of hanging it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, update
 from sqlalchemy.engine import make_url
@@ -21,6 +22,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import NullPool
 
+from finpredict.gateway import metrics
 from finpredict.gateway.state.schema import STATE_ROW, state_meta
 
 log = logging.getLogger("finpredict.gateway.state")
@@ -38,11 +40,31 @@ PG_CONNECT_ARGS = {
     "keepalives_idle": 5,
     "keepalives_interval": 2,
     "keepalives_count": 2,
-    "options": "-c statement_timeout=5000 -c lock_timeout=5000 -c idle_in_transaction_session_timeout=30000",
+    # A transaction idle for 2 s belongs to a paused or partitioned replica: the server ends it,
+    # so its locks (the lease row's) do not hold up a takeover.
+    "options": "-c statement_timeout=5000 -c lock_timeout=5000 -c idle_in_transaction_session_timeout=2000",
 }
 
 # What a lost or refusing database raises (connection refused or reset, timeouts, a full pool).
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError, PoolTimeoutError)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class StateUnavailableError(RuntimeError):
+    """The shared state database could not be reached; a change was not made."""
+
+
+async def call(operation: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Runs a blocking store call in a worker thread (the event loop never waits on the database);
+    a lost database is counted under ``operation`` and raised as :class:`StateUnavailableError`."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except UNAVAILABLE_ERRORS as exc:
+        metrics.STATE_ERRORS_TOTAL.labels(operation).inc()
+        raise StateUnavailableError(
+            f"the gateway's state database is unreachable ({type(exc).__name__}); try again"
+        ) from exc
 
 
 def sqlite_url(path: Path) -> str:

@@ -109,6 +109,7 @@ class PredictionRecord(_message.Message):
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    REASON_CODES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Request id (duplicates are ignored)."""
     entity_id: _builtins.str
@@ -135,6 +136,10 @@ class PredictionRecord(_message.Message):
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the prediction was made (event time; decides the window)."""
 
+    @_builtins.property
+    def reason_codes(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ReasonCode]:
+        """The adverse-action reason codes the client received (empty when it did not ask for them)."""
+
     def __init__(
         self,
         *,
@@ -148,10 +153,11 @@ class PredictionRecord(_message.Message):
         latency_ms: _builtins.float = ...,
         trace_id: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        reason_codes: _abc.Iterable[_types_pb2.ReasonCode] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_id", b"entity_id", "features", b"features", "latency_ms", b"latency_ms", "model", b"model", "request_id", b"request_id", "score", b"score", "threshold", b"threshold", "time", b"time", "trace_id", b"trace_id", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_id", b"entity_id", "features", b"features", "latency_ms", b"latency_ms", "model", b"model", "reason_codes", b"reason_codes", "request_id", b"request_id", "score", b"score", "threshold", b"threshold", "time", b"time", "trace_id", b"trace_id", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -321,6 +327,8 @@ class FeatureDrift(_message.Message):
     PSI_FIELD_NUMBER: _builtins.int
     MISSING_SHARE_FIELD_NUMBER: _builtins.int
     REFERENCE_MISSING_SHARE_FIELD_NUMBER: _builtins.int
+    KL_FIELD_NUMBER: _builtins.int
+    JS_FIELD_NUMBER: _builtins.int
     feature: _builtins.str
     """Feature name."""
     psi: _builtins.float
@@ -329,6 +337,12 @@ class FeatureDrift(_message.Message):
     """Missing share in the window."""
     reference_missing_share: _builtins.float
     """Missing share in the reference."""
+    kl: _builtins.float
+    """KL(window || reference) of the feature's bucket shares (natural log; empty buckets count
+    as a tiny share, so it stays finite).
+    """
+    js: _builtins.float
+    """Jensen-Shannon divergence of the feature's bucket shares (natural log, at most ln 2)."""
     def __init__(
         self,
         *,
@@ -336,10 +350,12 @@ class FeatureDrift(_message.Message):
         psi: _builtins.float = ...,
         missing_share: _builtins.float = ...,
         reference_missing_share: _builtins.float = ...,
+        kl: _builtins.float = ...,
+        js: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "missing_share", b"missing_share", "psi", b"psi", "reference_missing_share", b"reference_missing_share"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "js", b"js", "kl", b"kl", "missing_share", b"missing_share", "psi", b"psi", "reference_missing_share", b"reference_missing_share"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -750,3 +766,73 @@ class EvaluateRulesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvaluateRulesResponse: _TypeAlias = EvaluateRulesResponse  # noqa: Y015
+
+@_typing.final
+class LookupPredictionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ENTITY_ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """A request id: its prediction (every model); or empty, and"""
+    entity_id: _builtins.str
+    """an entity id: its predictions made in [start, end)."""
+    model: _builtins.str
+    """Only this model's predictions (optional)."""
+    limit: _builtins.int
+    """Most records returned (default 100, at most 1000)."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Range start (with entity_id; required)."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Range end (with entity_id; required, at most 31 days after start)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        entity_id: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        model: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "entity_id", b"entity_id", "limit", b"limit", "model", b"model", "request_id", b"request_id", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupPredictionsRequest: _TypeAlias = LookupPredictionsRequest  # noqa: Y015
+
+@_typing.final
+class LookupPredictionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """True when more records matched than the limit."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___PredictionRecord]:
+        """Matching predictions, newest first, as logged (features and reason codes included)."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___PredictionRecord] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupPredictionsResponse: _TypeAlias = LookupPredictionsResponse  # noqa: Y015

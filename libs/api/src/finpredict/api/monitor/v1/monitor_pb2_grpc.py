@@ -71,6 +71,11 @@ class MonitorServiceStub:
                 request_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.EvaluateRulesRequest.SerializeToString,
                 response_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.EvaluateRulesResponse.FromString,
                 _registered_method=True)
+        self.LookupPredictions = channel.unary_unary(
+                '/finpredict.monitor.v1.MonitorService/LookupPredictions',
+                request_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.LookupPredictionsRequest.SerializeToString,
+                response_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.LookupPredictionsResponse.FromString,
+                _registered_method=True)
 
 
 class MonitorServiceServicer:
@@ -129,6 +134,14 @@ class MonitorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LookupPredictions(self, request, context):
+        """Looks logged predictions up: one request by its id, or an entity's requests in a time range
+        (which version and variant answered a customer, with what score, threshold and reasons).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +179,11 @@ def add_MonitorServiceServicer_to_server(servicer, server):
                     servicer.EvaluateRules,
                     request_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.EvaluateRulesRequest.FromString,
                     response_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.EvaluateRulesResponse.SerializeToString,
+            ),
+            'LookupPredictions': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupPredictions,
+                    request_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.LookupPredictionsRequest.FromString,
+                    response_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.LookupPredictionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +376,33 @@ class MonitorService:
             '/finpredict.monitor.v1.MonitorService/EvaluateRules',
             finpredict_dot_monitor_dot_v1_dot_monitor__pb2.EvaluateRulesRequest.SerializeToString,
             finpredict_dot_monitor_dot_v1_dot_monitor__pb2.EvaluateRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupPredictions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finpredict.monitor.v1.MonitorService/LookupPredictions',
+            finpredict_dot_monitor_dot_v1_dot_monitor__pb2.LookupPredictionsRequest.SerializeToString,
+            finpredict_dot_monitor_dot_v1_dot_monitor__pb2.LookupPredictionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

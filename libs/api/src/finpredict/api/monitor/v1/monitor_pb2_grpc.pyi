@@ -55,6 +55,10 @@ class MonitorServiceStub:
     evaluates the alert rules on the windows it closed. Replays drive the simulated clock
     with it; in production a timer calls the same code with the wall clock.
     """
+    LookupPredictions: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.LookupPredictionsRequest, _monitor_pb2.LookupPredictionsResponse]
+    """Looks logged predictions up: one request by its id, or an entity's requests in a time range
+    (which version and variant answered a customer, with what score, threshold and reasons).
+    """
 
 @_typing.type_check_only
 class MonitorServiceAsyncStub(MonitorServiceStub):
@@ -79,6 +83,10 @@ class MonitorServiceAsyncStub(MonitorServiceStub):
     """Advances the event-time clock (closing every window that ends at or before `now`) and
     evaluates the alert rules on the windows it closed. Replays drive the simulated clock
     with it; in production a timer calls the same code with the wall clock.
+    """
+    LookupPredictions: _aio.UnaryUnaryMultiCallable[_monitor_pb2.LookupPredictionsRequest, _monitor_pb2.LookupPredictionsResponse]  # type: ignore[assignment]
+    """Looks logged predictions up: one request by its id, or an entity's requests in a time range
+    (which version and variant answered a customer, with what score, threshold and reasons).
     """
 
 class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -143,6 +151,16 @@ class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Advances the event-time clock (closing every window that ends at or before `now`) and
         evaluates the alert rules on the windows it closed. Replays drive the simulated clock
         with it; in production a timer calls the same code with the wall clock.
+        """
+
+    @_abc_1.abstractmethod
+    def LookupPredictions(
+        self,
+        request: _monitor_pb2.LookupPredictionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitor_pb2.LookupPredictionsResponse, _abc.Awaitable[_monitor_pb2.LookupPredictionsResponse]]:
+        """Looks logged predictions up: one request by its id, or an entity's requests in a time range
+        (which version and variant answered a customer, with what score, threshold and reasons).
         """
 
 def add_MonitorServiceServicer_to_server(servicer: MonitorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -77,6 +77,38 @@ ALIAS_EVENT_KIND_DELETE: AliasEventKind.ValueType  # 3
 """The alias was deleted."""
 Global___AliasEventKind: _TypeAlias = AliasEventKind  # noqa: Y015
 
+class _LineageRequirement:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LineageRequirementEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LineageRequirement.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LINEAGE_REQUIREMENT_UNSPECIFIED: _LineageRequirement.ValueType  # 0
+    """Not set."""
+    LINEAGE_REQUIREMENT_GIT_COMMIT: _LineageRequirement.ValueType  # 1
+    """Lineage.git_commit: the training code's commit."""
+    LINEAGE_REQUIREMENT_DATA_MD5: _LineageRequirement.ValueType  # 2
+    """Lineage.data_md5: the DVC md5 of the training data (at least one path)."""
+    LINEAGE_REQUIREMENT_DVC_LOCK_SHA256: _LineageRequirement.ValueType  # 3
+    """Lineage.dvc_lock_sha256: the sha256 of the pipeline's dvc.lock."""
+    LINEAGE_REQUIREMENT_REFERENCE_PROFILE: _LineageRequirement.ValueType  # 4
+    """ModelVersion.reference_profile: the drift reference profile."""
+
+class LineageRequirement(_LineageRequirement, metaclass=_LineageRequirementEnumTypeWrapper):
+    """A piece of lineage a promotion policy can require."""
+
+LINEAGE_REQUIREMENT_UNSPECIFIED: LineageRequirement.ValueType  # 0
+"""Not set."""
+LINEAGE_REQUIREMENT_GIT_COMMIT: LineageRequirement.ValueType  # 1
+"""Lineage.git_commit: the training code's commit."""
+LINEAGE_REQUIREMENT_DATA_MD5: LineageRequirement.ValueType  # 2
+"""Lineage.data_md5: the DVC md5 of the training data (at least one path)."""
+LINEAGE_REQUIREMENT_DVC_LOCK_SHA256: LineageRequirement.ValueType  # 3
+"""Lineage.dvc_lock_sha256: the sha256 of the pipeline's dvc.lock."""
+LINEAGE_REQUIREMENT_REFERENCE_PROFILE: LineageRequirement.ValueType  # 4
+"""ModelVersion.reference_profile: the drift reference profile."""
+Global___LineageRequirement: _TypeAlias = LineageRequirement  # noqa: Y015
+
 @_typing.final
 class Model(_message.Message):
     """A model: a named family of versions."""
@@ -506,7 +538,9 @@ class AuditEntry(_message.Message):
     id: _builtins.int
     """Monotonic id."""
     action: _builtins.str
-    """Action, e.g. "alias.set", "alias.rollback", "version.register", "version.delete"."""
+    """Action, e.g. "alias.set", "alias.rollback", "version.register", "version.delete",
+    "gates.append", "policy.set".
+    """
     model: _builtins.str
     """Model name."""
     version: _builtins.int
@@ -1494,6 +1528,227 @@ class AppendGateResultsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AppendGateResultsResponse: _TypeAlias = AppendGateResultsResponse  # noqa: Y015
+
+@_typing.final
+class PolicyGate(_message.Message):
+    """One gate a promotion policy requires: the newest result of this name must satisfy
+    `value <comparator> threshold` with the policy's threshold (whatever threshold the
+    registering client compared with).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    COMPARATOR_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Gate name, as the pipeline reports it (e.g. "auc_roc")."""
+    comparator: _types_pb2.Comparator.ValueType
+    """GREATER_OR_EQUAL or LESS_OR_EQUAL."""
+    threshold: _builtins.float
+    """The registry's threshold."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        comparator: _types_pb2.Comparator.ValueType = ...,
+        threshold: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparator", b"comparator", "name", b"name", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyGate: _TypeAlias = PolicyGate  # noqa: Y015
+
+@_typing.final
+class PromotionPolicy(_message.Message):
+    """What a version needs before `production` may point at it. The registry checks it on every
+    move of `production` (SetAlias, RollbackAlias). Besides the required gates, any other recorded
+    gate result that failed also blocks the move.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GATES_FIELD_NUMBER: _builtins.int
+    REQUIRED_LINEAGE_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
+    is_default: _builtins.bool
+    """Output only: true when the model has no policy of its own and the registry's default
+    (AUC-ROC >= 0.82, ECE <= 0.05, p99 latency <= 50 ms, demographic parity difference
+    <= 0.05, and every lineage requirement) applies.
+    """
+    updated_by: _builtins.str
+    """Output only: who last set it."""
+    @_builtins.property
+    def gates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyGate]:
+        """Required gates."""
+
+    @_builtins.property
+    def required_lineage(self) -> _containers.RepeatedScalarFieldContainer[Global___LineageRequirement.ValueType]:
+        """Required lineage."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """Output only: when the policy was last set (unset for the default)."""
+
+    def __init__(
+        self,
+        *,
+        gates: _abc.Iterable[Global___PolicyGate] | None = ...,
+        required_lineage: _abc.Iterable[Global___LineageRequirement.ValueType] | None = ...,
+        is_default: _builtins.bool = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates", "is_default", b"is_default", "required_lineage", b"required_lineage", "updated_at", b"updated_at", "updated_by", b"updated_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromotionPolicy: _TypeAlias = PromotionPolicy  # noqa: Y015
+
+@_typing.final
+class PolicyCheck(_message.Message):
+    """A version checked against its model's promotion policy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTABLE_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    promotable: _builtins.bool
+    """True when `production` may point at the version."""
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What is missing or failing, one line each (empty when promotable)."""
+
+    def __init__(
+        self,
+        *,
+        promotable: _builtins.bool = ...,
+        problems: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["problems", b"problems", "promotable", b"promotable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyCheck: _TypeAlias = PolicyCheck  # noqa: Y015
+
+@_typing.final
+class GetPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model name."""
+    version: _builtins.int
+    """A version to check against the policy (0: none)."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPolicyRequest: _TypeAlias = GetPolicyRequest  # noqa: Y015
+
+@_typing.final
+class GetPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___PromotionPolicy:
+        """The policy in force."""
+
+    @_builtins.property
+    def check(self) -> Global___PolicyCheck:
+        """The check of the requested version (unset when no version was named)."""
+
+    def __init__(
+        self,
+        *,
+        policy: Global___PromotionPolicy | None = ...,
+        check: Global___PolicyCheck | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPolicyResponse: _TypeAlias = GetPolicyResponse  # noqa: Y015
+
+@_typing.final
+class SetPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model name."""
+    reason: _builtins.str
+    """Why (kept in the audit log)."""
+    @_builtins.property
+    def policy(self) -> Global___PromotionPolicy:
+        """The new policy (output-only fields are ignored)."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        policy: Global___PromotionPolicy | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "policy", b"policy", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPolicyRequest: _TypeAlias = SetPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___PromotionPolicy:
+        """The policy now in force."""
+
+    @_builtins.property
+    def entry(self) -> Global___AuditEntry:
+        """The audit row written."""
+
+    def __init__(
+        self,
+        *,
+        policy: Global___PromotionPolicy | None = ...,
+        entry: Global___AuditEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPolicyResponse: _TypeAlias = SetPolicyResponse  # noqa: Y015
 
 @_typing.final
 class ListAuditLogRequest(_message.Message):

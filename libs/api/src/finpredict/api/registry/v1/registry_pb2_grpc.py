@@ -101,6 +101,16 @@ class RegistryServiceStub:
                 request_serializer=finpredict_dot_registry_dot_v1_dot_registry__pb2.AppendGateResultsRequest.SerializeToString,
                 response_deserializer=finpredict_dot_registry_dot_v1_dot_registry__pb2.AppendGateResultsResponse.FromString,
                 _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/finpredict.registry.v1.RegistryService/GetPolicy',
+                request_serializer=finpredict_dot_registry_dot_v1_dot_registry__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=finpredict_dot_registry_dot_v1_dot_registry__pb2.GetPolicyResponse.FromString,
+                _registered_method=True)
+        self.SetPolicy = channel.unary_unary(
+                '/finpredict.registry.v1.RegistryService/SetPolicy',
+                request_serializer=finpredict_dot_registry_dot_v1_dot_registry__pb2.SetPolicyRequest.SerializeToString,
+                response_deserializer=finpredict_dot_registry_dot_v1_dot_registry__pb2.SetPolicyResponse.FromString,
+                _registered_method=True)
         self.ListAuditLog = channel.unary_unary(
                 '/finpredict.registry.v1.RegistryService/ListAuditLog',
                 request_serializer=finpredict_dot_registry_dot_v1_dot_registry__pb2.ListAuditLogRequest.SerializeToString,
@@ -209,7 +219,24 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AppendGateResults(self, request, context):
-        """Appends quality-gate results to a version.
+        """Appends quality-gate results to a version. Validator role only (not admin, not writer):
+        results recorded at registration are immutable, so a result for a gate the version
+        already has is refused (FAILED_PRECONDITION); every append is audited ("gates.append").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """Returns a model's promotion policy (the default when none was set) and, when a version is
+        named, whether that version satisfies it now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPolicy(self, request, context):
+        """Replaces a model's promotion policy. Admin; audited ("policy.set").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -303,6 +330,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.AppendGateResults,
                     request_deserializer=finpredict_dot_registry_dot_v1_dot_registry__pb2.AppendGateResultsRequest.FromString,
                     response_serializer=finpredict_dot_registry_dot_v1_dot_registry__pb2.AppendGateResultsResponse.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=finpredict_dot_registry_dot_v1_dot_registry__pb2.GetPolicyRequest.FromString,
+                    response_serializer=finpredict_dot_registry_dot_v1_dot_registry__pb2.GetPolicyResponse.SerializeToString,
+            ),
+            'SetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPolicy,
+                    request_deserializer=finpredict_dot_registry_dot_v1_dot_registry__pb2.SetPolicyRequest.FromString,
+                    response_serializer=finpredict_dot_registry_dot_v1_dot_registry__pb2.SetPolicyResponse.SerializeToString,
             ),
             'ListAuditLog': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAuditLog,
@@ -672,6 +709,60 @@ class RegistryService:
             '/finpredict.registry.v1.RegistryService/AppendGateResults',
             finpredict_dot_registry_dot_v1_dot_registry__pb2.AppendGateResultsRequest.SerializeToString,
             finpredict_dot_registry_dot_v1_dot_registry__pb2.AppendGateResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finpredict.registry.v1.RegistryService/GetPolicy',
+            finpredict_dot_registry_dot_v1_dot_registry__pb2.GetPolicyRequest.SerializeToString,
+            finpredict_dot_registry_dot_v1_dot_registry__pb2.GetPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finpredict.registry.v1.RegistryService/SetPolicy',
+            finpredict_dot_registry_dot_v1_dot_registry__pb2.SetPolicyRequest.SerializeToString,
+            finpredict_dot_registry_dot_v1_dot_registry__pb2.SetPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

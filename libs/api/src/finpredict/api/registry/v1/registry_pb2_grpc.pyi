@@ -64,7 +64,16 @@ class RegistryServiceStub:
     GetLineage: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetLineageRequest, _registry_pb2.GetLineageResponse]
     """Returns the lineage of a version: code, data, params, tracking run, gates, trigger."""
     AppendGateResults: _grpc.UnaryUnaryMultiCallable[_registry_pb2.AppendGateResultsRequest, _registry_pb2.AppendGateResultsResponse]
-    """Appends quality-gate results to a version."""
+    """Appends quality-gate results to a version. Validator role only (not admin, not writer):
+    results recorded at registration are immutable, so a result for a gate the version
+    already has is refused (FAILED_PRECONDITION); every append is audited ("gates.append").
+    """
+    GetPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetPolicyRequest, _registry_pb2.GetPolicyResponse]
+    """Returns a model's promotion policy (the default when none was set) and, when a version is
+    named, whether that version satisfies it now.
+    """
+    SetPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetPolicyRequest, _registry_pb2.SetPolicyResponse]
+    """Replaces a model's promotion policy. Admin; audited ("policy.set")."""
     ListAuditLog: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAuditLogRequest, _registry_pb2.ListAuditLogResponse]
     """Lists the audit log (every alias move and admin action), oldest first, paged."""
     WatchAliases: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchAliasesRequest, _registry_pb2.WatchAliasesResponse]
@@ -105,7 +114,16 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     GetLineage: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetLineageRequest, _registry_pb2.GetLineageResponse]  # type: ignore[assignment]
     """Returns the lineage of a version: code, data, params, tracking run, gates, trigger."""
     AppendGateResults: _aio.UnaryUnaryMultiCallable[_registry_pb2.AppendGateResultsRequest, _registry_pb2.AppendGateResultsResponse]  # type: ignore[assignment]
-    """Appends quality-gate results to a version."""
+    """Appends quality-gate results to a version. Validator role only (not admin, not writer):
+    results recorded at registration are immutable, so a result for a gate the version
+    already has is refused (FAILED_PRECONDITION); every append is audited ("gates.append").
+    """
+    GetPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetPolicyRequest, _registry_pb2.GetPolicyResponse]  # type: ignore[assignment]
+    """Returns a model's promotion policy (the default when none was set) and, when a version is
+    named, whether that version satisfies it now.
+    """
+    SetPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetPolicyRequest, _registry_pb2.SetPolicyResponse]  # type: ignore[assignment]
+    """Replaces a model's promotion policy. Admin; audited ("policy.set")."""
     ListAuditLog: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAuditLogRequest, _registry_pb2.ListAuditLogResponse]  # type: ignore[assignment]
     """Lists the audit log (every alias move and admin action), oldest first, paged."""
     WatchAliases: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchAliasesRequest, _registry_pb2.WatchAliasesResponse]  # type: ignore[assignment]
@@ -221,7 +239,28 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.AppendGateResultsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.AppendGateResultsResponse, _abc.Awaitable[_registry_pb2.AppendGateResultsResponse]]:
-        """Appends quality-gate results to a version."""
+        """Appends quality-gate results to a version. Validator role only (not admin, not writer):
+        results recorded at registration are immutable, so a result for a gate the version
+        already has is refused (FAILED_PRECONDITION); every append is audited ("gates.append").
+        """
+
+    @_abc_1.abstractmethod
+    def GetPolicy(
+        self,
+        request: _registry_pb2.GetPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetPolicyResponse, _abc.Awaitable[_registry_pb2.GetPolicyResponse]]:
+        """Returns a model's promotion policy (the default when none was set) and, when a version is
+        named, whether that version satisfies it now.
+        """
+
+    @_abc_1.abstractmethod
+    def SetPolicy(
+        self,
+        request: _registry_pb2.SetPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SetPolicyResponse, _abc.Awaitable[_registry_pb2.SetPolicyResponse]]:
+        """Replaces a model's promotion policy. Admin; audited ("policy.set")."""
 
     @_abc_1.abstractmethod
     def ListAuditLog(

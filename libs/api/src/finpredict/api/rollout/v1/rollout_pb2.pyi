@@ -154,19 +154,50 @@ class Decision(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TIME_FIELD_NUMBER: _builtins.int
     STEP_INDEX_FIELD_NUMBER: _builtins.int
     VERDICT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
     step_index: _builtins.int
     """Step index the decision was about."""
     verdict: _builtins.str
     """"wait", "advance", "promote", "rollback", "pause", "resume", "abort"."""
     reason: _builtins.str
     """Why, naming the metric and its value."""
+    replicas: _builtins.int
+    """For an analysis: how many gateway replicas' measurements it merged."""
+    replica: _builtins.str
+    """The gateway replica that wrote the decision."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When."""
+
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """For an analysis: the figures it was based on (requests, error rates, p99s, PSI ...)."""
 
     def __init__(
         self,
@@ -175,10 +206,13 @@ class Decision(_message.Message):
         step_index: _builtins.int = ...,
         verdict: _builtins.str = ...,
         reason: _builtins.str = ...,
+        replicas: _builtins.int = ...,
+        replica: _builtins.str = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "step_index", b"step_index", "time", b"time", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "reason", b"reason", "replica", b"replica", "replicas", b"replicas", "step_index", b"step_index", "time", b"time", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -206,6 +240,8 @@ class Rollout(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
     STARTED_BY_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    WINDOW_REPLICAS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Rollout id."""
     model: _builtins.str
@@ -224,6 +260,10 @@ class Rollout(_message.Message):
     """Requests each variant needs in a step before it can advance."""
     started_by: _builtins.str
     """Who started it."""
+    leader: _builtins.str
+    """The gateway replica that runs the analysis now (holds the controller lease); empty when none."""
+    window_replicas: _builtins.int
+    """How many gateway replicas contributed requests to metrics."""
     @_builtins.property
     def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Canary weights in percent, e.g. [1, 5, 25, 100]."""
@@ -242,7 +282,7 @@ class Rollout(_message.Message):
 
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantMetrics]:
-        """Latest per-variant metrics."""
+        """Per-variant metrics of the current analysis window, summed over every gateway replica."""
 
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
@@ -271,10 +311,12 @@ class Rollout(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         started_by: _builtins.str = ...,
+        leader: _builtins.str = ...,
+        window_replicas: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["analysis_interval", b"analysis_interval", "ended_at", b"ended_at", "started_at", b"started_at", "thresholds", b"thresholds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_interval", b"analysis_interval", "candidate_version", b"candidate_version", "decisions", b"decisions", "ended_at", b"ended_at", "id", b"id", "metrics", b"metrics", "min_requests_per_step", b"min_requests_per_step", "model", b"model", "stable_version", b"stable_version", "started_at", b"started_at", "started_by", b"started_by", "state", b"state", "step_index", b"step_index", "steps", b"steps", "thresholds", b"thresholds", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_interval", b"analysis_interval", "candidate_version", b"candidate_version", "decisions", b"decisions", "ended_at", b"ended_at", "id", b"id", "leader", b"leader", "metrics", b"metrics", "min_requests_per_step", b"min_requests_per_step", "model", b"model", "stable_version", b"stable_version", "started_at", b"started_at", "started_by", b"started_by", "state", b"state", "step_index", b"step_index", "steps", b"steps", "thresholds", b"thresholds", "weight", b"weight", "window_replicas", b"window_replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""finpredict web console: models, lineage, rollouts, drift and alerts, decisions, in the browser."""

@@ -1,0 +1,117 @@
+"""This replica's in-memory view of the rollouts: what the request path routes by and measures into.
+
+The active rollouts come from the shared state (:mod:`finpredict.gateway.state.sync` swaps in a
+fresh copy within ``STATE_POLL_S`` of any change; a change this replica stored itself is adopted
+at once). Each active rollout has a local :class:`~finpredict.gateway.state.windows.StepWindow`
+for its current window number: the requests this replica routed, published by the sync for the
+leader to merge. Nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from finpredict.gateway import metrics
+from finpredict.gateway.rollout import ACTIVE, Rollout
+from finpredict.gateway.routing import Split
+from finpredict.gateway.state.windows import StepWindow
+
+
+class LiveRollouts:
+    """Active rollouts by model, their splits and this replica's window of each."""
+
+    def __init__(self) -> None:
+        self._active: dict[str, Rollout] = {}
+        self._splits: dict[str, tuple[tuple[Any, ...], Split]] = {}
+        self._windows: dict[str, StepWindow] = {}  # by rollout id
+
+    # ----- the request path --------------------------------------------------------------------
+
+    def active(self, model: str) -> Rollout | None:
+        """The model's rollout while it still routes traffic to the canary."""
+        return self._active.get(model)
+
+    def split(self, rollout: Rollout) -> Split:
+        key = (rollout.state.value, rollout.step_index, rollout.id)
+        cached = self._splits.get(rollout.model)
+        if cached is None or cached[0] != key:
+            cached = (key, rollout.split())
+            self._splits[rollout.model] = cached
+        return cached[1]
+
+    def record_batch(
+        self,
+        rollout_id: str,
+        variant: str,
+        n: int,
+        *,
+        ok: bool,
+        latency_ms: float,
+        scores: Sequence[float] = (),
+    ) -> None:
+        window = self._windows.get(rollout_id)
+        if window is None:
+            return
+        window.side(variant).record_batch(n, ok=ok, latency_ms=latency_ms, scores=scores)
+        window.changed = True
+
+    def window(self, rollout_id: str) -> StepWindow | None:
+        return self._windows.get(rollout_id)
+
+    # ----- keeping it current ------------------------------------------------------------------
+
+    def models(self) -> set[str]:
+        return set(self._active)
+
+    def rollouts(self) -> list[Rollout]:
+        return list(self._active.values())
+
+    def apply(self, active: Sequence[Rollout], ended: Sequence[Rollout] = ()) -> None:
+        """Swaps in the active rollouts of a snapshot (``ended``: those that ended since the last)."""
+        for rollout in ended:
+            self._windows.pop(rollout.id, None)
+            self._export(rollout)
+        self._active = {r.model: r for r in active}
+        for gone in set(self._windows) - {r.id for r in active}:
+            del self._windows[gone]
+        for rollout in active:
+            self._open_window(rollout)
+            self._export(rollout)
+
+    def adopt(self, rollout: Rollout) -> None:
+        """A change this replica stored: routing follows it at once."""
+        if rollout.state in ACTIVE:
+            self._active[rollout.model] = rollout
+            self._open_window(rollout)
+        else:
+            if self._active.get(rollout.model, rollout).id == rollout.id:
+                self._active.pop(rollout.model, None)
+            self._windows.pop(rollout.id, None)
+        self._export(rollout)
+
+    def _open_window(self, rollout: Rollout) -> None:
+        window = self._windows.get(rollout.id)
+        if window is None or window.window != rollout.window:
+            self._windows[rollout.id] = StepWindow(rollout.window)
+
+    def unpublished(self) -> list[tuple[str, int, str]]:
+        """``(rollout id, window, measurements as JSON)`` of every window recorded into since the
+        last call (marked published)."""
+        out = []
+        for rollout_id, window in self._windows.items():
+            if window.changed:
+                out.append((rollout_id, window.window, window.to_json()))
+                window.changed = False
+        return out
+
+    def mark_unpublished(self, rollout_ids: Sequence[str]) -> None:
+        """The publication of these failed: publish them again next time."""
+        for rollout_id in rollout_ids:
+            if (window := self._windows.get(rollout_id)) is not None:
+                window.changed = True
+
+    @staticmethod
+    def _export(rollout: Rollout) -> None:
+        metrics.ROLLOUT_WEIGHT_PERCENT.labels(rollout.model).set(rollout.weight)
+        metrics.ROLLOUT_STEP.labels(rollout.model).set(rollout.step_index)

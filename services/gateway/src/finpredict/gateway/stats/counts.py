@@ -1,0 +1,120 @@
+"""What the statistics read: mergeable per-arm counts, one set per stratum (rollout step).
+
+Scores are counted on the gateway's grid (1,000 buckets of 0.001 over [0, 1], the same edges
+as :data:`finpredict.gateway.analysis.SCORE_EDGES`; bucket ``i`` holds ``[i/1000, (i+1)/1000)``,
+the last one includes 1.0); a score is read back as its bucket's midpoint, within 0.0005 of the
+exact value. Labelled rows (delayed outcomes joined by request id) are counted on the same grid,
+split by outcome, which is all that AUC, its DeLong variance and the calibration checks need.
+
+"Approved" means ``score < threshold`` (:func:`finpredict.metrics.approved`); the default rate
+of an arm is its share of defaults among its *approved* labelled rows, the rate the model's
+decisions are answerable for (a random split gives both arms the same applicants, so the
+default rate of all applicants cannot differ between arms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from finpredict import metrics
+
+SCORE_BUCKETS = 1000
+# Inner bucket edges (the same as finpredict.gateway.analysis.SCORE_EDGES).
+SCORE_GRID: npt.NDArray[np.float64] = np.linspace(0.0, 1.0, SCORE_BUCKETS + 1)[1:-1]
+MIDPOINTS: npt.NDArray[np.float64] = (np.arange(SCORE_BUCKETS) + 0.5) / SCORE_BUCKETS
+Counts = npt.NDArray[np.int64]
+
+
+def _zeros() -> Counts:
+    return np.zeros(SCORE_BUCKETS, dtype=np.int64)
+
+
+def bucket_of(scores: npt.ArrayLike) -> npt.NDArray[np.intp]:
+    """The grid bucket of each score (left-closed buckets, as drift_core.histogram_counts)."""
+    return np.searchsorted(SCORE_GRID, np.asarray(scores, dtype=np.float64), side="right")
+
+
+def histogram(scores: npt.ArrayLike) -> Counts:
+    """Counts of ``scores`` per grid bucket."""
+    return np.bincount(bucket_of(scores), minlength=SCORE_BUCKETS).astype(np.int64)
+
+
+@dataclass
+class ArmCounts:
+    """One arm (variant) over one stratum: request outcomes, scores, decisions and labels."""
+
+    requests: int = 0
+    errors: int = 0
+    approved: int = 0  # of the scored requests
+    score_counts: Counts = field(default_factory=_zeros)
+    defaulted: Counts = field(default_factory=_zeros)  # labelled rows that defaulted, per bucket
+    repaid: Counts = field(default_factory=_zeros)  # labelled rows that did not, per bucket
+    labeled_approved: int = 0
+    labeled_approved_defaults: int = 0
+
+    @property
+    def scored(self) -> int:
+        return int(self.score_counts.sum())
+
+    @property
+    def labeled(self) -> int:
+        return int(self.defaulted.sum() + self.repaid.sum())
+
+    def add_requests(self, *, requests: int, errors: int, scores: npt.ArrayLike, threshold: float) -> None:
+        """``requests`` served (``errors`` of them failed) and the scores of the others."""
+        s = np.asarray(scores, dtype=np.float64)
+        self.requests += requests
+        self.errors += errors
+        self.approved += int(metrics.approved(s, threshold).sum())
+        self.score_counts += histogram(s)
+
+    def add_outcomes(self, scores: npt.ArrayLike, defaulted: npt.ArrayLike, threshold: float) -> None:
+        """Delayed labels: each row's served score and whether the applicant defaulted."""
+        s = np.asarray(scores, dtype=np.float64)
+        y = np.asarray(defaulted).astype(bool)
+        self.defaulted += histogram(s[y])
+        self.repaid += histogram(s[~y])
+        ok = metrics.approved(s, threshold)
+        self.labeled_approved += int(ok.sum())
+        self.labeled_approved_defaults += int((ok & y).sum())
+
+    def merge(self, other: ArmCounts) -> None:
+        """Adds ``other``'s counts (another replica's, or a later window of the same stratum)."""
+        self.requests += other.requests
+        self.errors += other.errors
+        self.approved += other.approved
+        self.score_counts += other.score_counts
+        self.defaulted += other.defaulted
+        self.repaid += other.repaid
+        self.labeled_approved += other.labeled_approved
+        self.labeled_approved_defaults += other.labeled_approved_defaults
+
+
+@dataclass
+class Stratum:
+    """The arms over a stretch with one configured split (a rollout step): ``weights[arm]`` is
+    the share of traffic the router was told to send to ``arm``."""
+
+    weights: dict[str, float]
+    arms: dict[str, ArmCounts]
+
+    @staticmethod
+    def canary(weight: float, stable: ArmCounts | None = None, canary: ArmCounts | None = None) -> Stratum:
+        """A stable/canary stratum with ``weight`` to the canary."""
+        return Stratum(
+            {"stable": 1.0 - weight, "canary": weight},
+            {"stable": stable or ArmCounts(), "canary": canary or ArmCounts()},
+        )
+
+
+def pooled(strata: Sequence[Stratum], arm: str) -> ArmCounts:
+    """One arm's counts summed over ``strata`` (for what needs no stratification)."""
+    total = ArmCounts()
+    for stratum in strata:
+        if arm in stratum.arms:
+            total.merge(stratum.arms[arm])
+    return total
