@@ -5,10 +5,10 @@ the model server, its own DVC cache and remote), so it never meets a developer's
 The story runs once for the module (smaller training data, one-second analysis intervals,
 canary steps from 5% instead of 1% so a step needs 20x less traffic, a shorter replay, and more
 rounds of the pipeline's latency measurement because the shared test machine's cores are busy
-with other work: the gates stay the registry's default promotion policy); each test checks one outcome of it: v2 promoted by the rollout controller, the
-broken candidate rolled back for its score drift, the feature-drift alert on the right simulated
-day, v3 registered by the retraining trigger with the alert in its lineage, the report, and a
-stack stopped cleanly at the end.
+with other work: the gates stay the registry's default promotion policy); each test checks one
+outcome of it: v2 promoted by the rollout controller, the broken candidate rolled back for its
+score drift, the feature-drift alert on the right simulated day, v3 registered by the retraining
+trigger with the alert in its lineage, the report, and a stack stopped cleanly at the end.
 """
 
 from __future__ import annotations

@@ -684,24 +684,50 @@ def test_artifact_store_paths_never_escape(tmp_path: Path) -> None:
     assert store.verify(digest, 5)
 
 
-def test_metrics_count_registrations_moves_and_refusals(registry: Registry) -> None:
+def _registry_samples(registry: Registry) -> dict[str, float]:
     import urllib.request
 
     url = f"http://127.0.0.1:{registry.proc.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as resp:
         text = resp.read().decode()
-    samples = {
+    return {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
         if line.startswith("finpredict_registry_")
     }
-    assert samples['finpredict_registry_registrations_total{outcome="created"}'] >= 20
-    assert samples['finpredict_registry_registrations_total{outcome="replayed"}'] >= 1
-    assert samples['finpredict_registry_alias_moves_total{kind="set"}'] >= 1
-    assert samples['finpredict_registry_alias_moves_total{kind="rollback"}'] >= 1
-    assert samples['finpredict_registry_refusals_total{reason="gates_failed"}'] >= 1
-    assert samples['finpredict_registry_refusals_total{reason="cas_conflict"}'] >= 9
-    assert samples['finpredict_registry_refusals_total{reason="checksum"}'] >= 1
+
+
+def test_metrics_count_registrations_moves_and_refusals(registry: Registry, admin: Client) -> None:
+    """Each kind of event moves its own counter (deltas over this test's own calls, whatever ran before)."""
+    before = _registry_samples(registry)
+    model = create_model(admin, "metrics")
+    v1 = register(admin, model, b"one", idempotency_key="metrics-1", **promotable())
+    register(admin, model, b"one", idempotency_key="metrics-1", **promotable())  # a replayed registration
+    v2 = register(admin, model, b"two", **promotable())
+    failing = register(admin, model, b"bad", **promotable(gate_results=[gate("auc_roc", 0.6, 0.82)]))
+    set_alias(admin, model, "production", v1.version)
+    set_alias(admin, model, "production", v2.version)
+    admin.RollbackAlias(pb.RollbackAliasRequest(model=model, alias="production", reason="metrics test"))
+    with pytest.raises(grpc.RpcError):
+        set_alias(admin, model, "production", failing.version)
+    with pytest.raises(grpc.RpcError):
+        set_alias(admin, model, "production", v2.version, expected=v2.version)  # stale compare-and-set
+    damaged = register(admin, model, b"to be damaged")
+    registry.write_blob(damaged.artifact.sha256, b"damaged bytes")
+    with pytest.raises(grpc.RpcError):
+        download(admin, model, damaged.version)  # a stored artifact that fails its checksum
+    after = _registry_samples(registry)
+
+    def delta(sample: str) -> float:
+        return after.get(sample, 0.0) - before.get(sample, 0.0)
+
+    assert delta('finpredict_registry_registrations_total{outcome="created"}') == 4
+    assert delta('finpredict_registry_registrations_total{outcome="replayed"}') == 1
+    assert delta('finpredict_registry_alias_moves_total{kind="set"}') == 2
+    assert delta('finpredict_registry_alias_moves_total{kind="rollback"}') == 1
+    assert delta('finpredict_registry_refusals_total{reason="gates_failed"}') == 1
+    assert delta('finpredict_registry_refusals_total{reason="cas_conflict"}') == 1
+    assert delta('finpredict_registry_refusals_total{reason="checksum"}') == 1
 
 
 @pytest.mark.parametrize(

@@ -74,16 +74,29 @@ class VariantWindow:
     requests: int = 0
     errors: int = 0
     scored: int = 0
+    approved: int = 0  # of the scored requests: score < the model's threshold
     score_sum: float = 0.0
     latency_counts: npt.NDArray[np.uint64] = field(default_factory=lambda: _zeros(LATENCY_EDGES_MS))
     score_counts: npt.NDArray[np.uint64] = field(default_factory=lambda: _zeros(SCORE_EDGES))
     labeled: list[tuple[float, bool]] = field(default_factory=list)
 
-    def record(self, *, ok: bool, latency_ms: float, score: float | None = None) -> None:
-        self.record_batch(1, ok=ok, latency_ms=latency_ms, scores=() if score is None else (score,))
+    def record(
+        self, *, ok: bool, latency_ms: float, score: float | None = None, threshold: float | None = None
+    ) -> None:
+        scores = () if score is None else (score,)
+        self.record_batch(1, ok=ok, latency_ms=latency_ms, scores=scores, threshold=threshold)
 
-    def record_batch(self, n: int, *, ok: bool, latency_ms: float, scores: Sequence[float] = ()) -> None:
-        """``n`` requests that took ``latency_ms`` together; ``scores`` of the ones that succeeded."""
+    def record_batch(
+        self,
+        n: int,
+        *,
+        ok: bool,
+        latency_ms: float,
+        scores: Sequence[float] = (),
+        threshold: float | None = None,
+    ) -> None:
+        """``n`` requests that took ``latency_ms`` together; ``scores`` of the ones that succeeded,
+        approved where below ``threshold`` (the decision the client got; none counted without one)."""
         self.requests += n
         if not ok:
             self.errors += n
@@ -94,6 +107,8 @@ class VariantWindow:
             self.score_counts += counts
             self.scored += len(values) - missing
             self.score_sum += float(np.nansum(values))
+            if threshold is not None:
+                self.approved += int(metrics.approved(values, threshold).sum())
 
     def record_outcome(self, score: float, defaulted: bool) -> None:
         self.labeled.append((score, defaulted))
@@ -103,6 +118,7 @@ class VariantWindow:
         self.requests += other.requests
         self.errors += other.errors
         self.scored += other.scored
+        self.approved += other.approved
         self.score_sum += other.score_sum
         self.latency_counts += other.latency_counts
         self.score_counts += other.score_counts
@@ -141,6 +157,7 @@ class VariantWindow:
             "requests": self.requests,
             "errors": self.errors,
             "scored": self.scored,
+            "approved": self.approved,
             "score_sum": self.score_sum,
             "latency": _sparse(self.latency_counts),
             "scores": _sparse(self.score_counts),
@@ -153,6 +170,7 @@ class VariantWindow:
             requests=int(doc["requests"]),
             errors=int(doc["errors"]),
             scored=int(doc["scored"]),
+            approved=int(doc.get("approved", 0)),  # absent from windows published before it existed
             score_sum=float(doc["score_sum"]),
             latency_counts=_dense(doc["latency"], LATENCY_EDGES_MS),
             score_counts=_dense(doc["scores"], SCORE_EDGES),

@@ -122,6 +122,13 @@ class GatewaySettings(ServiceSettings):
     log_batch_records: int = Field(default=500, ge=1, description="Records per IngestPredictions call.")
     log_flush_s: float = Field(default=0.5, gt=0, description="Longest wait before a partial batch is sent.")
     controller_tick_s: float = Field(default=0.5, gt=0, description="How often the rollout controller wakes.")
+    test_hook_canary_weight_factor: float = Field(
+        default=1.0,
+        gt=0,
+        description="Test hook, never for production: the router sends this multiple of each rollout's "
+        "canary weight to the canary (2 sends 2 % for a 1 % step), a broken split the sample-ratio "
+        "check must halt. 1 routes as configured.",
+    )
     shadow_concurrency: int = Field(
         default=64, ge=1, description="Most shadow calls in flight; more are skipped."
     )

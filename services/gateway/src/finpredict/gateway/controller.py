@@ -13,6 +13,11 @@ measurements of the current window (:func:`finpredict.gateway.analysis.analyze`)
   moves ``production`` in the registry by compare-and-set (expected: the stable version the
   rollout started from) and only then marks the rollout promoted.
 
+The statistics (:mod:`finpredict.gateway.canary_stats`) judge the counts since the rollout
+started at each analysis too: their rollback rolls back, and a sample-ratio mismatch halts
+(pauses) the rollout with ``finpredict_gateway_rollout_sample_ratio_mismatch_total`` counted for
+the alert. Each analysis decision records the statistics' figures.
+
 Every change is a compare-and-set on the stored rollout, so a step or a promotion is recorded
 once however many replicas try; a decision is written only while this replica's lease token is
 still current (fencing): one that lost its lease logs "lost the controller lease, decision not
@@ -31,6 +36,7 @@ import grpc
 
 from finpredict.gateway import metrics
 from finpredict.gateway.analysis import Thresholds, Verdict, analyze
+from finpredict.gateway.canary_stats import combine, cumulative_strata, halts, stat_limits
 from finpredict.gateway.catalog import Catalog, CatalogError
 from finpredict.gateway.live import LiveRollouts
 from finpredict.gateway.rollout import (
@@ -47,6 +53,7 @@ from finpredict.gateway.state.db import StateUnavailableError, call
 from finpredict.gateway.state.lease import Fence, LeaseHolder, LeaseKeeper, LeaseLostError
 from finpredict.gateway.state.sync import Applied
 from finpredict.gateway.state.windows import StepWindow, WindowStore, merge_windows
+from finpredict.gateway.stats import CanaryEvidence, evaluate
 
 log = logging.getLogger("finpredict.gateway.controller")
 CHANGE_ATTEMPTS = 5  # an operator change retried when a decision was written meanwhile
@@ -66,6 +73,7 @@ class RolloutController:
         applied: Applied | None = None,
         tick_s: float = 0.5,
         clock: Callable[[], float] = time.time,
+        canary_weight_factor: float = 1.0,
     ) -> None:
         self._store = store
         self._windows = windows
@@ -75,7 +83,7 @@ class RolloutController:
         self._tick = tick_s
         self._clock = clock
         self.replica = windows.replica
-        self.live = LiveRollouts()
+        self.live = LiveRollouts(canary_weight_factor=canary_weight_factor)
         self._last: dict[str, Verdict] = {}
         self._promoting: set[str] = set()  # rollouts with a registry call in flight (never two at once)
         self._pruned_at = 0.0
@@ -91,10 +99,19 @@ class RolloutController:
         return self.live.split(rollout)
 
     def record(
-        self, rollout_id: str, variant: str, *, ok: bool, latency_ms: float, score: float | None = None
+        self,
+        rollout_id: str,
+        variant: str,
+        *,
+        ok: bool,
+        latency_ms: float,
+        score: float | None = None,
+        threshold: float | None = None,
     ) -> None:
         scores = () if score is None else (score,)
-        self.live.record_batch(rollout_id, variant, 1, ok=ok, latency_ms=latency_ms, scores=scores)
+        self.live.record_batch(
+            rollout_id, variant, 1, ok=ok, latency_ms=latency_ms, scores=scores, threshold=threshold
+        )
 
     def last_verdict(self, rollout_id: str) -> Verdict | None:
         return self._last.get(rollout_id)
@@ -255,10 +272,24 @@ class RolloutController:
         assert merged is not None
         window, replicas = merged
         verdict = analyze(window.stable, window.canary, rollout.thresholds, rollout.min_requests_per_step)
+        strata = cumulative_strata(rollout.strata, rollout.weight, window)
+        statistics = evaluate(CanaryEvidence(strata), stat_limits(rollout.thresholds))
+        if halts(verdict, statistics):
+            action, reason = "halt", "; ".join(statistics.reasons)
+        else:
+            verdict = combine(verdict, statistics)
+            action, reason = verdict.action, verdict.reason
         self._last[rollout.id] = verdict
         updated = rollout.copy()
         step = updated.step_index
-        updated.apply(verdict, now, replicas=replicas, replica=self.replica)
+        if action == "halt":
+            updated.halt(reason, now, replicas=replicas, replica=self.replica)
+            updated.decisions[-1].metrics = dict(verdict.metrics)
+        else:
+            updated.apply(verdict, now, replicas=replicas, replica=self.replica)
+        updated.decisions[-1].statistics = statistics.to_dict()
+        if action in ("advance", "rollback"):
+            updated.strata = [s.to_dict() for s in strata]  # the window closes: its counts are kept
         previous = updated.decisions[-2] if len(updated.decisions) > 1 else None
         if (
             verdict.action == "wait"
@@ -266,16 +297,19 @@ class RolloutController:
             and (previous.verdict, previous.step_index, previous.replica) == ("wait", step, self.replica)
         ):
             updated.decisions.pop(-2)  # one "wait" per stretch of waiting and leader, the latest figures
-        if not await self._decide(updated, fence, now, verdict.action):
+        if not await self._decide(updated, fence, now, action):
             return
         extra = {
             "rollout": rollout.id,
             "model": rollout.model,
             "step": step,
-            "reason": verdict.reason,
+            "reason": reason,
             "replicas": replicas,
         }
-        if verdict.action == "rollback":
+        if action == "halt":
+            metrics.SAMPLE_RATIO_MISMATCH_TOTAL.labels(rollout.model).inc()
+            log.error("rollout halted: sample ratio mismatch", extra=extra)
+        elif verdict.action == "rollback":
             log.warning("rollout rolled back", extra=extra)
         elif verdict.action == "advance":
             log.info("rollout advanced", extra={**extra, "weight": updated.weight})

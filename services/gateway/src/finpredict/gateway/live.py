@@ -21,7 +21,11 @@ from finpredict.gateway.state.windows import StepWindow
 class LiveRollouts:
     """Active rollouts by model, their splits and this replica's window of each."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, canary_weight_factor: float = 1.0) -> None:
+        """``canary_weight_factor``: a test hook (the gateway's ``test_hook_canary_weight_factor``):
+        the router sends this multiple of each rollout's canary weight to the canary, a broken
+        split the sample-ratio check must halt. 1.0 (the default) routes as configured."""
+        self._canary_weight_factor = canary_weight_factor
         self._active: dict[str, Rollout] = {}
         self._splits: dict[str, tuple[tuple[Any, ...], Split]] = {}
         self._windows: dict[str, StepWindow] = {}  # by rollout id
@@ -36,7 +40,8 @@ class LiveRollouts:
         key = (rollout.state.value, rollout.step_index, rollout.id)
         cached = self._splits.get(rollout.model)
         if cached is None or cached[0] != key:
-            cached = (key, rollout.split())
+            factor = self._canary_weight_factor
+            cached = (key, rollout.split(None if factor == 1.0 else min(100.0, rollout.weight * factor)))
             self._splits[rollout.model] = cached
         return cached[1]
 
@@ -49,11 +54,12 @@ class LiveRollouts:
         ok: bool,
         latency_ms: float,
         scores: Sequence[float] = (),
+        threshold: float | None = None,
     ) -> None:
         window = self._windows.get(rollout_id)
         if window is None:
             return
-        window.side(variant).record_batch(n, ok=ok, latency_ms=latency_ms, scores=scores)
+        window.side(variant).record_batch(n, ok=ok, latency_ms=latency_ms, scores=scores, threshold=threshold)
         window.changed = True
 
     def window(self, rollout_id: str) -> StepWindow | None:

@@ -58,8 +58,13 @@ ROLLOUT_STEP = Gauge(
 )
 ROLLOUT_DECISIONS_TOTAL = Counter(
     "finpredict_gateway_rollout_decisions_total",
-    "Rollout decisions, by verdict (wait, advance, rollback, promote, promoted, pause, resume, abort).",
+    "Rollout decisions, by verdict (wait, advance, rollback, halt, promote, promoted, pause, resume, abort).",
     ["model", "verdict"],
+)
+SAMPLE_RATIO_MISMATCH_TOTAL = Counter(
+    "finpredict_gateway_rollout_sample_ratio_mismatch_total",
+    "Rollouts halted because the variants' request counts do not match the configured weights.",
+    ["model"],
 )
 CIRCUIT_OPEN = Gauge(
     "finpredict_gateway_circuit_open", "1 while the circuit to a model version is open.", ["model", "version"]

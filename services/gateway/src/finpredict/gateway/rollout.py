@@ -77,6 +77,8 @@ class Decision:
     replicas: int = 0  # gateway replicas whose measurements the analysis merged (0: not an analysis)
     metrics: dict[str, float] = field(default_factory=dict)  # the figures an analysis was based on
     replica: str = ""  # the gateway replica that wrote it
+    # For an analysis: the statistics' record (finpredict.gateway.stats.StatsVerdict.to_dict()).
+    statistics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,6 +100,9 @@ class Rollout:
     revision: int = 0  # compare-and-set counter of the stored rollout (0: not stored yet)
     window: int = 0  # number of the current analysis window
     window_started: float = 0.0  # when it opened (0: at started_at)
+    # Counts of the closed windows since the start, one stratum per canary weight
+    # (finpredict.gateway.stats.Stratum.to_dict()); the open window is added at each analysis.
+    strata: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.window_started = self.window_started or self.started_at
@@ -119,8 +124,10 @@ class Rollout:
             return self.steps[self.step_index]
         return 100.0 if self.state is RolloutState.PROMOTED else 0.0
 
-    def split(self) -> Split:
-        return Split.canary(self.stable_version, self.candidate_version, self.weight, salt=self.id)
+    def split(self, weight: float | None = None) -> Split:
+        """The traffic split of the current step (``weight``: another canary weight, for a test hook)."""
+        canary = self.weight if weight is None else weight
+        return Split.canary(self.stable_version, self.candidate_version, canary, salt=self.id)
 
     def _decide(self, verdict: str, reason: str, now: float, replica: str = "") -> None:
         self.decisions.append(Decision(now, self.step_index, verdict, reason, replica=replica))
@@ -145,6 +152,14 @@ class Rollout:
             self._new_window(now)
             if self.steps[self.step_index] >= 100.0:
                 self.state = RolloutState.PROMOTING
+
+    def halt(self, reason: str, now: float, *, replicas: int = 0, replica: str = "") -> None:
+        """An analysis found the traffic split broken: paused (the canary keeps its weight) until an
+        operator resumes (a fresh window) or aborts."""
+        self._require(RolloutState.PROGRESSING, "halt")
+        self.state = RolloutState.PAUSED
+        self._decide("halt", reason, now, replica)
+        self.decisions[-1].replicas = replicas
 
     def pause(self, reason: str, now: float) -> None:
         self._require(RolloutState.PROGRESSING, "pause")

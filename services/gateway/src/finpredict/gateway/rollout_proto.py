@@ -3,6 +3,7 @@ the identifiers its requests carry (every refusal names the field)."""
 
 from __future__ import annotations
 
+import json
 import re
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -111,6 +112,7 @@ def rollout_to_proto(
                 replicas=d.replicas,
                 replica=d.replica,
                 metrics=d.metrics,
+                statistics=json.dumps(d.statistics) if d.statistics else "",
             )
             for d in r.decisions
         ],

@@ -202,6 +202,7 @@ class ScoringCore:
                 ok=ok,
                 latency_ms=elapsed_ms,
                 scores=[p.score for p in scored.predictions] if scored is not None else (),
+                threshold=scored.threshold if scored is not None else None,
             )
 
     @staticmethod

@@ -147,7 +147,13 @@ class Gateway:
         windows = WindowStore(engine, replica=replica, source=f"{replica}/{uuid.uuid4().hex[:8]}")
         self.lease = LeaseKeeper(Lease(engine, replica, s.lease_s))
         self.controller = RolloutController(
-            rollout_store, windows, self.lease, catalog, applied=applied, tick_s=s.controller_tick_s
+            rollout_store,
+            windows,
+            self.lease,
+            catalog,
+            applied=applied,
+            tick_s=s.controller_tick_s,
+            canary_weight_factor=s.test_hook_canary_weight_factor,
         )
         self.sync = StateSync(
             engine, rollout_store, self.controller.live, policies, windows, applied, s.state_poll_s

@@ -350,7 +350,9 @@ def _parse_gate(text: str) -> pb.PolicyGate:
 
 def _print_policy(model: str, p: pb.PromotionPolicy) -> None:
     origin = "the registry's default" if p.is_default else f"set {_time(p.updated_at)} by {p.updated_by}"
-    table = Table("gate", "rule", title=f"promotion policy of {model} ({origin})")
+    # who set it on a line of its own: a table title wraps with the terminal's width
+    out.print(f"promotion policy of {model}: {origin}", soft_wrap=True)
+    table = Table("gate", "rule")
     for g in p.gates:
         table.add_row(g.name, f"{'>=' if g.comparator == 1 else '<='} {g.threshold:g}")
     out.print(table)

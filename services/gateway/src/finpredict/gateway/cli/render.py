@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from typing import Any
+
 from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
@@ -103,9 +107,67 @@ def render_rollout(r: pb.Rollout) -> RenderableType:
         for d in shown:
             decisions.add_row(fmt_time(d.time), str(d.step_index + 1), d.verdict, escape(d.reason))
         parts.append(decisions)
+        analysed = [d for d in r.decisions if d.statistics]
+        if analysed:
+            d = analysed[-1]
+            parts.append(statistics_view(json.loads(d.statistics), f"{d.verdict} at step {d.step_index + 1}"))
         last = r.decisions[-1]
         parts.append(Text.assemble(("last decision: ", "bold"), f"{last.verdict}: {last.reason}"))
     return Group(*parts)
+
+
+def _num(value: Any, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def statistics_view(doc: Mapping[str, Any], which: str) -> RenderableType:
+    """The statistics an analysis decision recorded (``finpredict.gateway.stats.StatsVerdict.to_dict``):
+    each sequential test's effect, confidence sequence, statistic against its bound, sample sizes
+    and alpha spent; the sample-ratio check; the label-free estimates."""
+    table = Table(
+        "test",
+        "canary - stable",
+        "always-valid CI",
+        "statistic / bound",
+        "n stable / canary",
+        "alpha spent",
+        "rejects",
+        title=f"statistics of the last analysis ({which}; rollout alpha {_num(doc.get('alpha'), 'g')})",
+        title_justify="left",
+    )
+    for t in doc.get("tests", []):
+        table.add_row(
+            t["metric"],
+            _num(t["estimate"], "+.4f"),
+            f"[{_num(t['lower'], '+.4f')}, {_num(t['upper'], '+.4f')}]",
+            f"{_num(t['statistic'], '.2f')} / {_num(t['bound'], '.2f')}",
+            f"{t['n_stable']} / {t['n_canary']}",
+            _num(t["alpha_spent"], ".4g"),
+            "[red]yes[/]" if t["reject"] else "no",
+        )
+    lines: list[RenderableType] = [table]
+    srm = doc.get("srm") or {}
+    if srm:
+        observed = ", ".join(
+            f"{a} {n} (expected {_num(srm['expected'].get(a), '.0f')})" for a, n in srm["observed"].items()
+        )
+        verdict = "[red]MISMATCH[/]" if srm["mismatch"] else "ok"
+        lines.append(
+            Text.from_markup(
+                f"sample ratio: {verdict}: {escape(observed)}; chi2 {_num(srm['chi2'], '.2f')}, "
+                f"p {_num(srm['p_value'], '.3g')}"
+            )
+        )
+    expected = doc.get("expected") or {}
+    if expected:
+        figures = ", ".join(
+            f"{v} AUC {_num(e['auc'], '.3f')} / default rate {_num(e['default_rate'], '.3f')} (n {e['n']})"
+            for v, e in expected.items()
+        )
+        lines.append(Text(f"label-free estimate: {figures}"))
+    for reason in doc.get("reasons", []):
+        lines.append(Text.assemble(("statistics: ", "bold red"), reason))
+    return Group(*lines)
 
 
 def rollout_line(r: pb.Rollout) -> str:

@@ -14,8 +14,9 @@ default rate of all applicants cannot differ between arms).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +37,17 @@ def _zeros() -> Counts:
 def bucket_of(scores: npt.ArrayLike) -> npt.NDArray[np.intp]:
     """The grid bucket of each score (left-closed buckets, as drift_core.histogram_counts)."""
     return np.searchsorted(SCORE_GRID, np.asarray(scores, dtype=np.float64), side="right")
+
+
+def _sparse(counts: Counts) -> dict[str, int]:
+    return {str(i): int(counts[i]) for i in np.flatnonzero(counts)}
+
+
+def _dense(sparse: Mapping[str, int]) -> Counts:
+    counts = _zeros()
+    for i, n in sparse.items():
+        counts[int(i)] = int(n)
+    return counts
 
 
 def histogram(scores: npt.ArrayLike) -> Counts:
@@ -93,6 +105,32 @@ class ArmCounts:
         self.labeled_approved += other.labeled_approved
         self.labeled_approved_defaults += other.labeled_approved_defaults
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (bucket counts sparse: ``{bucket: count}`` of the non-empty buckets)."""
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "approved": self.approved,
+            "scores": _sparse(self.score_counts),
+            "defaulted": _sparse(self.defaulted),
+            "repaid": _sparse(self.repaid),
+            "labeled_approved": self.labeled_approved,
+            "labeled_approved_defaults": self.labeled_approved_defaults,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> ArmCounts:
+        return cls(
+            requests=int(doc["requests"]),
+            errors=int(doc["errors"]),
+            approved=int(doc["approved"]),
+            score_counts=_dense(doc["scores"]),
+            defaulted=_dense(doc["defaulted"]),
+            repaid=_dense(doc["repaid"]),
+            labeled_approved=int(doc["labeled_approved"]),
+            labeled_approved_defaults=int(doc["labeled_approved_defaults"]),
+        )
+
 
 @dataclass
 class Stratum:
@@ -108,6 +146,16 @@ class Stratum:
         return Stratum(
             {"stable": 1.0 - weight, "canary": weight},
             {"stable": stable or ArmCounts(), "canary": canary or ArmCounts()},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": dict(self.weights), "arms": {a: c.to_dict() for a, c in self.arms.items()}}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Stratum:
+        return cls(
+            {a: float(w) for a, w in doc["weights"].items()},
+            {a: ArmCounts.from_dict(c) for a, c in doc["arms"].items()},
         )
 
 

@@ -181,16 +181,24 @@ class Decision(_message.Message):
     REPLICAS_FIELD_NUMBER: _builtins.int
     REPLICA_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    STATISTICS_FIELD_NUMBER: _builtins.int
     step_index: _builtins.int
     """Step index the decision was about."""
     verdict: _builtins.str
-    """"wait", "advance", "promote", "rollback", "pause", "resume", "abort"."""
+    """"wait", "advance", "promote", "rollback", "halt" (sample-ratio mismatch: paused), "pause",
+    "resume", "abort".
+    """
     reason: _builtins.str
     """Why, naming the metric and its value."""
     replicas: _builtins.int
     """For an analysis: how many gateway replicas' measurements it merged."""
     replica: _builtins.str
     """The gateway replica that wrote the decision."""
+    statistics: _builtins.str
+    """For an analysis: the statistics that drove it, as JSON (action, reasons, alpha, each
+    sequential test's statistic, bound, sample sizes and alpha spent, the sample-ratio check,
+    the label-free estimates); empty for other decisions.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When."""
@@ -209,10 +217,11 @@ class Decision(_message.Message):
         replicas: _builtins.int = ...,
         replica: _builtins.str = ...,
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        statistics: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "reason", b"reason", "replica", b"replica", "replicas", b"replicas", "step_index", b"step_index", "time", b"time", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "reason", b"reason", "replica", b"replica", "replicas", b"replicas", "statistics", b"statistics", "step_index", b"step_index", "time", b"time", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
