@@ -18,7 +18,7 @@ SERVICES = ["finpredict-gateway", "finpredict-model-server", "finpredict-registr
 SERVICES += ["finpredict-console"]
 # libraries every service may use; they must stay as lean as the services
 SHARED_LIBS = ["finpredict-api", "finpredict-common", "finpredict-features", "finpredict-modelio"]
-SHARED_LIBS += ["finpredict-metrics", "drift-core"]
+SHARED_LIBS += ["finpredict-metrics", "finpredict-sqldb", "drift-core"]
 NEVER_AT_RUNTIME = {
     "finpredict-testkit",
     "finpredict-pipelines",

@@ -10,20 +10,25 @@ TCP timeouts: a lost database fails a call within seconds instead of hanging it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.pool import NullPool
 
+from finpredict import sqldb
 from finpredict.gateway import metrics
 from finpredict.gateway.state.schema import STATE_ROW, state_meta
+from finpredict.sqldb import read_tx, write_tx
+
+__all__ = [
+    "HEAD_REVISION", "MIGRATIONS_DIR", "PG_CONNECT_ARGS", "UNAVAILABLE_ERRORS", "VERSION_TABLE",
+    "StateUnavailableError", "bump_version", "call", "create_state_engine", "current_revision",
+    "current_version", "migrate", "read_tx", "sqlite_url", "write_tx",
+]  # fmt: skip
 
 log = logging.getLogger("finpredict.gateway.state")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -31,7 +36,6 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # touched (and Alembic is not imported).
 HEAD_REVISION = "0001_initial"
 VERSION_TABLE = "gateway_alembic_version"  # not Alembic's default: a database may be shared
-_WRITE = "finpredict_write"
 _MIGRATION_LOCK = 0x6677_5354  # PostgreSQL advisory lock: one replica migrates at a time
 PG_CONNECT_ARGS = {
     "connect_timeout": 3,
@@ -72,48 +76,11 @@ def sqlite_url(path: Path) -> str:
 
 
 def create_state_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and explicit write locking."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, poolclass=NullPool
-        )
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            immediate = conn.get_execution_options().get(_WRITE, False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-        return engine
-    return create_engine(
-        url, pool_size=4, max_overflow=4, pool_timeout=5, pool_pre_ping=True, connect_args=PG_CONNECT_ARGS
-    )
-
-
-@contextlib.contextmanager
-def write_tx(engine: Engine) -> Iterator[Connection]:
-    """A write transaction: committed on success, rolled back on any exception."""
-    with engine.connect() as conn:
-        conn.execution_options(**{_WRITE: True})
-        with conn.begin():
-            yield conn
-
-
-@contextlib.contextmanager
-def read_tx(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as conn, conn.begin():
-        yield conn
+    """The state's engine: SQLite (one gateway) or PostgreSQL with short timeouts (replicas)."""
+    return sqldb.create_db_engine(
+        url, sqlite_busy_timeout_s=30.0, pool_size=4, max_overflow=4, pool_timeout_s=5.0,
+        pg_connect_args=PG_CONNECT_ARGS,
+    )  # fmt: skip
 
 
 def bump_version(conn: Connection) -> int:
@@ -134,34 +101,12 @@ def current_version(conn: Connection) -> int:
 
 def current_revision(engine: Engine) -> str | None:
     """The migration the database is at (None for an empty database)."""
-    with engine.connect() as conn:
-        if not inspect(conn).has_table(VERSION_TABLE):
-            return None
-        value = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalar_one_or_none()
-        return str(value) if value is not None else None
+    return sqldb.current_revision(engine, VERSION_TABLE)
 
 
 def migrate(engine: Engine) -> None:
     """Brings the schema to the newest migration (idempotent; safe with replicas starting together)."""
-    if current_revision(engine) == HEAD_REVISION:
-        return
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.execution_options(**{_WRITE: True})
-        else:
-            conn.exec_driver_sql(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})")
-            conn.commit()
-        try:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-            conn.commit()
-        finally:
-            if engine.dialect.name != "sqlite":
-                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})")
-                conn.commit()
-    log.info("gateway state migrated", extra={"dialect": engine.dialect.name})
+    if sqldb.migrate(
+        engine, MIGRATIONS_DIR, HEAD_REVISION, version_table=VERSION_TABLE, pg_advisory_lock=_MIGRATION_LOCK
+    ):
+        log.info("gateway state migrated", extra={"dialect": engine.dialect.name})
