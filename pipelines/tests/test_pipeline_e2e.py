@@ -1,8 +1,8 @@
 """End to end: the project's dvc.yaml in a temporary git + DVC repo, a real registry, W&B offline.
 
-The tests of this module share one repository and run in order (first run, cache, tracking,
-param change, weak model, corrupted snapshot); each later test starts from the state the
-earlier ones left.
+One repository goes through the whole story in order (first run, cache, tracking, param change,
+weak model, corrupted snapshot); each step starts from the state the earlier ones left, so the
+steps are one test (tests run in any order) and each step is a function of its own.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def lock_md5(repo: PipelineRepo, stage: str, path: str) -> str:
     raise AssertionError(f"{path} not in dvc.lock stage {stage}")
 
 
-def test_first_run_trains_passes_gates_and_registers(repo: PipelineRepo, registry: ServiceProcess) -> None:
+def _first_run_trains_passes_gates_and_registers(repo: PipelineRepo, registry: ServiceProcess) -> None:
     res = repo.dvc("repro")
     assert res.rc == 0, res.out
     assert res.stages_run == ["ingest", "validate", "features", "train", "evaluate", "profile", "register"]
@@ -144,7 +144,7 @@ def test_first_run_trains_passes_gates_and_registers(repo: PipelineRepo, registr
     assert any((repo.path / "remote").rglob("*"))
 
 
-def test_second_run_does_no_work(repo: PipelineRepo, registry: ServiceProcess) -> None:
+def _second_run_does_no_work(repo: PipelineRepo, registry: ServiceProcess) -> None:
     before = len(versions(registry))
     res = repo.dvc("repro")
     assert res.rc == 0, res.out
@@ -152,7 +152,7 @@ def test_second_run_does_no_work(repo: PipelineRepo, registry: ServiceProcess) -
     assert len(versions(registry)) == before
 
 
-def test_same_rows_same_features_in_training_and_serving(repo: PipelineRepo) -> None:
+def _same_rows_same_features_in_training_and_serving(repo: PipelineRepo) -> None:
     ds_cols = repo.read_json("models/model/manifest.json")["model_features"]
     trained = pl.read_parquet(repo.path / "data/features/test.parquet").select(ds_cols).to_numpy()
     inputs = pl.read_parquet(repo.path / "data/features/test_inputs.parquet").to_dicts()
@@ -162,7 +162,7 @@ def test_same_rows_same_features_in_training_and_serving(repo: PipelineRepo) -> 
         np.testing.assert_array_equal(records_to_matrix([inputs[i]])[0], trained[i].astype(np.float32))
 
 
-def test_wandb_offline_run_holds_metrics_plots_model_and_gates_agree(repo: PipelineRepo) -> None:
+def _wandb_offline_run_holds_metrics_plots_model_and_gates_agree(repo: PipelineRepo) -> None:
     info = repo.read_json("reports/wandb.json")
     assert info["mode"] == "offline"
     run_dir = Path(info["run_dir"])
@@ -207,7 +207,7 @@ def test_wandb_offline_run_holds_metrics_plots_model_and_gates_agree(repo: Pipel
         assert gates[name]["value"] == pytest.approx(summary[name], rel=1e-9)
 
 
-def test_param_change_reruns_only_dependent_stages(repo: PipelineRepo, registry: ServiceProcess) -> None:
+def _param_change_reruns_only_dependent_stages(repo: PipelineRepo, registry: ServiceProcess) -> None:
     old = lineage(registry, versions(registry)[0].version)
     old_params = repo.params()
     new_depth = old_params["train"]["max_depth"] + 1
@@ -232,9 +232,7 @@ def test_param_change_reruns_only_dependent_stages(repo: PipelineRepo, registry:
     assert newest.artifact.sha256 != versions(registry)[1].artifact.sha256
 
 
-def test_weak_model_fails_auc_gate_and_is_not_registered(
-    repo: PipelineRepo, registry: ServiceProcess
-) -> None:
+def _weak_model_fails_auc_gate_and_is_not_registered(repo: PipelineRepo, registry: ServiceProcess) -> None:
     before = len(versions(registry))
     params = repo.params()
     saved = json.loads(json.dumps(params))
@@ -259,7 +257,7 @@ def params_gate(repo: PipelineRepo) -> float:
     return float(repo.params()["gates"]["auc_roc_min"])
 
 
-def test_corrupted_snapshot_is_refused_at_validation(repo: PipelineRepo, registry: ServiceProcess) -> None:
+def _corrupted_snapshot_is_refused_at_validation(repo: PipelineRepo, registry: ServiceProcess) -> None:
     """One snapshot with a column of the wrong type, out-of-range values and a missing column."""
     from finpredict.pipelines.common import default_dataset_schema
     from finpredict.pipelines.dgp import generate
@@ -297,3 +295,13 @@ def test_corrupted_snapshot_is_refused_at_validation(repo: PipelineRepo, registr
         repo.set_params(saved)
         (ext / "loans.parquet").unlink()
         (ext / "schema.yaml").unlink()
+
+
+def test_the_pipeline_story_in_order(repo: PipelineRepo, registry: ServiceProcess) -> None:
+    _first_run_trains_passes_gates_and_registers(repo, registry)
+    _second_run_does_no_work(repo, registry)
+    _same_rows_same_features_in_training_and_serving(repo)
+    _wandb_offline_run_holds_metrics_plots_model_and_gates_agree(repo)
+    _param_change_reruns_only_dependent_stages(repo, registry)
+    _weak_model_fails_auc_gate_and_is_not_registered(repo, registry)
+    _corrupted_snapshot_is_refused_at_validation(repo, registry)

@@ -85,7 +85,8 @@ class SdkLoop:
         self.client.close()
 
 
-def test_replicas_run_on_both_nodes_and_both_answer(stack: Stack) -> None:
+def _replicas_on_both_nodes_answer(stack: Stack) -> None:
+    """One replica on each node, and both answer calls through the gateway."""
     by_node = stack.ray.replicas_by_node()
     assert sorted(by_node) == sorted([HEAD, stack.ray.workers[0].name])
     assert all(len(pids) == 1 for pids in by_node.values())
@@ -100,7 +101,12 @@ def test_replicas_run_on_both_nodes_and_both_answer(stack: Stack) -> None:
     wait_for(both_answered, 60, "calls answered by the replicas of both nodes")
 
 
-def test_losing_the_worker_node_under_load_loses_no_request(stack: Stack) -> None:
+def test_replicas_on_both_nodes_serve_and_losing_the_worker_under_load_loses_no_request(
+    stack: Stack,
+) -> None:
+    """One test, not two: losing the worker destroys what the first half checks, and tests run in
+    any order."""
+    _replicas_on_both_nodes_answer(stack)
     worker = stack.ray.workers[0]
     head_replica = stack.ray.replica_pids(node=HEAD)
     before = gateway_counts(stack.gateway.metrics_port, stack.model)

@@ -279,7 +279,13 @@ def test_sdk_outcomes_move_the_monitors_accuracy_once(path: MonitorPath, kind: s
     after = accuracy(path, model)
     assert (after.labeled, after.accuracy) == (40, pytest.approx(0.75))
 
-    # a replay (here with a changed label) and an outcome of a request the monitor never logged
+    # a replay (here with a changed label) and an outcome of a request the monitor never logged;
+    # outcomes other tests left waiting are orphaned first, so the count below is this test's own
+    wait_for(
+        lambda: metric_value(path.monitor, "finpredict_monitor_outcomes_waiting") == 0,
+        OUTCOME_WAIT_S + 10,
+        "no outcome waiting for its prediction",
+    )
     orphaned = metric_value(path.monitor, ORPHANED, result="orphaned")
     orphan = Outcome("never-scored-" + model, defaulted=True)
     replay = [*labels(results[:10], wrong=10), orphan]

@@ -163,6 +163,10 @@ WATCHERS_DROPPED = Counter(
     "finpredict_monitor_watchers_dropped_total",
     "WatchAlerts subscribers dropped (RESOURCE_EXHAUSTED) because they fell behind by more than the queue.",
 )
+HOUSEKEEPING_ERRORS = Counter(
+    "finpredict_monitor_housekeeping_errors_total",
+    "Rounds of periodic upkeep (orphaning outcomes, retention, snapshots) that failed and were retried.",
+)
 SNAPSHOTS = Counter(
     "finpredict_monitor_snapshots_total", "Snapshots of the window state written, by result.", ["result"]
 )

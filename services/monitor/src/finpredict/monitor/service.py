@@ -21,6 +21,7 @@ from finpredict.monitor.engine import Engine, EngineOptions
 from finpredict.monitor.evaluation import AlertRecord
 from finpredict.monitor.fetch import ProfileFetcher
 from finpredict.monitor.lookup import Query, check_query, lookup
+from finpredict.monitor.metrics import HOUSEKEEPING_ERRORS
 from finpredict.monitor.profiles import ProfileCache, Reference
 from finpredict.monitor.records import (
     MAX_EVENT_TIME,
@@ -261,8 +262,12 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
         period = max(0.05, min(self.settings.outcome_wait_s / 4, 30.0))
         while True:
             await asyncio.sleep(period)
-            async with self.lock:
-                await asyncio.to_thread(self.engine.housekeeping)
+            try:
+                async with self.lock:
+                    await asyncio.to_thread(self.engine.housekeeping)
+            except Exception:  # one failed round must not end the upkeep for good
+                HOUSEKEEPING_ERRORS.inc()
+                log.exception("housekeeping failed; retrying at the next round")
 
     # profiles ----------------------------------------------------------------
 
