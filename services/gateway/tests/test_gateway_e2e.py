@@ -82,11 +82,18 @@ def baseline(stack: Stack) -> None:
     if production_version(stack) != v1:
         stack.registry.set_alias(stack.model, "production", v1)
 
+    log_before = log_counts(stack.gateway.metrics_port, stack.monitor.metrics_port, stack.model)
+    scored = 0
+
     def routed_to_v1() -> bool:
+        nonlocal scored
         results = stack.client.score_batch(stack.model, [uuid.uuid4().hex for _ in range(20)]).results
+        scored += len(results)
         return {(r.model.version, r.variant) for r in results} == {(v1, spb.VARIANT_STABLE)}
 
     wait_for(routed_to_v1, 60, "the gateway to route every request to v1 as stable")
+    # the check's own prediction records reach the monitor now, not inside a test's counting window
+    reconcile_log(stack.gateway.metrics_port, stack.monitor.metrics_port, stack.model, log_before, scored)
 
 
 def _binomial_99(p: float, n: int) -> tuple[float, float]:
