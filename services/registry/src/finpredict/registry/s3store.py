@@ -36,7 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumErro
 from finpredict.registry.config import RegistrySettings, S3Location
 from finpredict.registry.store import (
     ChecksumError,
-    SpoolFile,
+    SpooledUpload,
     StoreError,
     StoreUnavailableError,
     check_sha256,
@@ -88,20 +88,10 @@ def s3_client(settings: RegistrySettings) -> S3Client:
     )
 
 
-class _S3Upload:
+class _S3Upload(SpooledUpload):
     def __init__(self, store: S3ArtifactStore) -> None:
+        super().__init__(store.spool_dir)
         self._store = store
-        self._spool = SpoolFile(store.spool_dir)
-
-    @property
-    def size(self) -> int:
-        return self._spool.size
-
-    def write(self, chunk: bytes) -> None:
-        self._spool.write(chunk)
-
-    def hexdigest(self) -> str:
-        return self._spool.hexdigest()
 
     def commit(self) -> str:
         self._spool.close(durable=False)  # S3 holds the durable copy
@@ -111,9 +101,6 @@ class _S3Upload:
         finally:
             self._spool.remove()
         return digest
-
-    def abort(self) -> None:
-        self._spool.remove()
 
 
 class S3ArtifactStore:

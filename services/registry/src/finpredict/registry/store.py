@@ -139,10 +139,11 @@ class SpoolFile:
         self.path.unlink(missing_ok=True)
 
 
-class _LocalUpload:
-    def __init__(self, store: LocalArtifactStore) -> None:
-        self._store = store
-        self._spool = SpoolFile(store.tmp_dir)
+class SpooledUpload:
+    """An upload hashed into a local spool file; a store's subclass says where ``commit`` puts it."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        self._spool = SpoolFile(spool_dir)
 
     @property
     def size(self) -> int:
@@ -153,6 +154,15 @@ class _LocalUpload:
 
     def hexdigest(self) -> str:
         return self._spool.hexdigest()
+
+    def abort(self) -> None:
+        self._spool.remove()
+
+
+class _LocalUpload(SpooledUpload):
+    def __init__(self, store: LocalArtifactStore) -> None:
+        super().__init__(store.tmp_dir)
+        self._store = store
 
     def commit(self) -> str:
         self._spool.close(durable=True)
@@ -165,9 +175,6 @@ class _LocalUpload:
             os.replace(self._spool.path, final)  # atomic within one filesystem
             fsync_dir(final.parent)
         return digest
-
-    def abort(self) -> None:
-        self._spool.remove()
 
 
 class LocalArtifactStore:
