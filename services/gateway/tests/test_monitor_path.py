@@ -54,6 +54,7 @@ from finpredict.testkit.models import TrainedModel, train_small_model
 from finpredict.testkit.names import unique
 from finpredict.testkit.process import ServiceProcess, start_service, wait_for
 from finpredict.testkit.proxy import DelayProxy
+from finpredict.testkit.registry import start_registry
 from finpredict.testkit.scrape import metric_value
 
 # The monitor's tokens: the gateway's (writer: the prediction log and outcomes) and an operator's.
@@ -114,16 +115,7 @@ def start_gateway(
 @pytest.fixture(scope="module")
 def path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitorPath]:
     tmp = tmp_path_factory.mktemp("monitor-path")
-    registry = start_service(
-        "registry",
-        tmp / "registry",
-        env={
-            "FINPREDICT_REGISTRY_DATA_DIR": str(tmp / "registry" / "data"),
-            "FINPREDICT_REGISTRY_TOKENS": REGISTRY_TOKENS,
-            "FINPREDICT_REGISTRY_LOG_FORMAT": "text",
-            "FINPREDICT_REGISTRY_SHUTDOWN_GRACE_S": "1",
-        },
-    )
+    registry = start_registry(tmp / "registry", REGISTRY_TOKENS)
     admin = RegistryAdmin(registry.target)
     try:
         monitor = start_service(

@@ -26,6 +26,7 @@ from finpredict.testkit.evaluation import PASSING_GATES
 from finpredict.testkit.models import TrainedModel
 from finpredict.testkit.names import unique
 from finpredict.testkit.process import ServiceProcess, start_service
+from finpredict.testkit.registry import start_registry
 from finpredict.testkit.serving import register_requests
 
 # Registry: the test's operator and the gateway's controller (admin: it moves `production`).
@@ -99,16 +100,7 @@ def cli_stack(
 ) -> Iterator[CliStack]:
     """A registry and a gateway (no monitor) whose model server is ``model_server_target``, or
     an address with nothing behind it."""
-    registry = start_service(
-        "registry",
-        tmp / "registry",
-        env={
-            "FINPREDICT_REGISTRY_DATA_DIR": str(tmp / "registry" / "data"),
-            "FINPREDICT_REGISTRY_TOKENS": REGISTRY_TOKENS,
-            "FINPREDICT_REGISTRY_LOG_FORMAT": "text",
-            "FINPREDICT_REGISTRY_SHUTDOWN_GRACE_S": "1",
-        },
-    )
+    registry = start_registry(tmp / "registry", REGISTRY_TOKENS)
     try:
         gateway = start_service(
             "gateway",

@@ -51,6 +51,7 @@ from finpredict.testkit.gateway import features_of
 from finpredict.testkit.models import SMALL_SCHEMA, TrainedModel, synthetic_records, train_small_model
 from finpredict.testkit.names import unique
 from finpredict.testkit.process import ServiceProcess, start_service, wait_for
+from finpredict.testkit.registry import start_registry
 from finpredict.testkit.serving import register_requests
 
 # The console reads with its own reader tokens; people sign in with the gateway's tokens (the
@@ -384,16 +385,7 @@ def start_console(
 @contextmanager
 def console_stack(tmp: Path) -> Iterator[ConsoleStack]:
     """Registry, monitor, gateway (stand-in model server, short controller tick) and console."""
-    registry = start_service(
-        "registry",
-        tmp / "registry",
-        env={
-            "FINPREDICT_REGISTRY_DATA_DIR": str(tmp / "registry" / "data"),
-            "FINPREDICT_REGISTRY_TOKENS": REGISTRY_SPEC,
-            "FINPREDICT_REGISTRY_LOG_FORMAT": "text",
-            "FINPREDICT_REGISTRY_SHUTDOWN_GRACE_S": "1",
-        },
-    )
+    registry = start_registry(tmp / "registry", REGISTRY_SPEC)
     started = [registry]
     try:
         rules = tmp / "monitor" / "rules.yaml"

@@ -32,6 +32,7 @@ from finpredict.testkit.models import SMALL_SCHEMA, TrainedModel, synthetic_reco
 from finpredict.testkit.monitor import WRITER_TOKEN as MONITOR_WRITER_TOKEN
 from finpredict.testkit.monitor import monitor_env
 from finpredict.testkit.process import ServiceProcess, start_service, wait_for
+from finpredict.testkit.registry import start_registry
 from finpredict.testkit.scrape import metric_value, samples, total
 from finpredict.testkit.serving import (
     ADMIN_TOKEN,
@@ -260,14 +261,10 @@ def running_stack(
     env = dict(env or {})
     every_gateway = {**env, **(gateway_env or {})}
     with contextlib.ExitStack() as cleanup:
-        reg_proc = start_service(
-            "registry",
+        reg_proc = start_registry(
             tmp / "registry",
-            env={
-                "FINPREDICT_REGISTRY_DATA_DIR": str(tmp / "registry" / "data"),
-                "FINPREDICT_REGISTRY_TOKENS": REGISTRY_TOKENS,
-                "FINPREDICT_REGISTRY_LOG_FORMAT": "text",
-                "FINPREDICT_REGISTRY_SHUTDOWN_GRACE_S": "1",
+            REGISTRY_TOKENS,
+            {
                 "FINPREDICT_REGISTRY_WATCH_POLL_S": "0.5",
                 **env,
             },

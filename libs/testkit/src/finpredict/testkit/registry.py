@@ -213,6 +213,18 @@ def registry_env(tmp: Path, database_url: str = "") -> dict[str, str]:
     return env
 
 
+def start_registry(work: Path, tokens: str, extra: dict[str, str] | None = None) -> ServiceProcess:
+    """A registry subprocess on SQLite in ``work`` with ``tokens`` (the stacks' registry)."""
+    env = {
+        "FINPREDICT_REGISTRY_DATA_DIR": str(work / "data"),
+        "FINPREDICT_REGISTRY_TOKENS": tokens,
+        "FINPREDICT_REGISTRY_LOG_FORMAT": "text",
+        "FINPREDICT_REGISTRY_SHUTDOWN_GRACE_S": "1",
+        **(extra or {}),
+    }
+    return start_service("registry", work, env=env)
+
+
 @contextlib.contextmanager
 def running_registry(
     backend: str, tmp: Path, pg: Postgres | None, s3: S3Server | None = None, **extra: str

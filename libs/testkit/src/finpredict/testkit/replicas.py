@@ -29,9 +29,9 @@ from finpredict.testkit.gateway import (
 )
 from finpredict.testkit.models import TrainedModel
 from finpredict.testkit.names import unique
-from finpredict.testkit.process import ServiceProcess, start_service, wait_for
+from finpredict.testkit.process import ServiceProcess, wait_for
 from finpredict.testkit.proxy import DelayProxy
-from finpredict.testkit.registry import Postgres
+from finpredict.testkit.registry import Postgres, start_registry
 from finpredict.testkit.scrape import metric_value
 from finpredict.testkit.serving import ModelServerClient, Registry, ray_cluster, start_model_server
 
@@ -161,14 +161,10 @@ class Fleet:
 def running_fleet(tmp: Path, pg: Postgres, models: tuple[TrainedModel, TrainedModel]) -> Iterator[Fleet]:
     """The registry, Ray with the model server and three gateways sharing a fresh database."""
     with contextlib.ExitStack() as cleanup:
-        reg_proc = start_service(
-            "registry",
+        reg_proc = start_registry(
             tmp / "registry",
-            env={
-                "FINPREDICT_REGISTRY_DATA_DIR": str(tmp / "registry" / "data"),
-                "FINPREDICT_REGISTRY_TOKENS": REGISTRY_TOKENS,
-                "FINPREDICT_REGISTRY_LOG_FORMAT": "text",
-                "FINPREDICT_REGISTRY_SHUTDOWN_GRACE_S": "1",
+            REGISTRY_TOKENS,
+            {
                 "FINPREDICT_REGISTRY_WATCH_POLL_S": "0.5",
             },
         )
