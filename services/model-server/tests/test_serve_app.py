@@ -361,6 +361,13 @@ def test_killing_a_replica_under_load_fails_only_its_in_flight_requests(
         stop.set()
         for t in threads:
             t.join(timeout=90)
+    # the server's health follows the app: it reports SERVING again once Serve has healed
+    wait_for(
+        lambda: served.proc.health() == health_pb2.HealthCheckResponse.SERVING,
+        120,
+        "the model server to report SERVING after the replacement",
+        interval=0.5,
+    )
     failed = [(s, e, o) for s, e, o in log if o != "ok"]
     in_flight = [(s, e, o) for s, e, o in log if s <= t_kill <= e]
     print(
