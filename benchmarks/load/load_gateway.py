@@ -237,6 +237,11 @@ def sample_loop(
             return
 
 
+SOAK_STEADY_FROM_S = 120.0  # the soak's criteria hold after the first 2 minutes
+RSS_SLOPE_MAX = 1.0  # MiB per minute, least-squares slope
+FDS_GROWTH_MAX = 2
+
+
 def growth(rows: list[dict[str, Any]], from_s: float = 0.0) -> dict[str, Any]:
     """Per process: first, last and max RSS and fds, and the least-squares slope per minute, over
     the samples taken at or after ``from_s``."""
@@ -261,6 +266,11 @@ def growth(rows: list[dict[str, Any]], from_s: float = 0.0) -> dict[str, Any]:
             }
         out[role] = entry
     return out
+
+
+def steady(g: dict[str, Any]) -> bool:
+    """One process's :func:`growth` meets the soak's criteria."""
+    return bool(g["rss_mib"]["slope_per_min"] < RSS_SLOPE_MAX and g["fds"]["growth"] <= FDS_GROWTH_MAX)
 
 
 # ----- the report ----------------------------------------------------------------------------------
@@ -444,6 +454,16 @@ def run(mode: str, rate: int, duration_s: float, sample_s: float) -> dict[str, A
                 # leak shows as a steady slope here, a one-time step does not
                 result["growth_after_events_from_s"] = SHADOW_AT_S + 15
                 result["growth_after_events"] = growth(rows, SHADOW_AT_S + 15)
+                # the issue's criteria, after the first 2 minutes: RSS slope < 1 MiB/min per process,
+                # open fds flat (no more than 2 up from the 2-minute sample: a pooled connection or two)
+                after = growth(rows, SOAK_STEADY_FROM_S)
+                result["growth_after_from_s"] = SOAK_STEADY_FROM_S
+                result["growth_after"] = after
+                result["targets"] = {
+                    "rss_slope_mib_per_min_max": RSS_SLOPE_MAX,
+                    "fds_growth_max": FDS_GROWTH_MAX,
+                }
+                result["met"] = {role: steady(g) for role, g in after.items()}
                 result["samples"] = rows
             return result
     finally:
@@ -471,11 +491,16 @@ def main(argv: list[str] | None = None) -> None:
     brief = {k: result[k] for k in ("achieved_rps", "calls", "errors_by_status", "latency_ms")}
     print(json.dumps(brief, indent=2))
     if args.mode == "soak":
-        for role, g in result["growth"].items():
+        print(
+            f"after {SOAK_STEADY_FROM_S:.0f} s (met: RSS slope < {RSS_SLOPE_MAX} MiB/min,"
+            f" fds +{FDS_GROWTH_MAX} at most):"
+        )
+        for role, g in result["growth_after"].items():
             rss, fds = g["rss_mib"], g["fds"]
             print(
                 f"{role:40s} rss {rss['first']:8.1f} -> {rss['last']:8.1f} MiB"
                 f" ({rss['slope_per_min']:+.2f}/min)  fds {fds['first']:4.0f} -> {fds['last']:4.0f}"
+                f"  {'met' if result['met'][role] else 'MISSED'}"
             )
     print(f"wrote {out.relative_to(ROOT)}")
 

@@ -213,6 +213,7 @@ class Engine:
         duplicates = rejected = 0
         first = ""
         m.RECORDS_RECEIVED.inc(len(records))
+        known = self.labels.known([p.request_id for p in records])
         for i, p in enumerate(records):
             problem = self.validate(offset + i, p)
             if problem is not None:
@@ -220,7 +221,7 @@ class Engine:
                 first = first or problem
                 m.RECORDS_REJECTED.labels(problem.split(":")[0].split(".", 1)[1].split("[")[0]).inc()
                 continue
-            if p.request_id in self.labels or p.request_id in seen:
+            if known[i] or p.request_id in seen:
                 duplicates += 1
                 m.RECORDS_DUPLICATE.labels(p.model, str(p.version)).inc()
                 continue

@@ -3,8 +3,9 @@ outcomes attached to the hour cell of their prediction, whichever of the two arr
 
 The index is also the request-id dedup set of ingest. It holds, per version and hour, the columns
 an outcome needs (score, threshold, time, whether it is labelled) in compact arrays, and two maps
-from a 64-bit digest of the request id (and of entity id + prediction time) to a row: about a
-hundred bytes a prediction, dropped hour by hour with the retention period (:meth:`prune`).
+from a 64-bit digest of the request id (and of entity id + prediction time) to a row
+(:class:`~finpredict.monitor.digest_map.DigestMap`): about 75 bytes a prediction, dropped hour by
+hour with the retention period (:meth:`prune`).
 
 An outcome whose prediction is not stored yet *waits* (the gateway's prediction log may still be
 on its way) for ``wait_s`` seconds of wall-clock time, then is *orphaned*: counted and dropped. A
@@ -26,11 +27,12 @@ import numpy as np
 import polars as pl
 
 from finpredict.monitor import metrics as m
+from finpredict.monitor.digest_map import BLOCK_SHIFT, DigestMap
 from finpredict.monitor.records import OutcomeIn
 from finpredict.monitor.windows import VersionKey, VersionState
 
 Result = Literal["matched", "waiting", "duplicate"]
-_ROW_BITS = 32
+_ROW_BITS = BLOCK_SHIFT
 _ROW_MASK = (1 << _ROW_BITS) - 1
 
 
@@ -84,8 +86,8 @@ class LabelIndex:
         self.clock = clock
         self.blocks: dict[int, Block] = {}
         self.block_of: dict[tuple[VersionKey, datetime], int] = {}
-        self.ids: dict[int, int] = {}  # request-id digest -> block << 32 | row
-        self.by_entity: dict[int, int] = {}  # (entity, prediction time) digest -> block << 32 | row
+        self.ids = DigestMap()  # request-id digest -> block << 32 | row
+        self.by_entity = DigestMap()  # (entity, prediction time) digest -> block << 32 | row
         self.waiting: dict[int, Waiting] = {}  # by request-id digest, oldest first
         self.waiting_entity: dict[int, Waiting] = {}  # by (entity, time) digest, oldest first
         self.orphaned: dict[int, float] = {}  # digest -> when orphaned (wall clock), oldest first
@@ -96,6 +98,10 @@ class LabelIndex:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def known(self, request_ids: list[str]) -> list[bool]:
+        """``[rid in self for rid in request_ids]``, searched as one batch."""
+        return [bool(x) for x in self.ids.contains_many([digest(r) for r in request_ids])]
 
     # ------------------------------------------------------------------ predictions
 
@@ -236,18 +242,16 @@ class LabelIndex:
     def prune(self, horizon: datetime) -> int:
         """Forgets the predictions of hours that ended before ``horizon``; returns how many."""
         gone = 0
+        dropped: set[int] = set()
         for (key, hour), bid in list(self.block_of.items()):
             if (hour.timestamp() + 3600) > horizon.timestamp():
                 continue
             b = self.blocks.pop(bid)
             del self.block_of[(key, hour)]
-            for rid in b.rids:
-                if self.ids.get(rid, 0) >> _ROW_BITS == bid:
-                    del self.ids[rid]
-            for ent in b.entities:
-                if ent and self.by_entity.get(ent, 0) >> _ROW_BITS == bid:
-                    del self.by_entity[ent]
+            dropped.add(bid)
             gone += len(b.rids)
+        self.ids.discard_blocks(dropped)
+        self.by_entity.discard_blocks(dropped)
         return gone
 
     # ------------------------------------------------------------------ snapshot
@@ -291,9 +295,10 @@ class LabelIndex:
             b.scores.frombytes(part["score"].to_numpy().astype(np.float64).tobytes())
             b.thresholds.frombytes(part["threshold"].to_numpy().astype(np.float64).tobytes())
             b.labelled.extend(part["labelled"].to_numpy().astype(np.uint8).tobytes())
-            codes = range(bid << _ROW_BITS | start, bid << _ROW_BITS | len(b.rids))
-            self.ids.update(zip(part["rid"].to_list(), codes, strict=True))
-            self.by_entity.update((e, c) for e, c in zip(part["entity"].to_list(), codes, strict=True) if e)
+            codes = np.arange(bid << _ROW_BITS | start, bid << _ROW_BITS | len(b.rids), dtype=np.uint64)
+            self.ids.update(part["rid"].to_numpy().astype(np.uint64), codes)
+            entities = part["entity"].to_numpy().astype(np.uint64)
+            self.by_entity.update(entities[entities != 0], codes[entities != 0])
 
     def waiting_frame(self) -> pl.DataFrame:
         """The waiting outcomes and the orphans remembered (for the snapshot)."""
