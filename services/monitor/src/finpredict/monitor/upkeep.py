@@ -8,10 +8,16 @@
   by the compaction of the partitions written since the last one that are closed (every file it
   merges is covered by the snapshot just written).
 * **Orphans**: outcomes that waited longer than the outcome wait for their prediction.
+* **Freed memory back to the system** (glibc's ``malloc_trim``) at most every
+  :data:`TRIM_INTERVAL_S`: ingest allocates and frees many short-lived buffers on several threads
+  (gRPC, polars, numpy merges of the index), and glibc keeps the freed pages of each arena. The
+  10-minute soak measured the monitor's RSS growing 1.15 MiB/min at 100 records/s without it,
+  most of it such pages (in-process: 14 MiB of RSS for 7.6 MiB of live objects per 100k records).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +31,20 @@ from finpredict.monitor.store import RecordStore
 from finpredict.monitor.windows import DAY, HOUR, Windows, floor_day
 
 log = logging.getLogger("finpredict.monitor")
+TRIM_INTERVAL_S = 30.0
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``, or None where the C library has none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
+_TRIM = _malloc_trim()
 
 
 def _partition_end(directory: Path) -> datetime | None:
@@ -66,6 +86,7 @@ class Upkeep:
         self._disk_due = False  # the logs still hold what the memory no longer does
         self._pruned = False
         self._last_snapshot = time.monotonic()
+        self._last_trim = time.monotonic()
 
     def horizon_at(self, now: datetime) -> datetime:
         return floor_day(now) - self.retention
@@ -96,6 +117,9 @@ class Upkeep:
             self.dirty = {d for d in self.dirty if d.exists()}
         if time.monotonic() - self._last_snapshot >= self.snapshot_interval_s:
             self.snapshot()
+        if _TRIM is not None and time.monotonic() - self._last_trim >= TRIM_INTERVAL_S:
+            self._last_trim = time.monotonic()
+            _TRIM()
 
     def snapshot(self) -> None:
         """Writes a snapshot of the window state, then compacts the closed partitions written
