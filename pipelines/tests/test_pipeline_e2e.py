@@ -1,7 +1,8 @@
 """End to end: the project's dvc.yaml in a temporary git + DVC repo, a real registry, W&B offline.
 
-One repository goes through the whole story in order (first run, cache, tracking, param change,
-weak model, corrupted snapshot); each step starts from the state the earlier ones left, so the
+One repository goes through the whole story in order (first run, cache, tracking, an identical
+re-run that reuses the first run, param change, the two runs compared, weak model, corrupted
+snapshot); each step starts from the state the earlier ones left, so the
 steps are one test (tests run in any order) and each step is a function of its own.
 """
 
@@ -20,8 +21,10 @@ import pytest
 import yaml
 from google.protobuf import json_format
 from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
 
 from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
+from finpredict.cli.__main__ import build_app
 from finpredict.features import records_to_matrix
 from finpredict.pipelines.artifact import load_model
 from finpredict.testkit import wandb_log
@@ -207,6 +210,42 @@ def _wandb_offline_run_holds_metrics_plots_model_and_gates_agree(repo: PipelineR
         assert gates[name]["value"] == pytest.approx(summary[name], rel=1e-9)
 
 
+def _identical_rerun_reuses_the_registered_run(repo: PipelineRepo, registry: ServiceProcess) -> None:
+    """Every stage again (``--force``) on the same params, data and code: the register stage finds
+    the version of the run with the same fingerprint, says so and registers nothing."""
+    [first] = versions(registry)
+    first_run = lineage(registry, first.version).lineage.wandb_run_id
+    res = repo.dvc("repro", "--force")
+    assert res.rc == 0, res.out
+    assert res.stages_run == ["ingest", "validate", "features", "train", "evaluate", "profile", "register"]
+    assert f"reused run {first_run} (version {first.version})" in res.out
+    assert [v.version for v in versions(registry)] == [first.version]
+    reg = repo.read_json("reports/registration.json")
+    assert (reg["reused"], reg["run_id"], reg["version"]) == (True, first_run, first.version)
+    assert reg["fingerprint"] == lineage(registry, first.version).lineage.fingerprint
+    assert repo.read_json("reports/wandb.json")["run_id"] != first_run  # evaluate tracked a new run
+
+
+def _experiments_compare_shows_the_one_param(repo: PipelineRepo, registry: ServiceProcess) -> None:
+    """``finpredict experiments compare`` of the first run and the param change's run."""
+    newest, first = versions(registry)[:2]
+    run_a, run_b = lineage(registry, first.version).lineage, lineage(registry, newest.version).lineage
+    assert run_a.fingerprint != run_b.fingerprint
+    args = ["experiments", "--target", registry.target, "--token", TOKEN, "--model", MODEL, "compare"]
+    result = CliRunner().invoke(build_app(), [*args, run_a.wandb_run_id, run_b.wandb_run_id, "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["differing_params"] == ["train.max_depth"]
+    assert not any(d["differs"] for d in doc["data_md5"].values())
+    assert {k for k, c in doc["code"].items() if c["differs"]} == {"fingerprint"}
+    delta = newest.metrics["auc_roc"] - first.metrics["auc_roc"]
+    assert doc["metrics"]["auc_roc"]["delta"] == pytest.approx(delta)
+    result = CliRunner().invoke(build_app(), [*args, run_a.wandb_run_id, run_b.wandb_run_id])
+    assert result.exit_code == 0, result.output
+    assert "params that differ: train.max_depth" in result.stdout
+    assert run_b.wandb_run_path in result.stdout
+
+
 def _param_change_reruns_only_dependent_stages(repo: PipelineRepo, registry: ServiceProcess) -> None:
     old = lineage(registry, versions(registry)[0].version)
     old_params = repo.params()
@@ -302,6 +341,8 @@ def test_the_pipeline_story_in_order(repo: PipelineRepo, registry: ServiceProces
     _second_run_does_no_work(repo, registry)
     _same_rows_same_features_in_training_and_serving(repo)
     _wandb_offline_run_holds_metrics_plots_model_and_gates_agree(repo)
+    _identical_rerun_reuses_the_registered_run(repo, registry)
     _param_change_reruns_only_dependent_stages(repo, registry)
+    _experiments_compare_shows_the_one_param(repo, registry)
     _weak_model_fails_auc_gate_and_is_not_registered(repo, registry)
     _corrupted_snapshot_is_refused_at_validation(repo, registry)

@@ -2,86 +2,36 @@
 (``finpredict.demo.story``), on a stack of its own (its own run dir, free ports, its own Ray via
 the model server, its own DVC cache and remote), so it never meets a developer's ``task up``.
 
-The story runs once for the module (smaller training data, one-second analysis intervals,
-canary steps from 5% instead of 1% so a step needs 20x less traffic, a shorter replay, and more
-rounds of the pipeline's latency measurement because the shared test machine's cores are busy
-with other work: the gates stay the registry's default promotion policy); each test checks one
-outcome of it: v2 promoted by the rollout controller, the broken candidate rolled back for its
-score drift, the feature-drift alert on the right simulated day, v3 registered by the retraining
-trigger with the alert in its lineage, the report, and a stack stopped cleanly at the end.
+The story runs once for the module, shortened (:mod:`finpredict.testkit.demo`); each test checks one
+outcome of it: v2 promoted by the rollout controller, the broken candidate rolled back for the
+training/serving skew of debt_service_coverage, the feature-drift alert on the right simulated
+day, v3 registered by the retraining trigger with the alert in its lineage and put into a canary
+by the platform (the model's promotion policy hands it off), the report, and a stack stopped
+cleanly at the end.
 """
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
 
 from finpredict.api.monitor.v1 import monitor_pb2
 from finpredict.api.rollout.v1 import rollout_pb2
-from finpredict.demo.story import StoryConfig, StoryResult, run_story
+from finpredict.demo.story import StoryResult
 from finpredict.stack.launcher import Stack
+from finpredict.testkit.demo import SHIFT_DAY, STEPS, own_stack, run_short_story
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-# Training rows of every version (the demo: 50,000 for v1, 20,000 after). Fewer rows make v1 and
-# v2 differ enough (score KL ~0.03 at 10,000 rows) for a 200-request canary window to breach
-# KL 0.1 now and then; at 20,000 they agree (KL < 0.01) and the pipeline costs about the same.
-ROWS = 20_000
-SHIFT_DAY = 10
-STEPS = (5.0, 25.0, 100.0)  # the demo: 1 -> 5 -> 25 -> 100
-# The training pipeline's params for every version (the monitor's retraining run included): less
-# data, and the latency gate's best of 10 rounds (not 3) of single-row predictions, so that a
-# loaded CI machine does not fail it by accident. The gates themselves are not loosened: the
-# registry promotes only versions within its default policy (p99 <= 50 ms among them).
-PARAMS: dict[str, object] = {"data.rows": ROWS, "evaluate.latency_rounds": 10}
 
 
 @pytest.fixture(scope="module")
 def story(tmp_path_factory: pytest.TempPathFactory) -> tuple[StoryResult, Stack, Path]:
     tmp = tmp_path_factory.mktemp("demo")
-    log = tmp / "story.log"
-    with log.open("w") as out:
-        console = Console(file=out, width=160, force_terminal=False)
-        st = Stack(
-            run_dir=tmp / "run",
-            data_dir=tmp / "run" / "platform",
-            ephemeral_ports=True,
-            log=lambda s: console.print(s, highlight=False),
-        )
-        cfg = StoryConfig(
-            stack=st,
-            work_dir=tmp,
-            report_path=tmp / "report" / "report.html",
-            console=console,
-            keep=False,
-            dvc_cache=None,  # a cache of its own: nothing comes from (or goes to) the project's
-            dvc_remote=tmp / "dvc-remote",
-            v1_params=PARAMS,
-            next_params=PARAMS,
-            pool_rows=10_000,
-            v1_min_rows=1000,
-            steps=STEPS,
-            analysis_interval_s=1.0,
-            replay_first_day=SHIFT_DAY - 1,
-            replay_days=SHIFT_DAY + 3,
-            replay_shift_day=SHIFT_DAY,
-            replay_per_hour=40,
-            v3_canary_rows=1000,
-            retrain_timeout_s=400,
-        )
-        try:
-            result = run_story(cfg)
-        except BaseException:
-            st.down()  # run_story stops the stack itself; this is the belt to its braces
-            out.flush()
-            sys.stderr.write(log.read_text(errors="replace")[-20000:])
-            raise
-    return result, st, tmp
+    st = own_stack(tmp)
+    return run_short_story(st, tmp), st, tmp
 
 
 def test_v2_is_promoted_by_the_rollout_controller(story: tuple[StoryResult, Stack, Path]) -> None:
@@ -99,14 +49,16 @@ def test_v2_is_promoted_by_the_rollout_controller(story: tuple[StoryResult, Stac
     assert result.commit_to_production_s > 0
 
 
-def test_the_broken_candidate_is_rolled_back_for_its_scores(story: tuple[StoryResult, Stack, Path]) -> None:
+def test_the_broken_candidate_is_rolled_back_naming_the_skewed_feature(
+    story: tuple[StoryResult, Stack, Path],
+) -> None:
     result, _, _ = story
     rollout = result.rollouts["broken"]
     assert rollout.candidate_version == result.versions["broken"]
     assert rollout.state == rollout_pb2.ROLLOUT_STATE_ROLLED_BACK
     last = rollout.decisions[-1]
     assert last.verdict == "rollback"
-    assert "score distribution drifted from stable" in last.reason, last.reason
+    assert last.reason.startswith("training/serving skew in debt_service_coverage"), last.reason
     assert result.production["broken"] == result.versions["v2"]  # a rollback leaves the aliases alone
     assert result.time_to_rollback_s is not None
     assert 0 < result.time_to_rollback_s < 120
@@ -146,6 +98,12 @@ def test_v3_is_retrained_by_the_alert(story: tuple[StoryResult, Stack, Path]) ->
     assert result.v3_trigger == f"alert:{result.retrain_alert_id}"
     canary = result.rollouts["v3"]
     assert canary.candidate_version == v3
+    # the platform started it by the model's promotion policy (the demo only waited for it)
+    assert canary.started_by == "registry-policy"
+    start = canary.decisions[0]
+    assert start.verdict == "start", start
+    for needle in (f"v{v3}", "promotion policy", result.v3_trigger):
+        assert needle in start.reason, start.reason
     assert canary.stable_version == result.versions["v2"]
     assert canary.state in (
         rollout_pb2.ROLLOUT_STATE_PROGRESSING,
@@ -159,6 +117,8 @@ def test_report_and_measurements(story: tuple[StoryResult, Stack, Path]) -> None
     page = result.report_path.read_text()
     for plot in ("plot-drift", "plot-scores", "plot-rollout-0", "plot-latency"):
         assert f'id="{plot}"' in page
+    assert "what drove it" in page  # each analysis decision's statistics
+    assert "SRM ok" in page
     assert (tmp / "report" / "report.json").exists()
     assert result.p50_ms is not None
     assert result.p99_ms is not None

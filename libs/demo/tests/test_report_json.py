@@ -30,7 +30,7 @@ def fixture_report() -> dr.DemoReport:
                 "rolled_back",
                 [
                     dr.RolloutDecision(0.0, 0, 1.0, "start"),
-                    dr.RolloutDecision(2.5, 0, 0.0, "rollback", "psi"),
+                    dr.RolloutDecision(2.5, 0, 0.0, "rollback", "psi", "score PSI 0.412 KL 0.090; SRM ok"),
                 ],
             )
         ],
@@ -64,4 +64,5 @@ def test_a_saved_report_renders_every_plot(tmp_path: Path) -> None:
     assert "<script" not in page
     assert "r-1" in page
     assert "rolled_back" in page
+    assert "score PSI 0.412 KL 0.090; SRM ok" in page  # what drove each decision
     assert page == dr.render_html(dr.DemoReport.from_json(data.read_text()))

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from finpredict.cli.__main__ import build_app
-from finpredict.stack.components import COMPONENTS
+from finpredict.stack.components import DEFAULT_PROFILE, PROFILES
 from finpredict.stack.launcher import Stack
 
 
@@ -24,7 +24,8 @@ def run(tmp_path: Path, *args: str) -> tuple[int, str]:
 def test_status_of_an_empty_run_dir(tmp_path: Path) -> None:
     code, out = run(tmp_path, "status")
     assert code == 0, out
-    assert [line.split() for line in out.splitlines()] == [[c, "not", "running"] for c in COMPONENTS]
+    components = PROFILES[DEFAULT_PROFILE]
+    assert [line.split() for line in out.splitlines()] == [[c, "not", "running"] for c in components]
     assert not (tmp_path / "run").exists()  # status writes nothing
 
 
@@ -148,3 +149,46 @@ def test_the_registry_gets_its_data_dir_and_ports(tmp_path: Path, ephemeral: boo
     assert env["FINPREDICT_REGISTRY_DATA_DIR"] == str(tmp_path / "data" / "registry")
     assert env["FINPREDICT_REGISTRY_HOST"] == "127.0.0.1"
     assert ("FINPREDICT_REGISTRY_PORT" in env) is ephemeral
+
+
+def test_the_cluster_profile_is_listed_and_an_unknown_profile_refused(tmp_path: Path) -> None:
+    code, out = run(tmp_path, "status", "--profile", "cluster")
+    assert code == 0, out
+    assert [line.split()[0] for line in out.splitlines()] == PROFILES["cluster"]
+    code, out = run(tmp_path, "up", "--profile", "nope")
+    assert code == 2
+    assert "nope" in out
+
+
+def test_the_cluster_profile_wires_the_services_to_its_infrastructure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Services started while the stack's PostgreSQL, S3 server and Ray head run use them."""
+    registry_db, gateway_db = (
+        f"postgresql+psycopg://postgres@127.0.0.1:5/{db}" for db in ("registry", "gateway")
+    )
+    infos = {
+        "postgres": {"port": 5, "databases": {"registry": registry_db, "gateway": gateway_db}},
+        "s3": {"port": 6, "url": "http://127.0.0.1:6"},
+        "ray-head": {"port": 7, "temp_dir": str(tmp_path / "ray")},
+    }
+    stack = Stack(run_dir=tmp_path, profile="cluster")
+    monkeypatch.setattr(stack, "ready", infos.get)
+    registry = stack.service_env("registry")
+    assert registry["FINPREDICT_REGISTRY_DATABASE_URL"] == registry_db
+    assert registry["FINPREDICT_REGISTRY_ARTIFACT_STORE"] == "s3://finpredict-artifacts/registry"
+    assert registry["FINPREDICT_REGISTRY_S3_ENDPOINT_URL"] == "http://127.0.0.1:6"
+    assert registry["AWS_ACCESS_KEY_ID"]
+    assert stack.service_env("model-server")["FINPREDICT_MODEL_SERVER_RAY_ADDRESS"] == "127.0.0.1:7"
+    for name in ("gateway", "gateway-2"):
+        env = stack.service_env(name)
+        assert env["FINPREDICT_GATEWAY_DATABASE_URL"] == gateway_db
+        assert env["FINPREDICT_GATEWAY_REPLICA_ID"] == name
+        assert env["FINPREDICT_GATEWAY_DATA_DIR"] == str(tmp_path / name)
+    second = stack.service_env("gateway-2")
+    assert (second["FINPREDICT_GATEWAY_PORT"], second["FINPREDICT_GATEWAY_METRICS_PORT"]) == ("0", "0")
+    assert "FINPREDICT_GATEWAY_PORT" not in stack.service_env("gateway")  # the documented port
+    remote = stack.dvc_remote()
+    assert remote is not None
+    assert remote[0].startswith("s3://finpredict-dvc/")
+    assert remote[1]["endpointurl"] == "http://127.0.0.1:6"

@@ -13,6 +13,7 @@ import numpy as np
 from rich.console import Console
 from sqlalchemy import Engine
 
+from finpredict.common.rollout_statistics import decision_statistics
 from finpredict.gateway import metrics
 from finpredict.gateway.analysis import Thresholds, VariantWindow
 from finpredict.gateway.catalog import Catalog
@@ -168,6 +169,18 @@ async def test_counts_since_the_start_survive_a_change_of_leader_and_decisions_r
     assert "error_rate" in shown
     assert "approval_rate" in shown
     assert "sample ratio: ok" in shown
+    # ... and, next to each analysis decision, the figures and statistics that drove it
+    assert "what drove it" in shown
+    drove = decision_statistics(rollout_to_proto(stored).decisions[-1])
+    for needle in (
+        "1 replica merged",
+        "window n canary/stable",
+        "error_rate ",
+        "stat ",
+        "SRM ok p ",
+        "alpha 0.05",
+    ):
+        assert needle in drove, drove
 
 
 async def test_a_router_sending_twice_the_canary_weight_halts_on_sample_ratio_mismatch(

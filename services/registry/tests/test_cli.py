@@ -131,6 +131,7 @@ def test_cli_policy_shows_checks_and_sets_the_promotion_policy(reg: Registry) ->
     assert "may not become production" in text
     assert "auc_roc=0.75 (the registry requires >= 0.82)" in text
     assert "missing required gate(s): ece, latency_p99_ms, demographic_parity_diff" in text
+    assert "hand-off: off" in text
 
     code, text = run(reg, "policy", "set", model, "--gate", "auc_roc>=0.7", token=WRITER_TOKEN)
     assert code == 1
@@ -151,3 +152,16 @@ def test_cli_policy_shows_checks_and_sets_the_promotion_policy(reg: Registry) ->
     code, text = run(reg, "history", model)
     assert "policy.set" in text
     assert "pilot" in text
+
+    code, text = run(reg, "policy", "set", model, "--hand-off", "canary", "--canary-steps", "5,100",
+                     "--canary-limit", "max_score_psi=0.5")  # fmt: skip
+    assert code == 0, text
+    for needle in ("hand-off: canary: a version after v1", "steps 5%, 100%", "max_score_psi 0.5"):
+        assert needle in text, text
+    assert "required lineage: data_md5" in text  # unnamed parts are kept
+    code, text = run(reg, "policy", "set", model, "--canary-steps", "5,100")
+    assert code == 2
+    assert "--hand-off canary" in text
+    code, text = run(reg, "policy", "set", model, "--hand-off", "canary", "--canary-limit", "max_psi=1")
+    assert code == 2
+    assert "max_score_psi" in text

@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.registry.v1 import registry_pb2 as pb
+from finpredict.api.rollout.v1 import rollout_pb2
 from finpredict.testkit.registry import (
     LINEAGE,
     PASSING,
@@ -368,6 +369,57 @@ def test_policy_changes_need_admin_are_audited_and_hold_for_every_move_of_produc
     ]:
         with pytest.raises(grpc.RpcError) as exc:
             admin.SetPolicy(pb.SetPolicyRequest(model=model, policy=bad))
+        assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+        assert details_of(exc).startswith(field), details_of(exc)
+
+
+def test_the_hand_off_applies_to_versions_registered_after_it_was_turned_on(admin: Client) -> None:
+    model = create_model(admin, "handoff")
+    assert admin.GetPolicy(pb.GetPolicyRequest(model=model)).policy.hand_off.mode == pb.HAND_OFF_MODE_OFF
+    register(admin, model, b"v1", **promotable())
+    canary = pb.HandOff(
+        mode=pb.HAND_OFF_MODE_CANARY,
+        steps=[5.0, 100.0],
+        min_requests_per_step=50,
+        thresholds=rollout_pb2.AnalysisThresholds(max_score_psi=0.5),
+    )
+    canary.analysis_interval.FromSeconds(2)
+    current = admin.GetPolicy(pb.GetPolicyRequest(model=model)).policy
+
+    def set_hand_off(h: pb.HandOff) -> pb.SetPolicyResponse:
+        policy = pb.PromotionPolicy(
+            gates=current.gates, required_lineage=current.required_lineage, hand_off=h
+        )
+        return admin.SetPolicy(pb.SetPolicyRequest(model=model, policy=policy, reason="auto canary"))
+
+    got = set_hand_off(canary)
+    assert got.policy.hand_off.after_version == 1  # the newest version when it was turned on
+    assert list(got.policy.hand_off.steps) == [5.0, 100.0]
+    assert got.policy.hand_off.analysis_interval.seconds == 2
+    assert got.policy.hand_off.min_requests_per_step == 50
+    assert got.policy.hand_off.thresholds.max_score_psi == 0.5
+    assert "hand-off: canary for versions after v1 (steps 5, 100" in got.entry.reason
+    assert admin.GetPolicy(pb.GetPolicyRequest(model=model)).policy.hand_off == got.policy.hand_off
+
+    register(admin, model, b"v2", **promotable())
+    canary.steps[:] = [1.0, 100.0]
+    assert set_hand_off(canary).policy.hand_off.after_version == 1  # still on: kept
+    off = set_hand_off(pb.HandOff(mode=pb.HAND_OFF_MODE_OFF)).policy.hand_off
+    assert (off.mode, off.after_version, list(off.steps)) == (pb.HAND_OFF_MODE_OFF, 0, [])
+    assert set_hand_off(canary).policy.hand_off.after_version == 2  # on again: from now on
+
+    for bad, field in [
+        (pb.HandOff(mode=pb.HAND_OFF_MODE_CANARY, steps=[5.0, 50.0]), "policy.hand_off.steps"),
+        (
+            pb.HandOff(
+                mode=pb.HAND_OFF_MODE_CANARY, thresholds=rollout_pb2.AnalysisThresholds(max_score_kl=-1.0)
+            ),
+            "policy.hand_off.thresholds.max_score_kl",
+        ),
+        (pb.HandOff(mode=7), "policy.hand_off.mode"),  # type: ignore[arg-type]
+    ]:
+        with pytest.raises(grpc.RpcError) as exc:
+            set_hand_off(bad)
         assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
         assert details_of(exc).startswith(field), details_of(exc)
 

@@ -10,7 +10,8 @@ checkout against a reachable registry (mounted at the root of the ``finpredict``
 Then ``dvc repro`` runs (extra arguments are passed on, e.g. ``finpredict train --force``), the
 DVC-tracked data and model are pushed to the default DVC remote (``.dvc-remote/`` unless
 configured otherwise), and a summary is printed: which stages ran, the gate table and the
-version registered. The exit status is ``dvc repro``'s.
+version registered (or the earlier run it reused). The exit status is ``dvc repro``'s.
+:func:`pipeline_registry` (that choice of registry) serves ``finpredict experiments`` too.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +88,30 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
+@contextmanager
+def pipeline_registry(
+    settings: StackSettings, target: str, say: Callable[[str], None] = print, prefix: str = "[train]"
+) -> Iterator[tuple[str, str]]:
+    """The registry the pipeline registers into, for the duration of the block: ``target`` when it
+    answers its health check (yields ``(target, "")``: the caller's token applies), else a local
+    registry started for the block (data in ``<run dir>/train-registry``, a fresh admin token:
+    yields ``(its address, that token)``), stopped by its pid afterwards."""
+    if target and grpc_healthy(target, timeout=2.0):
+        say(f"{prefix} using the registry at {target}")
+        yield target, ""
+        return
+    if target:
+        say(f"{prefix} {TARGET_ENV}={target} is not reachable; starting a local registry")
+    token = secrets.token_urlsafe(24)
+    proc, local = start_registry(token, settings.run_dir)
+    say(f"{prefix} started a local registry at {local} (pid {proc.pid})")
+    try:
+        yield local, token
+    finally:
+        stop(proc)
+        say(f"{prefix} stopped the local registry (pid {proc.pid})")
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -107,7 +134,12 @@ def summary(root: Path, stages: list[str], rc: int) -> str:
                 + ("PASS" if g["passed"] else "FAIL")
             )
     reg = read_json(root / "reports" / "registration.json")
-    if rc == 0 and reg:
+    if rc == 0 and reg and reg.get("reused"):
+        lines.append(
+            f"reused run {reg['run_id']} ({reg['model']} version {reg['version']}): same params, data "
+            "and code as that run; nothing new was registered"
+        )
+    elif rc == 0 and reg:
         lines.append(
             f"registered: {reg['model']} version {reg['version']} (gates passed: {reg['gates_passed']}), "
             f"W&B run {reg['lineage']['wandb_run_path']}"
@@ -134,18 +166,10 @@ def run(argv: list[str], settings: StackSettings, client: ClientSettings) -> int
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("DVC_NO_ANALYTICS", "1")
     env.setdefault("WANDB_MODE", "offline")
-    proc: subprocess.Popen[bytes] | None = None
-    target = client.registry_target if "registry_target" in client.model_fields_set else ""
-    try:
-        if target and grpc_healthy(target, timeout=2.0):
-            print(f"[train] using the registry at {target}")
-        else:
-            if target:
-                print(f"[train] {TARGET_ENV}={target} is not reachable; starting a local registry")
-            token = secrets.token_urlsafe(24)
-            proc, target = start_registry(token, settings.run_dir)
+    configured = client.registry_target if "registry_target" in client.model_fields_set else ""
+    with pipeline_registry(settings, configured) as (target, token):
+        if token:  # a registry started for this run
             env[TARGET_ENV], env[TOKEN_ENV] = target, token
-            print(f"[train] started a local registry at {target} (pid {proc.pid})")
         repro = subprocess.run(
             [sys.executable, "-m", "dvc", "repro", *argv],
             cwd=root,
@@ -162,7 +186,3 @@ def run(argv: list[str], settings: StackSettings, client: ClientSettings) -> int
                 print("[train] warning: dvc push to the default remote failed", file=sys.stderr)
         print(summary(root, stages, repro.returncode))
         return repro.returncode
-    finally:
-        if proc is not None:
-            stop(proc)
-            print(f"[train] stopped the local registry (pid {proc.pid})")

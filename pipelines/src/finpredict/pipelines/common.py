@@ -29,6 +29,7 @@ class GateFailedError(PipelineError):
 # Paths relative to the repository root (the working directory of every DVC stage).
 RAW_DATA = Path("data/raw/loans.parquet")
 RAW_SCHEMA = Path("data/raw/dataset_schema.json")
+SOURCE_FILE = Path("data/raw/source.json")  # what the ingest stage read (lineage: training_data)
 EXTERNAL_DIR = Path("data/external")
 VALIDATION_REPORT = Path("reports/validation.json")
 FEATURES_DIR = Path("data/features")

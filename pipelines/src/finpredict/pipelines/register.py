@@ -6,6 +6,11 @@ feature schema, the decision threshold, the metrics and gate results, the refere
 and the lineage: git commit, the DVC md5 of every data path in ``dvc.lock``, the sha256 of
 ``dvc.lock``, the params, the W&B run id/path and the trigger.
 
+A run on the same params, data and code as a registered version (the same run fingerprint,
+:mod:`finpredict.pipelines.runs`) registers nothing: the stage prints ``reused run <run id>
+(version N)`` and writes that version, with ``reused: true``, into ``reports/registration.json``.
+New versions carry the fingerprint in their lineage and as the tag ``run_fingerprint``.
+
 Environment: ``FINPREDICT_REGISTRY_TARGET`` (host:port, required; the clients' setting,
 :class:`~finpredict.common.config.ClientSettings`) and ``FINPREDICT_REGISTRY_TOKEN`` (bearer token
 with the writer role; the model is created first when missing, which needs admin).
@@ -19,6 +24,7 @@ import argparse
 import hashlib
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +36,7 @@ from finpredict.api.common.v1 import types_pb2
 from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
 from finpredict.common.config import ClientSettings, ConfigError, env_var_name, load_settings
 from finpredict.features import FeatureSchema
+from finpredict.pipelines import runs
 from finpredict.pipelines.common import (
     DVC_LOCK,
     GATES_FILE,
@@ -38,6 +45,7 @@ from finpredict.pipelines.common import (
     MODEL_FILE,
     PROFILE_FILE,
     REGISTRATION_FILE,
+    SOURCE_FILE,
     WANDB_FILE,
     PipelineError,
     git_commit,
@@ -89,7 +97,32 @@ def data_md5_from_lock(lock_path: Path) -> dict[str, str]:
     return found
 
 
-def build_header(params: dict[str, Any], model_name: str, trigger: str) -> registry_pb2.VersionHeader:
+def training_data(path: Path) -> registry_pb2.TrainingData:
+    """The ingest stage's record of what it read (``data/raw/source.json``) for the lineage; empty
+    when the stage did not write one."""
+    if not path.exists():
+        return registry_pb2.TrainingData()
+    rec = read_json(path)
+    out = registry_pb2.TrainingData(
+        source=str(rec.get("source", "")),
+        maturity_days=float(rec.get("maturity_days", 0.0)),
+        rows=int(rec.get("rows", 0)),
+        excluded_unmatured=int(rec.get("excluded_unmatured", 0)),
+        excluded_unlabelled=int(rec.get("excluded_unlabelled", 0)),
+        label_coverage=float(rec.get("label_coverage", 0.0)),
+        feedback_labels=int(rec.get("feedback_labels", 0)),
+        snapshot_path=str(rec.get("snapshot_path", "")),
+        snapshot_md5=str(rec.get("snapshot_md5", "")),
+    )
+    for name in ("window_start", "window_end", "as_of"):
+        if rec.get(name):
+            getattr(out, name).FromDatetime(datetime.fromisoformat(str(rec[name])).astimezone(UTC))
+    return out
+
+
+def build_header(
+    params: dict[str, Any], model_name: str, trigger: str, fingerprint: str = "", code_version: str = ""
+) -> registry_pb2.VersionHeader:
     manifest_text = MANIFEST_FILE.read_text()
     manifest = json.loads(manifest_text)
     schema = FeatureSchema.from_dict(manifest["feature_schema"])
@@ -110,6 +143,8 @@ def build_header(params: dict[str, Any], model_name: str, trigger: str) -> regis
         wandb_run_id=str(wandb_info.get("run_id", "")),
         wandb_run_path=str(wandb_info.get("run_path", "")),
         trigger=trigger,
+        fingerprint=fingerprint,
+        training_data=training_data(SOURCE_FILE),
     )
     comparators = {">=": types_pb2.COMPARATOR_GREATER_OR_EQUAL, "<=": types_pb2.COMPARATOR_LESS_OR_EQUAL}
     gate_results = [
@@ -138,7 +173,12 @@ def build_header(params: dict[str, Any], model_name: str, trigger: str) -> regis
         threshold=float(metrics["threshold"]),
         metrics=numeric_metrics,
         gate_results=gate_results,
-        tags={"wandb_mode": str(wandb_info.get("mode", "")), "pipeline": "dvc"},
+        tags={
+            "wandb_mode": str(wandb_info.get("mode", "")),
+            "pipeline": "dvc",
+            **({runs.FINGERPRINT_TAG: fingerprint} if fingerprint else {}),
+            **({runs.CODE_VERSION_TAG: code_version} if code_version else {}),
+        },
         lineage=lineage,
         reference_profile=profile,
         reference_profile_sha256=hashlib.sha256(profile).hexdigest() if profile else "",
@@ -191,6 +231,47 @@ def ensure_model(
         ) from None
 
 
+def find_run(
+    target: str, token: str, model: str, fingerprint: str, timeout: float = 60.0
+) -> registry_pb2.ModelVersion | None:
+    """The newest version of ``model`` registered by a run with this fingerprint, if any."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    request = registry_pb2.SearchVersionsRequest(
+        model=model, tags={runs.FINGERPRINT_TAG: fingerprint}, page_size=1
+    )
+    with grpc.insecure_channel(target) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        try:
+            found = stub.SearchVersions(request, metadata=metadata, timeout=timeout).versions
+        except grpc.RpcError as exc:
+            raise PipelineError(
+                f"registry {target}: SearchVersions failed: {exc.code().name}: {exc.details()}"
+            ) from None
+    return found[0] if found else None
+
+
+def reused_result(version: registry_pb2.ModelVersion, fingerprint: str) -> dict[str, Any]:
+    """``reports/registration.json`` of a run that reused ``version`` (registered nothing)."""
+    lin = version.lineage
+    return {
+        "model": version.model,
+        "version": version.version,
+        "gates_passed": version.gates_passed,
+        "artifact_sha256": version.artifact.sha256,
+        "reused": True,
+        "run_id": runs.run_id(version),
+        "fingerprint": fingerprint,
+        "lineage": {
+            "git_commit": lin.git_commit,
+            "data_md5": dict(lin.data_md5),
+            "dvc_lock_sha256": lin.dvc_lock_sha256,
+            "wandb_run_id": lin.wandb_run_id,
+            "wandb_run_path": lin.wandb_run_path,
+            "trigger": lin.trigger,
+        },
+    }
+
+
 def register(
     target: str, token: str, header: registry_pb2.VersionHeader, artifact: Path, timeout: float = 60.0
 ) -> registry_pb2.ModelVersion:
@@ -220,8 +301,19 @@ def main(argv: list[str] | None = None) -> None:
         raise PipelineError(f"{TARGET_ENV} is not set (host:port of the registry); `task train` starts one")
     model_name = str(rp.get("model", "credit-default"))
     trigger = settings.trigger or str(rp.get("trigger", "manual"))
-    header = build_header(params, model_name, trigger)
-    version = register(client.registry_target, settings.registry_token.get_secret_value(), header, MODEL_FILE)
+    code = runs.code_version()
+    fp = runs.fingerprint(params, data_md5_from_lock(DVC_LOCK), code)
+    token = settings.registry_token.get_secret_value()
+    earlier = find_run(client.registry_target, token, model_name, fp)
+    if earlier is not None:  # same params, data and code: that run's result stands
+        write_json(REGISTRATION_FILE, reused_result(earlier, fp))
+        print(
+            f"[register] reused run {runs.run_id(earlier)} (version {earlier.version}) of {model_name}: "
+            f"same params, data and code (fingerprint {fp[:12]}); nothing new registered"
+        )
+        return
+    header = build_header(params, model_name, trigger, fingerprint=fp, code_version=code)
+    version = register(client.registry_target, token, header, MODEL_FILE)
     result = {
         "model": version.model,
         "version": version.version,
@@ -236,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
             "trigger": header.lineage.trigger,
         },
     }
+    result.update({"reused": False, "run_id": runs.run_id(version), "fingerprint": fp})
     write_json(REGISTRATION_FILE, result)
     print(
         f"[register] {version.model} version {version.version} registered "

@@ -26,6 +26,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "Record outcomes (did the customer default?) of scored applications.",
     ),
     "drift": ("finpredict.monitor.cli", "app", "Drift reports and alerts."),
+    "experiments": (
+        "finpredict.pipelines.experiments",
+        "app",
+        "Training runs: list them, compare two (params, metrics, data, code).",
+    ),
 }
 # top-level verbs: (module, attribute holding a typer.Typer whose commands are mounted at the root)
 COMMANDS: list[tuple[str, str]] = [

@@ -2,13 +2,15 @@
 
 ``finpredict demo`` is the main job: the whole story of a credit-risk model on one machine.
 It starts the platform on embedded defaults (registry on SQLite, local artifact store and DVC
-remote, a local Ray with the model server, gateway, monitor, Prometheus and Alertmanager), then:
+remote, a local Ray with the model server, gateway, monitor, Prometheus and Alertmanager; with
+``--profile cluster``: PostgreSQL, S3 artifacts and DVC remote, a two-node Ray, two gateways), then:
 trains v1 through the DVC pipeline and promotes it; serves it through the gateway with the
 client SDK while delayed labels follow through the gateway; trains v2 on the next month and rolls it out
 1% -> 5% -> 25% -> 100% to production; rolls out a broken candidate and watches the automatic
 rollback; replays a recession through the monitor until the drift alerts fire and the
-retraining trigger trains v3, which enters a canary; prints the summary and writes the HTML
-report (``reports/demo/report.html``). The story itself is :mod:`finpredict.demo.story`.
+retraining trigger trains v3, which the platform puts into a canary by policy; prints the
+summary and writes the HTML report (``reports/demo/report.html``). The story itself is
+:mod:`finpredict.demo.story`.
 
 The platform's data is fresh on every run (``.run/demo/platform``; ``finpredict up``'s own data
 in ``.run/`` is left alone). The stack keeps running at the end for exploration (``finpredict
@@ -60,13 +62,23 @@ def demo(
     report: Annotated[
         Path | None, typer.Option(help="The HTML report (default: <project root>/reports/demo/report.html).")
     ] = None,
+    profile: Annotated[
+        str,
+        typer.Option(
+            help="The platform's profile (as `finpredict up --profile`): embedded, or cluster (PostgreSQL, "
+            "an S3 server, a two-node Ray, two gateways)."
+        ),
+    ] = "embedded",
 ) -> None:
     """The main job: start the platform, train, serve, roll out, roll back, detect drift, retrain, report."""
     from finpredict.demo.story import StoryConfig, run_story
     from finpredict.pipelines.config import WandbSettings
+    from finpredict.stack.components import PROFILES
     from finpredict.stack.launcher import Stack
     from finpredict.stack.settings import StackSettings
 
+    if profile not in PROFILES:
+        raise typer.BadParameter(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
     settings, wandb = _load(StackSettings), _load(WandbSettings)
     console = Console()
     work_dir = settings.run_dir / "demo"
@@ -76,6 +88,7 @@ def demo(
             data_dir=work_dir / "platform",
             log=lambda s: console.print(s, highlight=False),
             project_root=settings.project_root,
+            profile=profile,
         ),
         work_dir=work_dir,
         report_path=report or settings.project_root / "reports" / "demo" / "report.html",

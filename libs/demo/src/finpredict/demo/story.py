@@ -3,7 +3,9 @@
 :func:`run_story` walks the platform through a model's life with a narrative on a rich console:
 
 1. start the stack on embedded defaults (registry on SQLite, local artifact store and DVC
-   remote, a local Ray with the model server, gateway, monitor, Prometheus and Alertmanager);
+   remote, a local Ray with the model server, gateway, monitor, Prometheus and Alertmanager), or
+   on the stack's cluster profile (PostgreSQL, S3 artifacts and DVC remote, a two-node Ray, two
+   gateways: the rest of the story is the same);
 2. train v1 through the DVC pipeline (W&B offline), check its gates, promote it to production;
 3. score generated applications through the gateway with the client SDK while their outcomes
    follow later through the gateway too (delayed labels for the monitor), then time single
@@ -11,10 +13,12 @@
 4. train v2 on the next month of data, and a candidate whose feed sent a ratio in percent;
 5. roll v2 out 1 -> 5 -> 25 -> 100 % through the gateway's RolloutService while traffic flows,
    to promotion (production = v2, moved by the rollout controller);
-6. roll out the broken candidate and watch the controller roll it back on its score drift;
+6. roll out the broken candidate and watch the controller roll it back for the skew of its inputs
+   against its own training profile (naming ``debt_service_coverage``);
 7. replay a recession through the monitor: the drift alerts fire (feature PSI on 3 consecutive
    daily windows), the retraining trigger trains a new version (its lineage names the alert),
-   which enters a canary;
+   which the platform puts into a canary by itself (the model's promotion policy hands it off;
+   the demo only waits for that rollout);
 8. summarise (versions, gates, rollouts, alerts, measured times) and write the HTML report.
 
 The roles of the versions are ``v1``, ``v2``, ``broken`` and ``v3`` (the retrained one); their
@@ -47,6 +51,8 @@ from finpredict.demo.traffic import Pool, Traffic
 from finpredict.demo.workspace import TrainingRun, Workspace
 from finpredict.stack.launcher import Stack
 from finpredict.stack.settings import StackSettings
+
+PLATFORMS = {"embedded": "embedded defaults", "cluster": "the cluster profile"}
 
 
 def _project_root() -> Path:
@@ -208,7 +214,7 @@ def run_story(cfg: StoryConfig) -> StoryResult:
     """Runs the whole story; raises on the first step that fails (after cleaning up)."""
     story = Story(cfg)
     steps: list[tuple[str, Callable[[Story], None]]] = [
-        ("Start the platform on embedded defaults", startup.start_stack),
+        (f"Start the platform on {PLATFORMS.get(cfg.stack.profile, cfg.stack.profile)}", startup.start_stack),
         ("Train v1 through the DVC pipeline, gate it, promote it", training.train_v1),
         ("Serve v1 through the gateway, with delayed labels", serving.serve_v1),
         ("Train v2 on the next month, and a broken candidate", training.train_next),

@@ -7,7 +7,8 @@ A workspace is ``git clone --shared`` of the project (so the lineage records the
 commit) with the pipeline's files copied over from the working tree (uncommitted changes
 included: the stages run the installed, i.e. working-tree, code). Its DVC cache can be the
 project's (``.dvc/cache``: a version trained before is checked out instead of retrained) and
-its DVC remote any folder (the project's ``.dvc-remote`` in the demo).
+its DVC remote any folder (the project's ``.dvc-remote`` in the demo) or, on the cluster profile,
+a bucket of the platform's S3 server.
 
 The command line is what the monitor's retraining trigger runs (``FINPREDICT_MONITOR_RETRAIN_COMMAND``):
 
@@ -75,6 +76,7 @@ class Workspace:
 
     path: Path
     env: dict[str, str] = field(default_factory=dict)
+    dvc_cache: Path | None = None  # shared with other workspaces (None: the workspace's own)
 
     @classmethod
     def create(
@@ -114,16 +116,25 @@ class Workspace:
         dvc_dir.mkdir(exist_ok=True)
         if not (dvc_dir / "config").exists():
             (dvc_dir / "config").write_text("[core]\n    analytics = false\n    check_update = false\n")
-        local = []
-        if dvc_cache is not None:
-            local += ["[cache]", f"    dir = {dvc_cache.resolve()}"]
-        remote = (dvc_remote or path / ".dvc-remote").resolve()
-        local += ["[core]", "    remote = local", "['remote \"local\"']", f"    url = {remote}"]
-        (dvc_dir / "config.local").write_text("\n".join(local) + "\n")
         for name in (".gitignore",):
             if not (dvc_dir / name).exists():
                 (dvc_dir / name).write_text("/config.local\n/tmp\n/cache\n")
-        return cls(path, dict(env or {}))
+        workspace = cls(path, dict(env or {}), dvc_cache)
+        workspace.set_remote(str((dvc_remote or path / ".dvc-remote").resolve()))
+        return workspace
+
+    def set_remote(self, url: str, options: Mapping[str, str] | None = None) -> None:
+        """Makes ``url`` (a folder, or ``s3://bucket/prefix`` with ``options`` such as
+        ``endpointurl`` and the credentials) the workspace's default DVC remote (the project's
+        ``local``, overridden in the git-ignored ``.dvc/config.local``, beside the shared cache)."""
+        local = []
+        if self.dvc_cache is not None:
+            local += ["[cache]", f"    dir = {self.dvc_cache.resolve()}"]
+        local += ["[core]", "    remote = local", "['remote \"local\"']", f"    url = {url}"]
+        local += [f"    {key} = {value}" for key, value in (options or {}).items()]
+        config = self.path / ".dvc" / "config.local"
+        config.write_text("\n".join(local) + "\n")
+        config.chmod(0o600)  # it may hold credentials
 
     def params(self) -> dict[str, Any]:
         loaded: dict[str, Any] = yaml.safe_load((self.path / "params.yaml").read_text())

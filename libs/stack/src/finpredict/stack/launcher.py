@@ -13,11 +13,21 @@ monitor for the gateway, Alertmanager for the monitor, every metrics port for Pr
 passed in its environment. The defaults are the documented ports (gateway 50051, Prometheus
 9090, Alertmanager 9093, ...); ``Stack(ephemeral_ports=True)`` picks free ones instead, so a
 test's stack never collides with a developer's.
+
+Two profiles (:data:`~finpredict.stack.components.PROFILES`): ``embedded`` (the default: the
+registry on SQLite with a local artifact store, the gateway on SQLite, a local Ray inside the model
+server) and ``cluster``, which starts beside them PostgreSQL (the registry's database and the
+gateways' shared state), an S3 server (moto: the registry's artifact store and the DVC remote), a
+Ray head and a second Ray node on this host (the model server deploys to that cluster), and a
+second gateway replica sharing the first one's state. The wiring follows what runs: a registry
+started while the stack's PostgreSQL and S3 server run uses them, whatever the profile.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -25,28 +35,42 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml  # type: ignore[import-untyped]  # (no types-PyYAML in the lock)
 
 from finpredict.common.addresses import LOCALHOST
 from finpredict.common.net import free_port
+from finpredict.stack import ray_nodes
+from finpredict.stack import s3 as s3_server
 from finpredict.stack.components import (
+    ARTIFACT_BUCKET,
     COMPONENTS,
     DAEMON_BINARIES,
     DAEMON_PORTS,
     DAEMONS,
+    DATABASES,
+    DEFAULT_PROFILE,
+    DVC_BUCKET,
     HTTP_SERVICES,
+    INFRA,
+    INFRA_PORTS,
+    PROFILES,
+    RAY_NODE_CPUS,
+    RAY_NODES,
     START_TIMEOUT_S,
     env_prefix,
     http_ok,
     module,
     service_healthy,
+    service_of,
 )
+from finpredict.stack.postgres import PostgresCluster
 from finpredict.stack.settings import StackSettings
 
 # The tokens of a local stack (see Stack.secrets).
@@ -68,8 +92,9 @@ class Stack:
     ``run_dir`` (default: ``FINPREDICT_RUN_DIR``, see :class:`StackSettings`) holds pid, ready
     and log files and ``secrets.env``; ``data_dir`` (default: ``run_dir``) the services' own data
     (registry database and artifacts, gateway rollouts, monitor logs, Prometheus and Alertmanager
-    storage); ``project_root`` (default: ``FINPREDICT_PROJECT_ROOT`` or the checkout around the
-    current directory, looked up only when needed) the monitoring daemons' configs.
+    storage, and in the cluster profile PostgreSQL's cluster); ``project_root`` (default:
+    ``FINPREDICT_PROJECT_ROOT`` or the checkout around the current directory, looked up only when
+    needed) the monitoring daemons' configs; ``profile`` which components :meth:`up` starts.
     """
 
     run_dir: Path = field(default_factory=_default_run_dir)
@@ -77,6 +102,7 @@ class Stack:
     ephemeral_ports: bool = False
     log: Callable[[str], None] = print
     project_root: Path | None = None
+    profile: str = DEFAULT_PROFILE
     _secrets: dict[str, str] = field(default_factory=dict, repr=False)
     # The processes this object started (reaped when stopped; `finpredict down` stops others by pid).
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
@@ -95,6 +121,26 @@ class Stack:
     @property
     def secrets_file(self) -> Path:
         return self.run_dir / "secrets.env"
+
+    def _scratch(self, what: str) -> Path:
+        """A folder of this stack's under the system temp dir (short, reachable by every user)."""
+        digest = hashlib.sha256(str(self.data.resolve()).encode()).hexdigest()[:10]
+        return Path(tempfile.gettempdir()) / f"fp-{digest}-{what}"
+
+    def postgres_root(self) -> Path:
+        """Where the cluster profile's PostgreSQL keeps its cluster: ``<data>/postgres``, or as root
+        (PostgreSQL then runs as the ``postgres`` OS user, who may not reach the data dir) a folder
+        of this stack's under the system temp dir."""
+        return self._scratch("pg") if os.geteuid() == 0 else self.data / "postgres"
+
+    def ray_temp_dir(self, name: str) -> Path:
+        """A Ray node's temp dir (its session and logs), short for Ray's unix sockets."""
+        return self._scratch(name)
+
+    def wipe_data(self) -> None:
+        """Removes the stack's data (a fresh platform on the next start); stop the stack first."""
+        shutil.rmtree(self.data, ignore_errors=True)
+        shutil.rmtree(self._scratch("pg"), ignore_errors=True)
 
     # ----- tokens ------------------------------------------------------------------------------
 
@@ -181,6 +227,15 @@ class Stack:
             return False
         if name in DAEMONS:
             return f"--config.file={self._config_path(name)}".encode() in cmdline
+        if name == "postgres":
+            return str(self.postgres_root() / "data").encode() in cmdline
+        if name == "s3":
+            with contextlib.suppress(OSError):
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+                return b"moto.server" in cmdline and cwd == str(self.data / "s3")
+            return False
+        if name in RAY_NODES:
+            return f"--temp-dir={self.ray_temp_dir(name)}".encode() in cmdline
         return module(name).encode() in cmdline
 
     def running_pid(self, name: str) -> int | None:
@@ -208,7 +263,7 @@ class Stack:
         for name in COMPONENTS:
             info = self.ready(name)
             if info is not None:
-                http = name in DAEMONS or name in HTTP_SERVICES
+                http = name in DAEMONS or name in HTTP_SERVICES or name == "s3"
                 out[name] = info["url"] if http else f"{LOCALHOST}:{info['port']}"
         return out
 
@@ -233,11 +288,21 @@ class Stack:
         if self.ephemeral_ports:
             env[f"{p}PORT"], env[f"{p}METRICS_PORT"] = "0", "0"
         t = self.targets()
+        pg = self.ready("postgres")
         if service == "registry":
             env[f"{p}DATA_DIR"] = str(self.data / "registry")
+            if pg is not None:
+                env[f"{p}DATABASE_URL"] = pg["databases"]["registry"]
+            if (s3 := self.ready("s3")) is not None:
+                env.update(s3_server.CREDENTIALS)
+                env[f"{p}ARTIFACT_STORE"] = f"s3://{ARTIFACT_BUCKET}/registry"
+                env[f"{p}S3_ENDPOINT_URL"] = s3["url"]
         elif service == "model-server":
             if "registry" in t:
                 env[f"{p}REGISTRY_TARGET"] = t["registry"]
+            if "ray-head" in t:  # deploy to the stack's Ray cluster instead of a local Ray
+                env[f"{p}RAY_ADDRESS"] = t["ray-head"]
+                env.update(ray_nodes.BASE_ENV)  # the driver connects as the nodes expect
             if self.ephemeral_ports:
                 env[f"{p}SERVE_GRPC_PORT"], env[f"{p}SERVE_HTTP_PORT"] = "0", "0"
         elif service == "monitor":
@@ -257,8 +322,13 @@ class Stack:
                 if target in t:
                     env[f"{p}{target.upper()}_TARGET"] = t[target]
                 env[f"{p}{target.upper()}_TOKEN"] = tokens["FINPREDICT_SERVICES_TOKEN"]
-        elif service == "gateway":
-            env[f"{p}DATA_DIR"] = str(self.data / "gateway")
+        elif service_of(service) == "gateway":
+            env[f"{p}DATA_DIR"] = str(self.data / service)
+            if service != "gateway":  # a second replica: the documented ports are the first one's
+                env[f"{p}PORT"], env[f"{p}METRICS_PORT"] = "0", "0"
+            if pg is not None:  # every replica shares one state database
+                env[f"{p}DATABASE_URL"] = pg["databases"]["gateway"]
+                env[f"{p}REPLICA_ID"] = service
             if "registry" in t:
                 env[f"{p}REGISTRY_TARGET"] = t["registry"]
             if (serve := self.serve_target()) is not None:
@@ -273,6 +343,8 @@ class Stack:
         """Starts one component (unless already running) and waits until it is healthy."""
         if name in DAEMONS:
             return self._start_daemon(name, timeout if timeout is not None else 60.0)
+        if name in INFRA:
+            return self._start_infra(name, timeout if timeout is not None else 120.0)
         timeout = timeout if timeout is not None else START_TIMEOUT_S.get(name, 60.0)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         pid_file, ready_file, log_file = self.paths(name)
@@ -358,45 +430,179 @@ class Stack:
             config.pop("alerting", None)
         for job in config.get("scrape_configs", []):
             service = str(job["job_name"]).removeprefix("finpredict-")
-            info = self.ready(service)
-            if info is not None and int(info.get("metrics_port", -1)) > 0:
+            infos = [self.ready(name) for name in COMPONENTS if service_of(name) == service]
+            ports = [int(i.get("metrics_port", -1)) for i in infos if i is not None]
+            if any(port > 0 for port in ports):  # every replica of the service
                 for static in job.get("static_configs", []):
-                    static["targets"] = [f"{LOCALHOST}:{info['metrics_port']}"]
+                    static["targets"] = [f"{LOCALHOST}:{port}" for port in ports if port > 0]
         return config
 
-    def _start_daemon(self, name: str, timeout: float) -> dict[str, Any]:
+    def _already_running(self, name: str) -> dict[str, Any] | None:
+        """The ready file of ``name`` when it runs (and says so in the log)."""
+        ready_file = self.paths(name)[1]
+        if (pid := self.running_pid(name)) is None or not ready_file.exists():
+            return None
+        info: dict[str, Any] = json.loads(ready_file.read_text())
+        where = info.get("url") or f"{LOCALHOST}:{info['port']}"
+        self.log(f"  {name:<13} already running (pid {pid}, {where})")
+        return info
+
+    def _start_process(
+        self,
+        name: str,
+        spawn: Callable[[IO[bytes]], subprocess.Popen[bytes]],
+        ready: Callable[[int], bool],
+        info: dict[str, Any],
+        timeout: float,
+    ) -> dict[str, Any]:
+        """Starts a process that writes no ready file of its own (``spawn(log)``), waits until
+        ``ready(log_offset)`` (``log_offset``: the log's size before the start), then writes
+        ``info`` and its pid as its ready file."""
         pid_file, ready_file, log_file = self.paths(name)
-        if (pid := self.running_pid(name)) is not None and ready_file.exists():
-            info: dict[str, Any] = json.loads(ready_file.read_text())
-            self.log(f"  {name:<13} already running (pid {pid}, {info['url']})")
-            return info
-        binary = next((b for b in (shutil.which(n) for n in DAEMON_BINARIES[name]) if b), None)
-        if binary is None:
-            raise FileNotFoundError(f"{name} is not installed (`task setup` installs the OS package)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ready_file.unlink(missing_ok=True)
-        port = free_port(LOCALHOST) if self.ephemeral_ports else DAEMON_PORTS[name]
-        argv = self._daemon_argv(name, binary, port)
+        offset = log_file.stat().st_size if log_file.exists() else 0
         with log_file.open("ab") as log:
-            proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.run_dir, start_new_session=True
-            )
+            proc = spawn(log)
         self._procs[name] = proc
         pid_file.write_text(str(proc.pid))
-        url = f"http://{LOCALHOST}:{port}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-10:])
                 raise RuntimeError(f"{name} exited with {proc.returncode}; last log lines:\n{tail}")
-            if http_ok(f"{url}/-/ready"):
-                info = {"port": port, "url": url, "pid": proc.pid}
+            if ready(offset):
+                info = {**info, "pid": proc.pid}
                 ready_file.write_text(json.dumps(info))
-                self.log(f"  {name:<13} ready on {url} (pid {proc.pid}, log {self._shown(log_file)})")
+                where = info.get("url") or f"{LOCALHOST}:{info['port']}"
+                self.log(f"  {name:<13} ready on {where} (pid {proc.pid}, log {self._shown(log_file)})")
                 return info
             time.sleep(0.1)  # polling a condition with a deadline, not waiting blindly
         self.stop(name)
         raise TimeoutError(f"{name} did not become ready within {timeout:.0f}s (log: {log_file})")
+
+    def _start_daemon(self, name: str, timeout: float) -> dict[str, Any]:
+        if (info := self._already_running(name)) is not None:
+            return info
+        binary = next((b for b in (shutil.which(n) for n in DAEMON_BINARIES[name]) if b), None)
+        if binary is None:
+            raise FileNotFoundError(f"{name} is not installed (`task setup` installs the OS package)")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        port = free_port(LOCALHOST) if self.ephemeral_ports else DAEMON_PORTS[name]
+        argv = self._daemon_argv(name, binary, port)
+        url = f"http://{LOCALHOST}:{port}"
+
+        def spawn(log: IO[bytes]) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.run_dir, start_new_session=True
+            )
+
+        return self._start_process(
+            name, spawn, lambda _: http_ok(f"{url}/-/ready"), {"port": port, "url": url}, timeout
+        )
+
+    # ----- the cluster profile's infrastructure ------------------------------------------------
+
+    def _start_infra(self, name: str, timeout: float) -> dict[str, Any]:
+        """PostgreSQL (with the services' databases), the S3 server (with the buckets) or a Ray node."""
+        info = self._already_running(name)
+        if info is None:
+            port = free_port(LOCALHOST) if self.ephemeral_ports else INFRA_PORTS.get(name, 0)
+            if name == "postgres":
+                info = self._start_postgres(port, timeout)
+            elif name == "s3":
+                info = self._start_s3(port, timeout)
+            else:
+                try:
+                    info = self._start_ray_node(name, port, timeout)
+                except RuntimeError as exc:
+                    # `ray start` gives its raylet a fixed 30 s to register with the GCS, which a
+                    # loaded 2-core machine can miss; it then exits, having stopped what it started
+                    self.log(f"  {name:<13} ray start failed ({str(exc).splitlines()[-1]}); once more")
+                    self.stop(name)
+                    info = self._start_ray_node(name, port, timeout)
+        if name == "postgres":
+            cluster = PostgresCluster(self.postgres_root(), int(info["port"]))
+            for database in DATABASES:
+                cluster.create_database(database)
+        elif name == "s3":
+            for bucket in (ARTIFACT_BUCKET, DVC_BUCKET):
+                s3_server.create_bucket(info["url"], bucket)
+        return info
+
+    def _start_postgres(self, port: int, timeout: float) -> dict[str, Any]:
+        cluster = PostgresCluster(self.postgres_root(), port)
+        cluster.init()
+        databases = {db: cluster.url(db) for db in DATABASES}
+        return self._start_process(
+            "postgres",
+            lambda log: cluster.spawn(log, start_new_session=True),
+            lambda _: cluster.ready(),
+            {"port": port, "databases": databases},
+            timeout,
+        )
+
+    def _start_s3(self, port: int, timeout: float) -> dict[str, Any]:
+        s3_server.require_moto()
+        work = self.data / "s3"
+        work.mkdir(parents=True, exist_ok=True)
+        url = s3_server.endpoint(port)
+
+        def spawn(log: IO[bytes]) -> subprocess.Popen[bytes]:
+            argv = s3_server.argv(port)
+            return subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=work, start_new_session=True
+            )
+
+        return self._start_process(
+            "s3", spawn, lambda _: s3_server.answers(url), {"port": port, "url": url}, timeout
+        )
+
+    def _start_ray_node(self, name: str, port: int, timeout: float) -> dict[str, Any]:
+        temp_dir = self.ray_temp_dir(name)
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        # the replicas run in the nodes' worker processes: they read their settings (the
+        # services' registry token) from the environment of `ray start`
+        env = {**os.environ, **self.secrets(), **ray_nodes.BASE_ENV}
+        if name == "ray-head":
+            args = ray_nodes.head_args(port, RAY_NODE_CPUS)
+            info: dict[str, Any] = {"port": port}
+        else:
+            head = self.ready("ray-head")
+            if head is None:
+                raise RuntimeError(f"{name} joins the stack's ray-head, which is not running")
+            args = ray_nodes.worker_args(f"{LOCALHOST}:{head['port']}", RAY_NODE_CPUS)
+            env.update(ray_nodes.worker_env())
+            info = {"port": head["port"]}  # the cluster it joined
+        argv = ray_nodes.start_argv(temp_dir, args)
+        log_file = self.paths(name)[2]
+
+        def spawn(log: IO[bytes]) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=temp_dir, start_new_session=True
+            )
+
+        return self._start_process(
+            name,
+            spawn,
+            lambda offset: ray_nodes.started(log_file, offset),
+            {**info, "temp_dir": str(temp_dir)},
+            timeout,
+        )
+
+    def dvc_remote(self) -> tuple[str, dict[str, str]] | None:
+        """The DVC remote on the stack's S3 server (its URL and ``dvc remote modify`` options, the
+        credentials among them), or None when no S3 server runs."""
+        s3 = self.ready("s3")
+        if s3 is None:
+            return None
+        options = {
+            "endpointurl": s3["url"],
+            "region": s3_server.REGION,
+            "access_key_id": s3_server.CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "secret_access_key": s3_server.CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        }
+        return f"s3://{DVC_BUCKET}/dvc", options
 
     def up(
         self,
@@ -404,9 +610,9 @@ class Stack:
         env: Mapping[str, Mapping[str, str]] | None = None,
         daemons: bool = True,
     ) -> None:
-        """Starts the chosen components in dependency order (daemons that are not installed are
-        skipped with a warning)."""
-        for name in COMPONENTS:
+        """Starts the chosen components of the profile in dependency order (daemons that are not
+        installed are skipped with a warning; the cluster profile's infrastructure is required)."""
+        for name in PROFILES[self.profile]:
             if only is not None and name not in only:
                 continue
             if name in DAEMONS:
@@ -422,26 +628,37 @@ class Stack:
     # ----- stop --------------------------------------------------------------------------------
 
     def stop(self, name: str, timeout: float = 30.0) -> bool:
-        """SIGTERM (graceful drain), then SIGKILL after ``timeout``. Returns whether it was running."""
+        """SIGTERM (graceful drain; PostgreSQL: SIGINT, its fast shutdown; a Ray node's ``ray start
+        --block`` tears its node down), then SIGKILL after ``timeout`` (to a Ray node's whole
+        session). A Ray node's temp dir goes with it. Returns whether it was running."""
         pid_file, ready_file, _ = self.paths(name)
         pid = self.running_pid(name)
         proc = self._procs.pop(name, None)
+        ray_node = name in RAY_NODES
         if pid is None:
             pid_file.unlink(missing_ok=True)
             ready_file.unlink(missing_ok=True)
             if proc is not None:
                 proc.poll()  # reap it if it exited on its own
+            if ray_node:  # e.g. a `ray start` that failed: its session's files
+                shutil.rmtree(self.ray_temp_dir(name), ignore_errors=True)
             return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        os.kill(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
+        deadline = time.monotonic() + (max(timeout, 60.0) if ray_node else timeout)
         while time.monotonic() < deadline and self._is_ours(pid, name):
             time.sleep(0.1)
         if self._is_ours(pid, name):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                if ray_node:  # its own session (started with start_new_session): raylet, GCS, agents
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
         if proc is not None and proc.pid == pid:
             proc.wait(timeout=30)  # our child: reap it (others are reaped by their parent or init)
         pid_file.unlink(missing_ok=True)
         ready_file.unlink(missing_ok=True)
+        if ray_node:
+            shutil.rmtree(self.ray_temp_dir(name), ignore_errors=True)
         return True
 
     def down(self, only: list[str] | None = None) -> dict[str, bool]:

@@ -96,10 +96,13 @@ class CliStack:
 
 @contextmanager
 def cli_stack(
-    tmp: Path, trained: tuple[TrainedModel, TrainedModel], model_server_target: str = ""
+    tmp: Path,
+    trained: tuple[TrainedModel, TrainedModel],
+    model_server_target: str = "",
+    gateway_env: Mapping[str, str] | None = None,
 ) -> Iterator[CliStack]:
     """A registry and a gateway (no monitor) whose model server is ``model_server_target``, or
-    an address with nothing behind it."""
+    an address with nothing behind it; ``gateway_env`` overrides the gateway's settings."""
     registry = start_registry(tmp / "registry", REGISTRY_TOKENS)
     try:
         gateway = start_service(
@@ -119,6 +122,7 @@ def cli_stack(
                 "FINPREDICT_GATEWAY_CONTROLLER_TICK_S": "3600",
                 "FINPREDICT_GATEWAY_LOG_FORMAT": "text",
                 "FINPREDICT_GATEWAY_SHUTDOWN_GRACE_S": "1",
+                **(gateway_env or {}),
             },
         )
     except BaseException:

@@ -8,12 +8,16 @@ The monitor refuses every RPC without tokens configured, so a test monitor gets 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import grpc
+import numpy as np
+import polars as pl
 
 from finpredict.api.monitor.v1 import monitor_pb2_grpc as pb_grpc
 from finpredict.common.auth import BearerClientInterceptor, bearer_metadata
+from finpredict.pipelines import dgp
 from finpredict.testkit.process import ServiceProcess
 
 MODEL = "credit-default"
@@ -47,3 +51,29 @@ def authed(channel: grpc.Channel, token: str = ADMIN_TOKEN) -> grpc.Channel:
 
 def stub(channel: grpc.Channel) -> pb_grpc.MonitorServiceStub:
     return pb_grpc.MonitorServiceStub(channel)
+
+
+def labelled_stream(
+    rows: int, seed: int, start: datetime, spacing: timedelta, scenario: str = "none"
+) -> pl.DataFrame:
+    """``rows`` predictions of the data-generating process, ``spacing`` apart from ``start``, in the
+    replay's layout (``finpredict.demo.replay.to_records`` sends them): the features, the oracle's
+    score, the true label (``defaulted``) and the protected attribute logged as a feature (what the
+    pipeline's ``production`` source needs for the fairness gate)."""
+    df = dgp.generate(rows, seed=seed, scenario=scenario, days=1)
+    scores = 1.0 / (1.0 + np.exp(-dgp.default_logit(df)))
+    features = df.select(
+        pl.col(c) if df[c].dtype == pl.String else pl.col(c).cast(pl.Float64)
+        for c in df.columns
+        if c not in (dgp.ID, dgp.TIMESTAMP, dgp.LABEL)
+    )
+    tag = f"{seed}-{scenario}"
+    return features.with_columns(
+        pl.Series("request_id", [f"req-{tag}-{i:07d}" for i in range(rows)]),
+        pl.Series("entity_id", [f"ent-{tag}-{i:07d}" for i in range(rows)]),
+        pl.Series("time", [start + i * spacing for i in range(rows)], dtype=pl.Datetime("us", "UTC")),
+        pl.Series("score", scores, dtype=pl.Float64),
+        pl.lit(0.2).alias("threshold"),
+        pl.Series("defaulted", df[dgp.LABEL].cast(pl.Boolean)),
+        pl.lit("stable").alias("variant"),
+    )

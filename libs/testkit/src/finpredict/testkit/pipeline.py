@@ -21,6 +21,7 @@ COPIED = [
     "dvc.yaml",
     "params.yaml",
     "data/external",
+    "data/production",
     "pipelines/src/finpredict/pipelines",
     "libs/features/src/finpredict/features",
     "libs/metrics/src/finpredict/metrics",

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import itertools
-import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -18,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg
 import pytest
 
 from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
 from finpredict.common.auth import bearer_metadata
 from finpredict.common.net import free_port
 from finpredict.registry.config import S3Location
+from finpredict.stack.postgres import PostgresCluster, pg_bin
 from finpredict.testkit.evaluation import PASSING_GATES, lineage
 from finpredict.testkit.evaluation import gate as gate  # re-exported for the registry tests
 from finpredict.testkit.names import unique
@@ -46,78 +43,42 @@ TOKENS = (
 
 @dataclass
 class Postgres:
-    port: int
+    cluster: PostgresCluster
     proc: subprocess.Popen[bytes]
     _dbs: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
+    @property
+    def port(self) -> int:
+        return self.cluster.port
+
     def admin_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return self.cluster.url(driver="postgresql")
 
     def new_database(self) -> str:
         """Creates a fresh database and returns its SQLAlchemy URL."""
         name = f"registry_{next(self._dbs)}"
-        with psycopg.connect(self.admin_url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
-
-
-def _pg_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
-    if not found:
-        pytest.fail(
-            "PostgreSQL binaries not found: run scripts/setup_os.sh (installs the postgresql package)"
-        )
-    return Path(found[-1]).parent
+        self.cluster.create_database(name)
+        return self.cluster.url(name)
 
 
 def start_postgres() -> Iterator[Postgres]:
-    """A throwaway PostgreSQL cluster on loopback, run as the ``postgres`` OS user when we are root."""
-    bin_dir = _pg_bin()
+    """A throwaway PostgreSQL cluster on loopback (the launcher's, :mod:`finpredict.stack.postgres`),
+    run as the ``postgres`` OS user when we are root."""
+    try:
+        pg_bin()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
     root = Path(tempfile.mkdtemp(prefix="fp-registry-pg-"))
-    run_as: dict[str, Any] = {}
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", "postgres"], check=True)
-        pw = pwd.getpwnam("postgres")
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-    data, sock = root / "data", root / "sock"
-    subprocess.run(
-        [bin_dir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
-        check=True,
-        capture_output=True,
-        cwd=root,
-        **run_as,
-    )
-    subprocess.run(["mkdir", "-p", sock], check=True, **run_as)
-    port = free_port()
+    cluster = PostgresCluster(root, free_port())
+    cluster.init()
     log = (root / "postgres.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            bin_dir / "postgres",
-            "-D", data,
-            "-p", str(port),
-            "-k", sock,
-            "-c", "listen_addresses=127.0.0.1",
-            "-c", "fsync=off",
-            "-c", "synchronous_commit=off",
-            "-c", "full_page_writes=off",
-            "-c", "max_connections=100",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=root,
-        **run_as,
-    )  # fmt: skip
-    pg = Postgres(port, proc)
+    proc = cluster.spawn(log)
+    pg = Postgres(cluster, proc)
 
     def ready() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"postgres exited: {(root / 'postgres.log').read_text(errors='replace')}")
-        with psycopg.connect(pg.admin_url(), connect_timeout=2):
-            return True
+        return cluster.ready()
 
     try:
         wait_for(ready, 30, "postgres to accept connections")

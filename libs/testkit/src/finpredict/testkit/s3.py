@@ -1,4 +1,5 @@
-"""An S3-compatible server on loopback for tests: moto's standalone server, in a subprocess.
+"""An S3-compatible server on loopback for tests: moto's standalone server, in a subprocess
+(started as the local platform's, :mod:`finpredict.stack.s3`).
 
 ``start_s3_server`` backs the session-scoped ``s3`` fixture of the kit's pytest plugin
 (:mod:`finpredict.testkit.pytest_plugin`): one server for the whole run, each test suite making
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,19 +22,15 @@ import boto3
 from botocore.config import Config
 
 from finpredict.common.net import free_port
+from finpredict.stack import s3 as local_s3
 from finpredict.testkit.names import unique
 from finpredict.testkit.process import ServiceExitedError, wait_for
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-REGION = "us-east-1"
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "finpredict-test-key",
-    "AWS_SECRET_ACCESS_KEY": "finpredict-test-secret",
-    "AWS_DEFAULT_REGION": REGION,
-    "AWS_EC2_METADATA_DISABLED": "true",  # never wait on an instance-metadata lookup
-}
+REGION = local_s3.REGION
+CREDENTIALS = local_s3.CREDENTIALS
 
 
 @dataclass
@@ -47,17 +43,10 @@ class S3Server:
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return local_s3.endpoint(self.port)
 
     def client(self, endpoint_url: str | None = None) -> S3Client:
-        return boto3.session.Session().client(
-            "s3",
-            endpoint_url=endpoint_url or self.endpoint_url,
-            region_name=REGION,
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
-        )
+        return s3_client(endpoint_url or self.endpoint_url)
 
     def create_bucket(self, prefix: str = "fp") -> str:
         """A new empty bucket with a unique name."""
@@ -88,18 +77,25 @@ class S3Server:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def s3_client(endpoint_url: str) -> S3Client:
+    """A boto3 client of the S3-compatible server at ``endpoint_url`` (path-style, one attempt)."""
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=REGION,
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
+    )
+
+
 def start_s3_server() -> Iterator[S3Server]:
     """Starts ``moto.server`` on 127.0.0.1 and a free port, yields it once it answers, stops it."""
     root = Path(tempfile.mkdtemp(prefix="fp-s3-"))
     log_path = root / "moto.log"
     port = free_port()
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=root,
-        )
+        proc = subprocess.Popen(local_s3.argv(port), stdout=log, stderr=subprocess.STDOUT, cwd=root)
     server = S3Server(port, proc, log_path)
 
     def answers() -> bool:

@@ -9,7 +9,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,6 +30,7 @@ from finpredict.model_server.config import DEFAULT_SERVE_CONFIG
 from finpredict.modelio import build_manifest, sha256_hex
 from finpredict.modelio.artifact import manifest_json
 from finpredict.pipelines.register import schema_proto
+from finpredict.stack import ray_nodes
 from finpredict.testkit.evaluation import PASSING_GATES, lineage, reference_profile
 from finpredict.testkit.models import TrainedModel
 from finpredict.testkit.process import ServiceProcess, start_service, wait_for
@@ -38,13 +38,13 @@ from finpredict.testkit.process import ServiceProcess, start_service, wait_for
 ADMIN_TOKEN = "ms-admin-token-0123456789"
 READER_TOKEN = "ms-reader-token-0123456789"
 TOKENS = f"{ADMIN_TOKEN}=alice:admin,{READER_TOKEN}=model-server:reader"
-VENV_BIN = Path(sys.executable).parent
 
 
 # ----- Ray ---------------------------------------------------------------------------------------
 
 
 HEAD = "head"
+RAY_START_LOG = "ray-start.log"  # each node's `ray start` output, in its temp dir
 NODE_MARKER = "FP_TEST_RAY_NODE"  # which node of the cluster a process belongs to
 
 
@@ -140,22 +140,8 @@ def ray_cluster(
     temp_dir = Path(tempfile.mkdtemp(prefix="fpray-"))
     marker = uuid.uuid4().hex
     port = free_port()
-    full_env = {
-        **os.environ,
-        **env,
-        "FP_TEST_RAY": marker,
-        NODE_MARKER: HEAD,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",
-    }
-    proc = _ray_start(
-        temp_dir,
-        full_env,
-        [
-            "--head", f"--port={port}", f"--num-cpus={num_cpus}", "--include-dashboard=false",
-            f"--ray-client-server-port={free_port()}",
-        ],
-    )  # fmt: skip
+    full_env = {**os.environ, **env, "FP_TEST_RAY": marker, NODE_MARKER: HEAD, **ray_nodes.BASE_ENV}
+    proc = _ray_start(temp_dir, full_env, ray_nodes.head_args(port, num_cpus))
     cluster = RayCluster(f"127.0.0.1:{port}", proc, temp_dir, marker)
     try:
         _wait_started(proc, temp_dir, "ray start --head")
@@ -172,14 +158,8 @@ def ray_cluster(
 
 def _start_worker(cluster: RayCluster, env: dict[str, str], name: str, num_cpus: int) -> RayNode:
     temp_dir = Path(tempfile.mkdtemp(prefix=f"fpray-{name}-"))
-    node_env = {
-        **env,
-        NODE_MARKER: name,
-        # Serve's proxies of colocated nodes need ports of their own (the head keeps the config's)
-        "RAY_SERVE_WORKER_PROXY_GRPC_PORT": str(free_port()),
-        "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(free_port()),
-    }
-    proc = _ray_start(temp_dir, node_env, [f"--address={cluster.address}", f"--num-cpus={num_cpus}"])
+    node_env = {**env, NODE_MARKER: name, **ray_nodes.worker_env()}
+    proc = _ray_start(temp_dir, node_env, ray_nodes.worker_args(cluster.address, num_cpus))
     node = RayNode(name, proc, temp_dir, cluster.marker)
     try:
         _wait_started(proc, temp_dir, f"ray start --address ({name})")
@@ -191,26 +171,23 @@ def _start_worker(cluster: RayCluster, env: dict[str, str], name: str, num_cpus:
 
 
 def _ray_start(temp_dir: Path, env: dict[str, str], args: list[str]) -> subprocess.Popen[bytes]:
-    with (temp_dir / "ray-start.log").open("wb") as log:
+    with (temp_dir / RAY_START_LOG).open("wb") as log:
         return subprocess.Popen(
-            [
-                str(VENV_BIN / "ray"), "start", "--block", *args, f"--temp-dir={temp_dir}",
-                "--disable-usage-stats", f"--min-worker-port={free_port()}", "--max-worker-port=0",
-            ],
+            ray_nodes.start_argv(temp_dir, args),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
 
 
 def _wait_started(proc: subprocess.Popen[bytes], temp_dir: Path, what: str) -> None:
-    log = temp_dir / "ray-start.log"
+    log = temp_dir / RAY_START_LOG
 
     def up() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(log.read_text(errors="replace"))
-        return "Ray runtime started" in log.read_text(errors="replace")
+        return ray_nodes.started(log)
 
     wait_for(up, 120, what)
 

@@ -9,8 +9,13 @@ is one of:
 - ``advance``: every limit holds.
 
 Score drift is the PSI and KL of the canary's scores against stable's, binned on stable's
-quantiles by drift_core: a candidate whose score distribution moved is caught before any
-label arrives.
+quantiles by drift_core. It is always measured. A model retrained on a shifted population is
+*meant* to score differently from stable, so for a candidate with a reference profile the
+controller judges it against its own expectations first (training/serving skew and prediction
+consistency, :mod:`finpredict.gateway.stats.skew`, on the inputs each variant counted on its own
+profile: :attr:`VariantWindow.inputs`), and the score drift against stable decides only while
+nothing moved stable's traffic away from stable's own profile
+(:mod:`finpredict.gateway.canary_stats`); here it rolls back only with ``score_drift_gates``.
 
 A :class:`VariantWindow` keeps counts, not samples: latencies in log-spaced buckets 2.5 % wide,
 scores in 1,000 buckets of 0.001 (counted by drift_core). So a window is small, exact to merge
@@ -19,6 +24,7 @@ and to serialise: every gateway replica publishes its own and the leader analyse
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,6 +35,7 @@ import numpy.typing as npt
 import drift_core
 from finpredict import metrics
 
+log = logging.getLogger("finpredict.gateway.analysis")
 Action = Literal["wait", "advance", "rollback"]
 # Latency bucket edges in ms, each 2.5 % above the last (10 us to 10 min): a quantile read from
 # the buckets is within about 1.3 % of the exact one. Bucket i holds [edges[i-1], edges[i]).
@@ -79,6 +86,9 @@ class VariantWindow:
     latency_counts: npt.NDArray[np.uint64] = field(default_factory=lambda: _zeros(LATENCY_EDGES_MS))
     score_counts: npt.NDArray[np.uint64] = field(default_factory=lambda: _zeros(SCORE_EDGES))
     labeled: list[tuple[float, bool]] = field(default_factory=list)
+    # The scored requests' inputs and scores counted on this variant's reference profile
+    # (finpredict.gateway.inputs; None while nothing was counted, or the version has no profile).
+    inputs: drift_core.Window | None = None
 
     def record(
         self, *, ok: bool, latency_ms: float, score: float | None = None, threshold: float | None = None
@@ -113,6 +123,19 @@ class VariantWindow:
     def record_outcome(self, score: float, defaulted: bool) -> None:
         self.labeled.append((score, defaulted))
 
+    def add_inputs(self, counted: drift_core.Window) -> None:
+        """Adds counts of inputs on this variant's reference profile (a window of an equal profile:
+        one variant is one version; one of another profile is left out, and logged)."""
+        if self.inputs is None:
+            self.inputs = counted.snapshot()
+        elif self.inputs.profile == counted.profile:
+            self.inputs.merge(counted)
+        else:
+            log.error(
+                "input counts over another reference profile left out",
+                extra={"have": self.inputs.profile.fingerprint, "got": counted.profile.fingerprint},
+            )
+
     def merge(self, other: VariantWindow) -> None:
         """Adds ``other``'s counts (another replica's, or another stretch of time)."""
         self.requests += other.requests
@@ -123,6 +146,8 @@ class VariantWindow:
         self.latency_counts += other.latency_counts
         self.score_counts += other.score_counts
         self.labeled.extend(other.labeled)
+        if other.inputs is not None:
+            self.add_inputs(other.inputs)
 
     @property
     def error_rate(self) -> float:
@@ -162,6 +187,7 @@ class VariantWindow:
             "latency": _sparse(self.latency_counts),
             "scores": _sparse(self.score_counts),
             "labeled": [[s, d] for s, d in self.labeled],
+            "inputs": self.inputs.to_json() if self.inputs is not None else None,
         }
 
     @classmethod
@@ -175,6 +201,7 @@ class VariantWindow:
             latency_counts=_dense(doc["latency"], LATENCY_EDGES_MS),
             score_counts=_dense(doc["scores"], SCORE_EDGES),
             labeled=[(float(s), bool(d)) for s, d in doc["labeled"]],
+            inputs=drift_core.Window.from_json(doc["inputs"]) if doc.get("inputs") else None,
         )
 
 
@@ -192,6 +219,19 @@ def score_drift(stable: VariantWindow, canary: VariantWindow) -> tuple[float, fl
     return float(drift_core.psi(expected, actual)), float(drift_core.kl(actual, expected))
 
 
+def score_drift_breach(metrics: Mapping[str, float], limits: Thresholds) -> str | None:
+    """The reason when the window's score drift against stable (``score_psi``, ``score_kl`` of
+    :func:`analyze`'s figures) breaches ``limits``; None within them or when it was not measured."""
+    if "score_psi" not in metrics:
+        return None
+    psi, kl = metrics["score_psi"], metrics["score_kl"]
+    if psi > limits.max_score_psi:
+        return f"score distribution drifted from stable: PSI {psi:.3f} > {limits.max_score_psi}"
+    if kl > limits.max_score_kl:
+        return f"score distribution drifted from stable: KL {kl:.3f} > {limits.max_score_kl}"
+    return None
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The decision of one analysis, with the figures it was based on."""
@@ -201,8 +241,18 @@ class Verdict:
     metrics: dict[str, float]
 
 
-def analyze(stable: VariantWindow, canary: VariantWindow, limits: Thresholds, min_requests: int) -> Verdict:
-    """Compares ``canary`` with ``stable`` (same window) against ``limits``."""
+def analyze(
+    stable: VariantWindow,
+    canary: VariantWindow,
+    limits: Thresholds,
+    min_requests: int,
+    *,
+    score_drift_gates: bool = True,
+) -> Verdict:
+    """Compares ``canary`` with ``stable`` (same window) against ``limits``. The score drift against
+    stable is always measured; it rolls back here only with ``score_drift_gates`` (for a candidate
+    without a reference profile; otherwise the controller weighs it after the model checks,
+    :func:`finpredict.gateway.canary_stats.combine`)."""
     metrics: dict[str, float] = {
         "stable_requests": stable.requests,
         "canary_requests": canary.requests,
@@ -241,20 +291,9 @@ def analyze(stable: VariantWindow, canary: VariantWindow, limits: Thresholds, mi
     enough_scores = max(1, min_requests // 2)
     if stable.scored >= enough_scores and canary.scored >= enough_scores:
         metrics["score_psi"], metrics["score_kl"] = score_drift(stable, canary)
-        if metrics["score_psi"] > limits.max_score_psi:
-            return Verdict(
-                "rollback",
-                f"score distribution drifted from stable: "
-                f"PSI {metrics['score_psi']:.3f} > {limits.max_score_psi}",
-                metrics,
-            )
-        if metrics["score_kl"] > limits.max_score_kl:
-            return Verdict(
-                "rollback",
-                f"score distribution drifted from stable: "
-                f"KL {metrics['score_kl']:.3f} > {limits.max_score_kl}",
-                metrics,
-            )
+        breach = score_drift_breach(metrics, limits)
+        if score_drift_gates and breach:
+            return Verdict("rollback", breach, metrics)
     if len(stable.labeled) >= limits.min_labeled and len(canary.labeled) >= limits.min_labeled:
         metrics["stable_auc"], metrics["canary_auc"] = stable.auc(), canary.auc()
         drop = metrics["stable_auc"] - metrics["canary_auc"]
@@ -269,6 +308,6 @@ def analyze(stable: VariantWindow, canary: VariantWindow, limits: Thresholds, mi
         "advance",
         f"within limits: errors {canary.error_rate:.2%} vs {stable.error_rate:.2%}, "
         f"p99 {c99:.1f} vs {s99:.1f} ms"
-        + (f", score PSI {metrics['score_psi']:.3f}" if "score_psi" in metrics else ""),
+        + (f", score PSI {metrics['score_psi']:.3f} vs stable" if "score_psi" in metrics else ""),
         metrics,
     )

@@ -1,6 +1,9 @@
 """What the gateway knows of the registry: `production` per model and each version's schema.
 
-Versions are immutable, so their schema and threshold are cached for the life of the process.
+Versions are immutable, so their schema, threshold and reference profile are cached for the life
+of the process. The profile is checked against the sha256 the registry recorded and decoded
+(:func:`finpredict.common.reference_profile.verified_profile`, as the monitor does); a version
+without a usable one still serves, and its rollouts fall back to comparing scores with stable's.
 The `production` alias is cached for ``alias_ttl_s`` and kept when the registry cannot be
 reached (serving goes on with the last version it knew; a model it never resolved answers
 UNAVAILABLE). Alias moves made by this gateway (promotion) invalidate the cache at once.
@@ -18,8 +21,11 @@ from typing import Any
 
 import grpc
 
+import drift_core
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.registry.v1 import registry_pb2
+from finpredict.common.reference_profile import ProfileError, verified_profile
+from finpredict.gateway.inputs import ProfileColumns
 
 log = logging.getLogger("finpredict.gateway.catalog")
 
@@ -42,6 +48,7 @@ class VersionInfo:
     version: int
     schema: types_pb2.FeatureSchema
     threshold: float
+    columns: ProfileColumns | None = None  # its reference profile's columns (None: no usable profile)
 
     @property
     def feature_names(self) -> list[str]:
@@ -145,7 +152,20 @@ class Catalog:
         return self._remember(got.version)
 
     def _remember(self, v: registry_pb2.ModelVersion) -> VersionInfo:
-        info = VersionInfo(v.model, int(v.version), v.feature_schema, float(v.threshold))
+        known = self._versions.get((v.model, int(v.version)))
+        if known is not None:
+            return known
+        columns = None
+        try:
+            columns = ProfileColumns(verified_profile(v, drift_core.Profile.from_bytes).profile)
+        except ProfileError as exc:
+            level = logging.INFO if exc.reason == "no_profile" else logging.ERROR
+            log.log(
+                level,
+                "no reference profile: its rollouts compare scores with stable's",
+                extra={"model": v.model, "version": v.version, "reason": exc.reason, "detail": str(exc)},
+            )
+        info = VersionInfo(v.model, int(v.version), v.feature_schema, float(v.threshold), columns)
         self._versions[(info.model, info.version)] = info
         return info
 

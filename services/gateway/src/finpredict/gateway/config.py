@@ -122,6 +122,13 @@ class GatewaySettings(ServiceSettings):
     log_batch_records: int = Field(default=500, ge=1, description="Records per IngestPredictions call.")
     log_flush_s: float = Field(default=0.5, gt=0, description="Longest wait before a partial batch is sent.")
     controller_tick_s: float = Field(default=0.5, gt=0, description="How often the rollout controller wakes.")
+    handoff_poll_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often the rollout controller (the lease holder) asks the registry for new "
+        "versions that their model's promotion policy hands off to a canary, and starts those rollouts; "
+        "0 disables the hand-off on this replica.",
+    )
     test_hook_canary_weight_factor: float = Field(
         default=1.0,
         gt=0,

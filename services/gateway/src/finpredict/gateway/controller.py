@@ -16,7 +16,13 @@ measurements of the current window (:func:`finpredict.gateway.analysis.analyze`)
 The statistics (:mod:`finpredict.gateway.canary_stats`) judge the counts since the rollout
 started at each analysis too: their rollback rolls back, and a sample-ratio mismatch halts
 (pauses) the rollout with ``finpredict_gateway_rollout_sample_ratio_mismatch_total`` counted for
-the alert. Each analysis decision records the statistics' figures.
+the alert. With them the model checks: each variant's inputs and scores, counted on its own
+reference profile by every replica (:mod:`finpredict.gateway.inputs`), give the training/serving
+skew (a rollback names the worst feature) and the prediction consistency; the canary's score
+drift against stable decides after them, and only for a candidate without a reference profile
+or while stable's own traffic still fits stable's own profile (no population shift then explains
+a canary scoring unlike stable). Each analysis decision records the statistics' figures
+(``model_checks`` says which check of the scores decided, and why).
 
 Every change is a compare-and-set on the stored rollout, so a step or a promotion is recorded
 once however many replicas try; a decision is written only while this replica's lease token is
@@ -36,7 +42,14 @@ import grpc
 
 from finpredict.gateway import metrics
 from finpredict.gateway.analysis import Thresholds, Verdict, analyze
-from finpredict.gateway.canary_stats import combine, cumulative_strata, halts, stat_limits
+from finpredict.gateway.canary_stats import (
+    combine,
+    cumulative_inputs,
+    cumulative_strata,
+    halts,
+    model_checks,
+    stat_limits,
+)
 from finpredict.gateway.catalog import Catalog, CatalogError
 from finpredict.gateway.live import LiveRollouts
 from finpredict.gateway.rollout import (
@@ -133,6 +146,7 @@ class RolloutController:
         if rollout.state not in ACTIVE:
             return None
         published = await call("read", self._windows.read, rollout.id, rollout.window)
+        await self.live.count_inputs()
         own = self.live.window(rollout.id)
         return merge_windows(rollout.window, published, own, self._windows.source, self.replica)
 
@@ -151,7 +165,12 @@ class RolloutController:
         min_requests_per_step: int = 200,
         thresholds: Thresholds | None = None,
         actor: str = "",
+        why: str = "",
+        fence: Fence | None = None,
     ) -> Rollout:
+        """Starts a rollout of ``candidate_version`` against the model's production version: an
+        operator's (``actor``), or one the controller starts by itself (``why`` is added to the
+        start decision's reason; ``fence``: stored only while this replica holds the lease)."""
         stable = await self._catalog.production(model)
         await self._catalog.version(model, candidate_version)  # exists, and its schema is cached
         kwargs: dict[str, object] = {}
@@ -170,8 +189,10 @@ class RolloutController:
             **kwargs,  # type: ignore[arg-type]
         )
         reason = f"{actor or 'someone'} started {model} v{stable} -> v{candidate_version}"
+        if why:
+            reason += f": {why}"
         rollout.decisions.append(Decision(now, rollout.step_index, "start", reason, replica=self.replica))
-        self._adopt(rollout, await call("write", self._store.create, rollout), "start")
+        self._adopt(rollout, await call("write", self._store.create, rollout, fence=fence), "start")
         log.info(
             "rollout started",
             extra={
@@ -271,13 +292,24 @@ class RolloutController:
         merged = await self.window(rollout)
         assert merged is not None
         window, replicas = merged
-        verdict = analyze(window.stable, window.canary, rollout.thresholds, rollout.min_requests_per_step)
+        inputs = cumulative_inputs(rollout.inputs, window)
+        reports = {variant: w.report() for variant, w in inputs.items()}
+        limits = stat_limits(rollout.thresholds)
+        checks = model_checks(reports, rollout.candidate_version, limits)
+        verdict = analyze(
+            window.stable,
+            window.canary,
+            rollout.thresholds,
+            rollout.min_requests_per_step,
+            score_drift_gates=checks["mode"] == "fallback",
+        )
         strata = cumulative_strata(rollout.strata, rollout.weight, window)
-        statistics = evaluate(CanaryEvidence(strata), stat_limits(rollout.thresholds))
+        evidence = CanaryEvidence(strata, reports.get("canary"), reports.get("stable"))
+        statistics = evaluate(evidence, limits)
         if halts(verdict, statistics):
             action, reason = "halt", "; ".join(statistics.reasons)
         else:
-            verdict = combine(verdict, statistics)
+            verdict = combine(verdict, statistics, checks, rollout.thresholds)
             action, reason = verdict.action, verdict.reason
         self._last[rollout.id] = verdict
         updated = rollout.copy()
@@ -287,9 +319,10 @@ class RolloutController:
             updated.decisions[-1].metrics = dict(verdict.metrics)
         else:
             updated.apply(verdict, now, replicas=replicas, replica=self.replica)
-        updated.decisions[-1].statistics = statistics.to_dict()
+        updated.decisions[-1].statistics = {**statistics.to_dict(), "model_checks": checks}
         if action in ("advance", "rollback"):
             updated.strata = [s.to_dict() for s in strata]  # the window closes: its counts are kept
+            updated.inputs = {variant: w.to_json() for variant, w in inputs.items()}
         previous = updated.decisions[-2] if len(updated.decisions) > 1 else None
         if (
             verdict.action == "wait"

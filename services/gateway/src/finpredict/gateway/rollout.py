@@ -103,6 +103,9 @@ class Rollout:
     # Counts of the closed windows since the start, one stratum per canary weight
     # (finpredict.gateway.stats.Stratum.to_dict()); the open window is added at each analysis.
     strata: list[dict[str, Any]] = field(default_factory=list)
+    # The closed windows' inputs of each variant counted on its own reference profile since the
+    # start (variant -> drift_core.Window JSON; a variant without a profile has none).
+    inputs: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.window_started = self.window_started or self.started_at
@@ -232,10 +235,14 @@ class RolloutStore:
             self._engine = create_state_engine(sqlite_url(db) if isinstance(db, Path) else db)
             migrate(self._engine)
 
-    def create(self, rollout: Rollout) -> int:
-        """Stores a new rollout; returns the state version of the change."""
+    def create(self, rollout: Rollout, *, fence: Fence | None = None) -> int:
+        """Stores a new rollout; returns the state version of the change. With ``fence`` (a rollout
+        the controller starts by itself) only while that lease is still held (else
+        :class:`LeaseLostError`)."""
         t = schema.rollouts
         with write_tx(self._engine) as conn:
+            if fence is not None and not fence.holds(conn, time.time()):
+                raise LeaseLostError(f"lease token {fence.token} of {fence.holder} is no longer current")
             version = bump_version(conn)
             _refuse_if_busy(conn, rollout.model)
             try:

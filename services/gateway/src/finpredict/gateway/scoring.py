@@ -7,7 +7,8 @@ One :class:`ScoringCore` serves the scoring API, the Open Inference Protocol and
 2. validate each application against the schema of the version it was routed to;
 3. score each version's group with one (coalesced) model-server call, concurrently; a failed
    canary group is answered by stable (counted) and recorded as canary errors;
-4. record latency, outcome and score in the rollout window and Prometheus; offer a record per
+4. record latency, outcome and score in the rollout window and Prometheus (and the inputs, counted
+   later on the version's reference profile); offer a record per
    application to the prediction log; mirror to the shadow version after responding.
 """
 
@@ -29,7 +30,7 @@ from finpredict.api.serving.v1 import model_server_pb2 as ms_pb
 from finpredict.common.telemetry import current_trace_id
 from finpredict.gateway import metrics
 from finpredict.gateway.backend import BackendError, ModelServerBackend, Scored
-from finpredict.gateway.catalog import Catalog
+from finpredict.gateway.catalog import Catalog, VersionInfo
 from finpredict.gateway.controller import RolloutController
 from finpredict.gateway.policies import PolicyStore
 from finpredict.gateway.prediction_log import PredictionLog
@@ -135,7 +136,15 @@ class ScoringCore:
                 span.set_attribute("finpredict.rollout_step", only.step)
         outcomes = await asyncio.gather(
             *(
-                self._score_group(model, route, [applications[i] for i in idx], explain, top_k, started)
+                self._score_group(
+                    model,
+                    route,
+                    infos[route.version],
+                    [applications[i] for i in idx],
+                    explain,
+                    top_k,
+                    started,
+                )
                 for route, idx in groups.items()
             )
         )
@@ -152,6 +161,7 @@ class ScoringCore:
         self,
         model: str,
         route: Route,
+        info: VersionInfo,
         apps: list[Application],
         explain: bool,
         top_k: int,
@@ -180,11 +190,22 @@ class ScoringCore:
             )
             return self._results(apps, scored, served_route)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self._measure(model, route, len(apps), ok=True, elapsed_ms=elapsed_ms, scored=scored)
+        self._measure(
+            model, route, len(apps), ok=True, elapsed_ms=elapsed_ms, scored=scored, apps=apps, info=info
+        )
         return self._results(apps, scored, served_route)
 
     def _measure(
-        self, model: str, route: Route, n: int, *, ok: bool, elapsed_ms: float, scored: Scored | None = None
+        self,
+        model: str,
+        route: Route,
+        n: int,
+        *,
+        ok: bool,
+        elapsed_ms: float,
+        scored: Scored | None = None,
+        apps: Sequence[Application] = (),
+        info: VersionInfo | None = None,
     ) -> None:
         version = str(route.version)
         trace_id = current_trace_id()
@@ -195,6 +216,7 @@ class ScoringCore:
         metrics.SCORED_TOTAL.labels(model, version, route.variant, "ok" if ok else "error").inc(n)
         metrics.SCORED_TOTAL.labels(model, version, route.variant, "error" if ok else "ok")
         if route.rollout_id:
+            columns = info.columns if info is not None else None
             self.controller.live.record_batch(
                 route.rollout_id,
                 route.variant,
@@ -203,6 +225,8 @@ class ScoringCore:
                 latency_ms=elapsed_ms,
                 scores=[p.score for p in scored.predictions] if scored is not None else (),
                 threshold=scored.threshold if scored is not None else None,
+                inputs=[a.features for a in apps] if columns is not None else (),
+                columns=columns,
             )
 
     @staticmethod

@@ -4,7 +4,8 @@
 start hook: migrations, the first snapshot, the first try for the controller lease), mounts the
 scoring API, the Open Inference Protocol and the rollout service behind bearer-token auth, and
 on shutdown stops the controller, publishes its last measurements, hands the lease back,
-flushes the prediction log and closes channels.
+flushes the prediction log and closes channels. The lease holder also watches the registry for
+versions their promotion policy hands off to a canary (:mod:`finpredict.gateway.handoff`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from finpredict.gateway.backend import ModelServerBackend
 from finpredict.gateway.catalog import Catalog
 from finpredict.gateway.config import GatewaySettings
 from finpredict.gateway.controller import RolloutController
+from finpredict.gateway.handoff import HandOffWatcher
 from finpredict.gateway.inference import InferenceServicer
 from finpredict.gateway.outcomes import OutcomeForwarder
 from finpredict.gateway.policies import PolicyStore
@@ -88,6 +90,7 @@ class Gateway:
     engine: Engine | None = None
     sync: StateSync | None = None
     lease: LeaseKeeper | None = None
+    handoff: HandOffWatcher | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -120,11 +123,8 @@ class Gateway:
         s = self.settings
         registry_token = s.registry_token.get_secret_value()
         registry_md = bearer_metadata(registry_token) if registry_token else ()
-        catalog = Catalog(
-            registry_pb2_grpc.RegistryServiceStub(self._channel(s.registry_target)),
-            lambda: registry_md,
-            alias_ttl_s=s.alias_ttl_s,
-        )
+        registry = registry_pb2_grpc.RegistryServiceStub(self._channel(s.registry_target))
+        catalog = Catalog(registry, lambda: registry_md, alias_ttl_s=s.alias_ttl_s)
         backend = ModelServerBackend(
             self._channel(s.model_server_target),
             s.model_server_application,
@@ -187,6 +187,11 @@ class Gateway:
         self.inference = InferenceServicer(self.core, s.max_request_rows)
         self.rollouts = RolloutServicer(self.controller, policies, catalog)
         self.controller.start_loop()
+        if s.handoff_poll_s:
+            self.handoff = HandOffWatcher(
+                registry, lambda: registry_md, self.controller, self.lease, poll_s=s.handoff_poll_s
+            )
+            self.handoff.start()
         self.sync.start()
         self.lease.start()
 
@@ -197,6 +202,8 @@ class Gateway:
     async def close(self) -> None:
         """Stops the controller, publishes the last measurements, hands the lease back, flushes the
         prediction log, closes channels and the database."""
+        if self.handoff is not None:
+            await self.handoff.close()
         if self.controller is not None:
             await self.controller.close()
         if self.sync is not None:

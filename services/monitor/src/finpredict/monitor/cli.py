@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -28,6 +30,7 @@ TARGET_ENV = env_var_name(ClientSettings, "monitor_target")
 TOKEN_ENV = env_var_name(ClientSettings, "token")
 DATA_DIR_ENV = env_var_name(MonitorSettings, "data_dir")
 PROFILES_DIR_ENV = env_var_name(MonitorSettings, "profiles_dir")
+MATURITY_ENV = env_var_name(MonitorSettings, "label_maturity_days")
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -163,3 +166,74 @@ def alerts(
             str(a.retrained_version or ""),
         )
     console.print(table)
+
+
+def _utc(value: datetime) -> datetime:
+    """A time option (typer's formats have no zone: UTC) as an aware datetime."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@app.command()
+def export(
+    start: Annotated[
+        datetime, typer.Option("--from", help="Window start (YYYY-MM-DD[THH:MM:SS], UTC), included.")
+    ],
+    end: Annotated[datetime, typer.Option("--to", help="Window end (UTC), excluded.")],
+    out: Annotated[Path, typer.Option(help="Parquet snapshot to write (replaced atomically).")],
+    model: Annotated[str, typer.Option(help="Model name (default: every model).")] = "",
+    maturity_days: Annotated[
+        float | None,
+        typer.Option(
+            help="Days after a prediction by which its outcome is due; younger predictions are left "
+            f"out (default: {MATURITY_ENV}, else "
+            f"{MonitorSettings.model_fields['label_maturity_days'].default}).",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Outcomes observed up to this time (UTC) count (default: now).", show_default=False
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"The monitor's data dir (default: {DATA_DIR_ENV}, "
+            f"else {MonitorSettings.model_fields['data_dir'].default}).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Export the matured, labelled predictions of a window [from, to) with their outcomes as a
+    Parquet snapshot for the training pipeline's `production` source (reads the data dir; a running
+    monitor may go on writing). Prints the window and the counts as JSON."""
+    from finpredict.monitor.export import export_window, write_snapshot
+    from finpredict.monitor.records import model_name_problem
+    from finpredict.monitor.store import RecordStore, StoreReadError
+
+    settings = _load(MonitorSettings)
+    start, end = _utc(start), _utc(end)
+    if not start < end:
+        raise typer.BadParameter("must be after --from", param_hint="--to")
+    if model and (problem := model_name_problem("--model", model)) is not None:
+        raise typer.BadParameter(problem, param_hint="--model")
+    data = settings.data_dir if data_dir is None else data_dir
+    if not data.is_dir():
+        raise typer.BadParameter(f"{data}: not a directory", param_hint="--data-dir")
+    days = settings.label_maturity_days if maturity_days is None else maturity_days
+    when = datetime.now(UTC) if as_of is None else _utc(as_of)
+    store = RecordStore(data, writer=False)
+    for attempt in range(3):  # a file compacted away while it was read: read the hours again
+        try:
+            rows, stats = export_window(store, start, end, when, timedelta(days=days), model)
+            break
+        except StoreReadError as exc:
+            if attempt == 2:
+                raise typer.BadParameter(str(exc), param_hint="--data-dir") from None
+    try:
+        write_snapshot(out, rows, stats)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot write {out} ({exc.strerror})", param_hint="--out") from None
+    print(json.dumps({"snapshot": str(out), **stats.to_json()}, indent=2))

@@ -82,6 +82,24 @@ class MonitorSettings(ServiceSettings):
     retrain_workdir: Path | None = Field(
         default=None, description="Working directory of the retraining command (default: the monitor's)."
     )
+    label_maturity_days: float = Field(
+        default=7.0,
+        ge=0,
+        description="Days after a prediction by which its outcome is due: a training export (`finpredict "
+        "drift export`, the retraining snapshot) takes only predictions at least this old, and leaves "
+        "the younger ones out (counted as unmatured).",
+    )
+    retrain_snapshot: Path | None = Field(
+        default=None,
+        description="Where the retraining trigger writes the production snapshot before it starts the "
+        "command (relative paths: in the retraining working directory), e.g. "
+        "data/production/snapshot.parquet for the pipeline's `production` source: the predictions of "
+        "the model in the window of retrain_window_days ending at the alert's time (a manual trigger: "
+        "the monitor's clock), joined with their matured outcomes. Unset: no snapshot.",
+    )
+    retrain_window_days: float = Field(
+        default=30.0, gt=0, description="Length of the retraining snapshot's window, in days."
+    )
     retention_days: int = Field(
         default=30,
         ge=1,

@@ -3,7 +3,9 @@
 On first sight of a model version without a cached profile, the engine asks for it
 (:meth:`~finpredict.monitor.engine.Engine.take_wanted`); :class:`ProfileFetcher` runs one task per
 version: ``GetVersion`` on the registry, the profile's sha256 checked against the one the registry
-recorded at registration, the profile decoded, the cache written, then ``on_ready``. While the
+recorded at registration and the profile decoded
+(:func:`finpredict.common.reference_profile.verified_profile`, as the gateway's catalog does), the
+cache written, then ``on_ready``. While the
 registry is unavailable (or answers with a profile that fails its checksum) it retries with
 exponential backoff and jitter, forever: the version's records are kept meanwhile. A version the
 registry does not know, or that has no profile, is final: ``on_missing`` with the reason.
@@ -14,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ import drift_core
 from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
 from finpredict.common.auth import bearer_metadata
 from finpredict.common.channel import create_channel
+from finpredict.common.reference_profile import ProfileError, verified_profile
 from finpredict.monitor import metrics as m
 from finpredict.monitor.profiles import ProfileCache, Reference, reference
 from finpredict.monitor.windows import VersionKey
@@ -41,13 +43,8 @@ _RETRY_CODES = {
 }
 
 
-class FetchFailedError(Exception):
-    """One fetch failed; ``reason`` is the counter's label, ``final`` when retrying cannot help."""
-
-    def __init__(self, reason: str, detail: str, final: bool = False) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.final = final
+# One fetch failed; ``reason`` is the counter's label, ``final`` when retrying cannot help.
+FetchFailedError = ProfileError
 
 
 class ProfileFetcher:
@@ -156,25 +153,11 @@ class ProfileFetcher:
             reason = _RETRY_CODES.get(exc.code(), "error")
             raise FetchFailedError(reason, f"{exc.code().name}: {exc.details()}") from None
         v = resp.version
-        if not v.reference_profile:
-            raise FetchFailedError("no_profile", f"{model} v{version} was registered without one", final=True)
-        digest = hashlib.sha256(v.reference_profile).hexdigest()
-        if digest != v.reference_profile_sha256:
-            raise FetchFailedError(
-                "checksum",
-                f"the profile's sha256 is {digest}, the registry recorded "
-                f"{v.reference_profile_sha256 or 'none'}",
-            )
+        got = verified_profile(v, drift_core.Profile.from_bytes)
         try:
-            profile = drift_core.Profile.from_bytes(v.reference_profile)
-        except drift_core.DriftCoreError as exc:
-            raise FetchFailedError("invalid", f"not a drift_core profile ({exc})") from None
-        try:
-            await asyncio.to_thread(
-                self.cache.store, model, version, v.reference_profile, digest, v.feature_schema
-            )
+            await asyncio.to_thread(self.cache.store, model, version, got.blob, got.sha256, v.feature_schema)
         except OSError as exc:  # used all the same; fetched again after a restart
             log.error(
                 "reference profile not cached", extra={"model": model, "version": version, "error": str(exc)}
             )
-        return reference(profile, v.feature_schema)
+        return reference(got.profile, v.feature_schema)

@@ -7,6 +7,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,6 +20,7 @@ from finpredict.monitor.alerting import AlertmanagerClient, Watchers
 from finpredict.monitor.config import MonitorSettings
 from finpredict.monitor.engine import Engine, EngineOptions
 from finpredict.monitor.evaluation import AlertRecord
+from finpredict.monitor.export import export_window, write_snapshot
 from finpredict.monitor.fetch import ProfileFetcher
 from finpredict.monitor.lookup import Query, check_query, lookup
 from finpredict.monitor.metrics import HOUSEKEEPING_ERRORS
@@ -219,6 +221,7 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
             settings.data_dir / "retraining",
             self._retrain_done,
             settings.retrain_workdir,
+            self._prepare_retraining if settings.retrain_snapshot is not None else None,
         )
         self._pending_fired: list[tuple[AlertRecord, Rule]] = []
         self.engine.listeners.append(self._on_transition)
@@ -311,8 +314,28 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
             alert.retrain_job = incident[0].retrain_job
             alert.retrained_version = incident[0].retrained_version
             return
-        job, _ = self.retrainer.start(alert.model, f"alert:{alert.id}", alert.summary)
+        job, _ = self.retrainer.start(alert.model, f"alert:{alert.id}", alert.summary, alert.started_at)
         alert.retrain_job = job.id
+
+    async def _prepare_retraining(self, job: Job) -> dict[str, str]:
+        """Writes the production snapshot of the job's model for the window ending at its trigger's
+        time (a manual trigger: the monitor's clock), before its command starts."""
+        snapshot = self.settings.retrain_snapshot
+        assert snapshot is not None  # only installed when set
+        if not snapshot.is_absolute():
+            snapshot = (self.settings.retrain_workdir or Path.cwd()) / snapshot
+        end = job.at or self.engine.event_clock() or datetime.now(UTC)
+        start = end - timedelta(days=self.settings.retrain_window_days)
+        maturity = timedelta(days=self.settings.label_maturity_days)
+        async with self.lock:  # the logs hold still (no compaction or pruning) while read
+            rows, stats = await asyncio.to_thread(
+                export_window, self.engine.store, start, end, end, maturity, job.model
+            )
+        await asyncio.to_thread(write_snapshot, snapshot, rows, stats)
+        log.info(
+            "retraining snapshot written", extra={"job": job.id, "path": str(snapshot), **stats.to_json()}
+        )
+        return {"window_start": stats.window_start, "window_end": stats.window_end, "snapshot": str(snapshot)}
 
     def _retrain_done(self, job: Job) -> None:
         updated = [a for a in self.engine.alerts.values() if a.retrain_job == job.id]

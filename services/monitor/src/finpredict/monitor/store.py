@@ -126,16 +126,20 @@ def _partition_time(name: str, prefix: str, fmt: str) -> datetime | None:
 class RecordStore:
     """Append-only Parquet logs of one monitor."""
 
-    def __init__(self, data_dir: Path, floor: str = "") -> None:
+    def __init__(self, data_dir: Path, floor: str = "", writer: bool = True) -> None:
+        """The logs under ``data_dir``; a reader (``writer=False``, e.g. a command line beside a
+        running monitor) neither creates folders nor removes what a crashed writer left."""
         self.root = data_dir
         self.predictions = data_dir / "predictions"
         self.outcomes = data_dir / "outcomes"
-        for d in (self.predictions, self.outcomes):
-            d.mkdir(parents=True, exist_ok=True)
         self._seq = 0
         self._last = floor  # the highest stamp written (or known to exist): the next is above it
         self.outcomes_stamp = ""  # the highest stamp of an outcome file written (or known to exist)
         self._lock = threading.Lock()
+        if not writer:
+            return
+        for d in (self.predictions, self.outcomes):
+            d.mkdir(parents=True, exist_ok=True)
         for leftover in self.root.rglob("*.parquet.tmp"):  # a crash between write and rename
             leftover.unlink(missing_ok=True)
 

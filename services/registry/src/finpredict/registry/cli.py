@@ -207,6 +207,20 @@ def show(
         out.print(gates)
 
 
+def _training_data(d: pb.TrainingData) -> str:
+    """One line: the source and, for production data, the window, counts and snapshot md5."""
+    if not d.source:
+        return "-"
+    if d.source != "production":
+        read = f", {d.snapshot_path} (md5 {d.snapshot_md5})" if d.snapshot_path else ""
+        return f"{d.source}, {d.rows} rows{read}"
+    return (
+        f"production [{_time(d.window_start)}, {_time(d.window_end)}): {d.rows} rows, "
+        f"{d.excluded_unmatured} unmatured and {d.excluded_unlabelled} unlabelled left out, "
+        f"label coverage {d.label_coverage:.1%}, {d.snapshot_path} (md5 {d.snapshot_md5})"
+    )
+
+
 @app.command()
 def lineage(
     ctx: typer.Context,
@@ -226,6 +240,7 @@ def lineage(
         ("W&B run", lin.wandb_run_path or lin.wandb_run_id or "-"),
         ("W&B link", lin.wandb_link_status or "-"),
         ("trigger", lin.trigger or "-"),
+        ("training data", _training_data(lin.training_data)),
         ("parents", ", ".join(f"{p.name} v{p.version}" for p in lin.parents) or "-"),
         ("artifact sha256", resp.artifact_sha256),
         ("registered", f"{_time(resp.created_at)} by {resp.created_by}"),
@@ -358,6 +373,61 @@ def _print_policy(model: str, p: pb.PromotionPolicy) -> None:
     out.print(table)
     required = ", ".join(_LINEAGE_NAME.get(r, str(r)) for r in p.required_lineage)
     out.print(f"required lineage: {required or 'none'}")
+    out.print(f"hand-off: {escape(_hand_off_line(p.hand_off))}", soft_wrap=True)
+
+
+def _hand_off_line(h: pb.HandOff) -> str:
+    if h.mode != pb.HAND_OFF_MODE_CANARY:
+        return "off (an operator starts each rollout)"
+    steps = ", ".join(f"{s:g}%" for s in h.steps) or "the gateway's default steps"
+    interval = h.analysis_interval.ToTimedelta().total_seconds()
+    limits = ", ".join(f"{f.name} {v:g}" for f, v in h.thresholds.ListFields()) or "the gateway's defaults"
+    every = f"{interval:g} s" if interval else "the gateway's default"
+    requests = h.min_requests_per_step or "the gateway's default"
+    return (
+        f"canary: a version after v{h.after_version} that satisfies this policy enters a canary by "
+        f"itself (steps {steps}; analysis every {every}; requests per variant per step: {requests}; "
+        f"limits: {limits})"
+    )
+
+
+_HAND_OFF = {"off": pb.HAND_OFF_MODE_OFF, "canary": pb.HAND_OFF_MODE_CANARY}
+
+
+def _hand_off(
+    mode: str | None, steps: str, interval_s: float, min_requests: int, limits: list[str]
+) -> pb.HandOff | None:
+    """The hand-off the options name (None: keep the current one)."""
+    if mode is None:
+        if steps or interval_s or min_requests or limits:
+            raise typer.BadParameter("the canary settings go with --hand-off canary", param_hint="--hand-off")
+        return None
+    if mode not in _HAND_OFF:
+        raise typer.BadParameter(f"{mode!r}: expected one of {', '.join(_HAND_OFF)}", param_hint="--hand-off")
+    h = pb.HandOff(mode=_HAND_OFF[mode], min_requests_per_step=min_requests)  # type: ignore[arg-type]
+    try:
+        h.steps.extend(float(x.strip().removesuffix("%")) for x in steps.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{steps!r}: expected percentages like 1,5,25,100", param_hint="--canary-steps"
+        ) from None
+    if interval_s:
+        h.analysis_interval.FromNanoseconds(round(interval_s * 1e9))
+    fields = {f.name for f in h.thresholds.DESCRIPTOR.fields}
+    for text in limits:
+        name, sep, value = text.partition("=")
+        if not sep or name.strip() not in fields:
+            raise typer.BadParameter(
+                f"{text!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(fields))}",
+                param_hint="--canary-limit",
+            )
+        try:
+            setattr(h.thresholds, name.strip(), float(value))
+        except ValueError:
+            raise typer.BadParameter(
+                f"{text!r}: {value!r} is not a number", param_hint="--canary-limit"
+            ) from None
+    return h
 
 
 @policy_app.command("show")
@@ -399,9 +469,35 @@ def policy_set(
         ),
     ] = None,
     no_lineage: Annotated[bool, typer.Option("--no-lineage", help="Require no lineage.")] = False,
+    hand_off: Annotated[
+        str | None,
+        typer.Option(
+            "--hand-off",
+            help="off, or canary: a version registered from now on that satisfies the policy enters a "
+            "canary rollout by itself, started by the gateway (default: keep).",
+            show_default=False,
+        ),
+    ] = None,
+    canary_steps: Annotated[
+        str, typer.Option(help="With --hand-off canary: canary weights in percent (default: the gateway's).")
+    ] = "",
+    canary_interval_s: Annotated[
+        float, typer.Option(help="With --hand-off canary: analysis interval in seconds.", min=0)
+    ] = 0.0,
+    canary_min_requests: Annotated[
+        int, typer.Option(help="With --hand-off canary: requests per variant per step.", min=0)
+    ] = 0,
+    canary_limit: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--canary-limit",
+            help="With --hand-off canary: a rollout limit, NAME=VALUE (e.g. max_p99_latency_ms=80; repeat).",
+        ),
+    ] = None,
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
 ) -> None:
     """Replace parts of the promotion policy (admin; audited). Unnamed parts are kept."""
+    handing = _hand_off(hand_off, canary_steps, canary_interval_s, canary_min_requests, canary_limit or [])
     gates = [_parse_gate(g) for g in gate or []]
     unknown = [r for r in require or [] if r not in _LINEAGE]
     if unknown:
@@ -415,6 +511,7 @@ def policy_set(
             required_lineage=(
                 [] if no_lineage else [_LINEAGE[r] for r in require] if require else current.required_lineage
             ),
+            hand_off=handing or current.hand_off,
         )
         resp = stub.SetPolicy(
             pb.SetPolicyRequest(model=model, policy=policy, reason=reason), metadata=md, timeout=30

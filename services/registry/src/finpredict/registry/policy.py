@@ -1,7 +1,9 @@
 """Promotion policies: what a version needs before ``production`` may point at it.
 
 A policy names the required gates, each with the registry's own comparator and threshold (the
-threshold a registering client compared with does not count), and the required lineage. A model
+threshold a registering client compared with does not count), the required lineage, and the
+hand-off (:class:`HandOff`): whether a newly registered version that satisfies the policy enters
+a canary rollout by itself (the gateway's elected rollout controller starts it). A model
 without a policy of its own gets :data:`DEFAULT_POLICY`: the case study's four quality gates (the
 names the pipeline's ``evaluate`` stage reports) and every lineage requirement. Policies are
 stored as JSON (:meth:`Policy.to_json`); the repository evaluates them on every move of
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 # Gate comparators (the values of finpredict.common.v1.Comparator).
 COMPARATOR_GE = 1
@@ -30,6 +32,9 @@ LINEAGE_REQUIREMENTS: dict[str, str] = {
     REFERENCE_PROFILE: "reference profile",
 }
 _OPS = {COMPARATOR_GE: ">=", COMPARATOR_LE: "<="}
+# Hand-off modes (the values of finpredict.registry.v1.HandOffMode by name).
+HAND_OFF_OFF = "off"
+HAND_OFF_CANARY = "canary"
 
 
 class GateResult(Protocol):
@@ -56,11 +61,64 @@ class PolicyGate:
 
 
 @dataclass(frozen=True)
+class HandOff:
+    """What happens by itself to a new version that satisfies the policy: ``off``, or ``canary``
+    (the gateway starts a canary rollout with these settings; 0 and empty mean the gateway's
+    defaults). ``after_version``: only later versions are handed off (set by the registry to the
+    model's newest version when the hand-off is turned on)."""
+
+    mode: str = HAND_OFF_OFF
+    steps: tuple[float, ...] = ()
+    analysis_interval_s: float = 0.0
+    min_requests_per_step: int = 0
+    thresholds: tuple[tuple[str, float], ...] = ()  # (AnalysisThresholds field, value), non-zero ones
+    after_version: int = 0
+
+    @property
+    def on(self) -> bool:
+        return self.mode != HAND_OFF_OFF
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "steps": list(self.steps),
+            "analysis_interval_s": self.analysis_interval_s,
+            "min_requests_per_step": self.min_requests_per_step,
+            "thresholds": dict(self.thresholds),
+            "after_version": self.after_version,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> HandOff:
+        return cls(
+            mode=str(doc["mode"]),
+            steps=tuple(float(x) for x in doc["steps"]),
+            analysis_interval_s=float(doc["analysis_interval_s"]),
+            min_requests_per_step=int(doc["min_requests_per_step"]),
+            thresholds=tuple((str(k), float(v)) for k, v in sorted(doc["thresholds"].items())),
+            after_version=int(doc["after_version"]),
+        )
+
+    def describe(self) -> str:
+        """One line for the audit log and the CLI."""
+        if not self.on:
+            return "off"
+        steps = ", ".join(f"{s:g}" for s in self.steps) or "the gateway's default"
+        limits = ", ".join(f"{k} {v:g}" for k, v in self.thresholds) or "the gateway's defaults"
+        every = f"{self.analysis_interval_s:g} s" if self.analysis_interval_s else "default"
+        return (
+            f"{self.mode} for versions after v{self.after_version} (steps {steps}; analysis every "
+            f"{every}; min requests {self.min_requests_per_step or 'default'}; limits {limits})"
+        )
+
+
+@dataclass(frozen=True)
 class Policy:
     """A model's promotion policy."""
 
     gates: tuple[PolicyGate, ...]
     required_lineage: tuple[str, ...]
+    hand_off: HandOff = HandOff()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -69,6 +127,7 @@ class Policy:
                     {"name": g.name, "comparator": g.comparator, "threshold": g.threshold} for g in self.gates
                 ],
                 "required_lineage": list(self.required_lineage),
+                "hand_off": self.hand_off.to_doc(),
             },
             sort_keys=True,
         )
@@ -81,6 +140,8 @@ class Policy:
                 PolicyGate(str(g["name"]), int(g["comparator"]), float(g["threshold"])) for g in doc["gates"]
             ),
             required_lineage=tuple(str(r) for r in doc["required_lineage"]),
+            # absent from policies stored before the hand-off existed: off
+            hand_off=HandOff.from_doc(doc["hand_off"]) if "hand_off" in doc else HandOff(),
         )
 
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from finpredict.registry import policy as pol
 from finpredict.registry.db import read_tx, write_tx
-from finpredict.registry.policy import COMPARATOR_GE, DEFAULT_POLICY, Policy
+from finpredict.registry.policy import COMPARATOR_GE, DEFAULT_POLICY, HandOff, Policy
 from finpredict.registry.schema import (
     aliases,
     audit_log,
@@ -639,8 +639,19 @@ class Repository:
             return found, refused
 
     def set_policy(self, model: str, policy: Policy, reason: str, actor: str) -> tuple[PolicyRow, AuditRow]:
+        """Replaces the model's policy. A hand-off turned on (or changed to another mode) applies to
+        versions registered from now on: ``after_version`` is the model's newest version now; a
+        hand-off left in its mode keeps its ``after_version``."""
         with write_tx(self.engine) as conn:
             row = _model_row(conn, model, lock=True)  # serialised with alias moves of this model
+            before = _policy_of(conn, model).policy.hand_off
+            if policy.hand_off.on:
+                after = (
+                    before.after_version if before.mode == policy.hand_off.mode else int(row.latest_version)
+                )
+                policy = replace(policy, hand_off=replace(policy.hand_off, after_version=after))
+            else:
+                policy = replace(policy, hand_off=HandOff())
             t = now_us()
             values = {"policy_json": policy.to_json(), "updated_at_us": t, "updated_by": actor}
             done = conn.execute(
@@ -787,9 +798,12 @@ class Repository:
 
 
 def policy_summary(policy: Policy) -> str:
-    """One line: the gates with their rules and the required lineage."""
+    """One line: the gates with their rules, the required lineage and the hand-off."""
     gates = ", ".join(f"{g.name} {g.rule()}" for g in policy.gates) or "no gates"
-    return f"gates: {gates}; lineage: {', '.join(policy.required_lineage) or 'none'}"
+    return (
+        f"gates: {gates}; lineage: {', '.join(policy.required_lineage) or 'none'}; "
+        f"hand-off: {policy.hand_off.describe()}"
+    )
 
 
 def _policy_of(conn: Connection, model: str) -> PolicyRow:

@@ -27,8 +27,10 @@ from sqlalchemy.exc import OperationalError
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
+from finpredict.api.rollout.v1 import rollout_pb2
 from finpredict.common.auth import ADMIN, DEFAULT_ROLE_IMPLIES, READER, WRITER, current_subject
 from finpredict.registry import validation as v
+from finpredict.registry.policy import HAND_OFF_CANARY, HAND_OFF_OFF, HandOff
 from finpredict.registry.repo import (
     PRODUCTION,
     STATUS_DELETED,
@@ -156,6 +158,10 @@ def gate_pb(g: Any) -> types_pb2.GateResult:
 
 
 _LINEAGE_ENUM = {name: value for value, name in v.LINEAGE_NAMES.items()}
+_HAND_OFF_ENUM = {
+    HAND_OFF_OFF: registry_pb2.HAND_OFF_MODE_OFF,
+    HAND_OFF_CANARY: registry_pb2.HAND_OFF_MODE_CANARY,
+}
 
 
 def policy_pb(row: PolicyRow) -> registry_pb2.PromotionPolicy:
@@ -167,9 +173,23 @@ def policy_pb(row: PolicyRow) -> registry_pb2.PromotionPolicy:
         required_lineage=[_LINEAGE_ENUM[r] for r in row.policy.required_lineage],  # type: ignore[misc]
         is_default=row.is_default,
         updated_by=row.updated_by,
+        hand_off=hand_off_pb(row.policy.hand_off),
     )
     if not row.is_default:
         out.updated_at.CopyFrom(_ts(row.updated_at_us))
+    return out
+
+
+def hand_off_pb(h: HandOff) -> registry_pb2.HandOff:
+    out = registry_pb2.HandOff(
+        mode=_HAND_OFF_ENUM[h.mode],  # type: ignore[arg-type]
+        steps=h.steps,
+        min_requests_per_step=h.min_requests_per_step,
+        thresholds=rollout_pb2.AnalysisThresholds(**dict(h.thresholds)),
+        after_version=h.after_version,
+    )
+    if h.analysis_interval_s:
+        out.analysis_interval.FromNanoseconds(round(h.analysis_interval_s * 1e9))
     return out
 
 

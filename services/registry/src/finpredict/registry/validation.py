@@ -245,4 +245,46 @@ def policy(field: str, p: registry_pb2.PromotionPolicy) -> Policy:
         if LINEAGE_NAMES[r] in lineage:
             raise InvalidArgumentError(f, f"{LINEAGE_NAMES[r]} appears twice")
         lineage.append(LINEAGE_NAMES[r])
-    return Policy(tuple(gates), tuple(lineage))
+    return Policy(tuple(gates), tuple(lineage), hand_off(f"{field}.hand_off", p.hand_off))
+
+
+HAND_OFF_MODES: dict[int, str] = {
+    registry_pb2.HAND_OFF_MODE_UNSPECIFIED: pol.HAND_OFF_OFF,
+    registry_pb2.HAND_OFF_MODE_OFF: pol.HAND_OFF_OFF,
+    registry_pb2.HAND_OFF_MODE_CANARY: pol.HAND_OFF_CANARY,
+}
+MAX_ANALYSIS_INTERVAL_S = 7 * 86_400.0  # as the gateway's StartRollout
+
+
+def hand_off(field: str, h: registry_pb2.HandOff) -> pol.HandOff:
+    """The hand-off settings as a gateway's StartRollout would accept them (steps increasing in
+    (0, 100] and ending at 100, an interval up to 7 days, non-negative finite limits); off drops
+    them. ``after_version`` is output only."""
+    if h.mode not in HAND_OFF_MODES:
+        raise InvalidArgumentError(f"{field}.mode", f"unknown hand-off mode {h.mode}")
+    mode = HAND_OFF_MODES[h.mode]
+    if mode == pol.HAND_OFF_OFF:
+        return pol.HandOff()
+    steps = [finite(f"{field}.steps", s) for s in h.steps]
+    if steps and (steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or sorted(set(steps)) != steps):
+        raise InvalidArgumentError(
+            f"{field}.steps", f"must be increasing percentages ending at 100, got {steps}"
+        )
+    interval = h.analysis_interval.seconds + h.analysis_interval.nanos / 1e9
+    if not 0 <= interval <= MAX_ANALYSIS_INTERVAL_S:
+        raise InvalidArgumentError(f"{field}.analysis_interval", "must be positive and at most 7 days")
+    if h.min_requests_per_step < 0:
+        raise InvalidArgumentError(f"{field}.min_requests_per_step", "must not be negative")
+    limits: list[tuple[str, float]] = []
+    for spec, value in h.thresholds.ListFields():
+        f = f"{field}.thresholds.{spec.name}"
+        if finite(f, value) < 0:
+            raise InvalidArgumentError(f, f"must not be negative, got {value}")
+        limits.append((spec.name, float(value)))
+    return pol.HandOff(
+        mode=mode,
+        steps=tuple(steps),
+        analysis_interval_s=interval,
+        min_requests_per_step=int(h.min_requests_per_step),
+        thresholds=tuple(sorted(limits)),
+    )

@@ -20,6 +20,7 @@ from finpredict.api.monitor.v1 import monitor_pb2
 from finpredict.api.registry.v1 import registry_pb2
 from finpredict.api.serving.v1 import model_server_pb2
 from finpredict.demo import replay
+from finpredict.demo.chapters.rollouts import hand_off_to_canary
 from finpredict.demo.chapters.training import STAGE_LINE, STAGES, gate_table, training_progress
 from finpredict.demo.platform import DAY, MODEL, get_json
 
@@ -32,6 +33,7 @@ RETRAIN_END = re.compile(r"\[demo\] dvc repro exited (-?\d+)")  # the workspace 
 def recession(story: Story) -> None:
     cfg = story.cfg
     v2 = story.result.versions["v2"]
+    hand_off_to_canary(story)  # the version the alert's retraining registers enters a canary by itself
     # The replay runs on a simulated clock; its days begin after today's live traffic so the
     # monitor's windows of the two never mix.
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -1,5 +1,7 @@
 """Chapters 5, 6 and 9: canary rollouts through the gateway's RolloutService, watched live: v2 to
-promotion, the broken candidate to its automatic rollback, the retrained v3 into a canary."""
+promotion, the broken candidate to its automatic rollback, and the retrained v3, which the
+platform puts into a canary by itself (the model's promotion policy hands it off, see
+:func:`hand_off_to_canary`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import grpc
 from google.protobuf import duration_pb2
 from rich.console import Group, RenderableType
 from rich.live import Live
@@ -55,6 +58,66 @@ def start_rollout(story: Story, version: int, **thresholds: float) -> rollout_pb
         ),
     )
     return story.p.rollouts.StartRollout(request, metadata=story.p.admin, timeout=30).rollout
+
+
+def hand_off_to_canary(story: Story) -> None:
+    """Turns the model's hand-off on: from now on a version that satisfies the registry's promotion
+    policy enters a canary by itself, started by the gateway's rollout controller, with the
+    demo's rollout settings (the steps, interval and loosened latency limits of the other
+    rollouts; the model checks keep their defaults: a version retrained on a shifted population
+    scores differently from stable but like its own training profile)."""
+    cfg = story.cfg
+    current = story.p.registry.GetPolicy(
+        registry_pb2.GetPolicyRequest(model=MODEL), metadata=story.p.admin, timeout=30
+    ).policy
+    hand_off = registry_pb2.HandOff(
+        mode=registry_pb2.HAND_OFF_MODE_CANARY,
+        steps=list(cfg.steps),
+        min_requests_per_step=cfg.min_requests_per_step,
+        thresholds=rollout_pb2.AnalysisThresholds(
+            max_p99_latency_ms=cfg.max_p99_latency_ms,
+            max_p99_latency_ratio=cfg.max_p99_latency_ratio,
+        ),
+    )
+    hand_off.analysis_interval.FromNanoseconds(round(cfg.analysis_interval_s * 1e9))
+    policy = registry_pb2.PromotionPolicy(
+        gates=current.gates, required_lineage=current.required_lineage, hand_off=hand_off
+    )
+    got = story.p.registry.SetPolicy(
+        registry_pb2.SetPolicyRequest(model=MODEL, policy=policy, reason="retrained versions enter a canary"),
+        metadata=story.p.admin,
+        timeout=30,
+    ).policy
+    story.say(
+        f"{MODEL}'s promotion policy now hands a version registered after v{got.hand_off.after_version} "
+        "that satisfies it off to a canary by itself (`finpredict models policy set --hand-off canary`): "
+        "the gateway's rollout controller starts it with the default model checks (a model retrained "
+        "on a shifted population scores differently from stable, but like its own training profile)"
+    )
+
+
+def wait_for_policy_rollout(story: Story, version: int, timeout: float) -> rollout_pb2.Rollout:
+    """The rollout of ``version`` the platform started by policy (polled with a deadline)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            latest = story.p.rollouts.GetRollout(
+                rollout_pb2.GetRolloutRequest(model=MODEL), metadata=story.p.admin, timeout=30
+            ).rollout
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        else:
+            if latest.candidate_version == version:
+                return latest
+        time.sleep(0.5)  # polling the gateway's rollouts with a deadline
+    check = story.p.registry.GetPolicy(
+        registry_pb2.GetPolicyRequest(model=MODEL, version=version), metadata=story.p.admin, timeout=30
+    ).check
+    raise TimeoutError(
+        f"the platform started no rollout of v{version} within {timeout:.0f} s"
+        + (f"; the policy refuses it: {'; '.join(check.problems)}" if check.problems else "")
+    )
 
 
 def get_rollout(story: Story, rollout_id: str) -> rollout_pb2.Rollout:
@@ -133,8 +196,10 @@ def rollout_v2(story: Story) -> None:
     warm = story.warm_up(v2, story.pools["none"])
     story.say(
         f"canary analysis every {cfg.analysis_interval_s:g} s once each variant has "
-        f"{cfg.min_requests_per_step} requests in the window; limits: errors +1%, score PSI 0.25, "
-        f"score KL 0.1, p99 {cfg.max_p99_latency_ms:g} ms and {cfg.max_p99_latency_ratio:g}x stable "
+        f"{cfg.min_requests_per_step} requests in the window; each variant's inputs and scores are "
+        f"judged against its own training profile (training/serving skew per feature and score "
+        f"consistency, PSI 0.25 beyond stable's own shift), errors +1%, p99 "
+        f"{cfg.max_p99_latency_ms:g} ms and {cfg.max_p99_latency_ratio:g}x stable "
         f"[yellow](loosened from the 50 ms SLO: the analysis times {cfg.traffic_batch}-application "
         f"batches sent as fast as this machine's cores go, shared by the whole platform and the "
         f"client)[/]; v{v2} pre-loaded on the model server ({warm * 1000:.0f} ms)"
@@ -194,8 +259,8 @@ def rollout_broken(story: Story) -> None:
         story.result.time_to_rollback_s = seconds
         story.say(
             f"[red]rolled back[/] automatically {seconds:.1f} s after it started, at the first analysis "
-            f"with {cfg.min_requests_per_step} canary requests: {reason}; production stays "
-            f"v{story.result.production['broken']} (a rollback never touches the aliases)"
+            f"with enough canary rows to judge its inputs against its training profile: {reason}; "
+            f"production stays v{story.result.production['broken']} (a rollback never touches the aliases)"
         )
     else:
         story.say(f"[red]the broken candidate was not rolled back[/] ({ROLLOUT_STATE.get(final.state)})")
@@ -211,14 +276,13 @@ def canary_v3(story: Story) -> None:
     cfg = story.cfg
     v2, v3 = story.result.versions["v2"], story.result.versions["v3"]
     story.warm_up(v3, story.pools["recession"])
+    rollout = wait_for_policy_rollout(story, v3, cfg.rollout_timeout_s)
     story.say(
-        f"v{v3} enters a canary at {cfg.steps[0]:g}% with recession-era applications; a model "
-        "retrained on a shifted population is expected to score differently from stable, so its "
-        "score-drift limits are raised (PSI 1.0, KL 0.5) and errors and latency decide"
+        f"v{v3} entered a canary at {cfg.steps[0]:g}% by itself: {rollout.decisions[0].reason}; "
+        "recession-era applications flow"
     )
     traffic = start_traffic(story, story.pools["recession"], "v3 canary", "biz-r")
     try:
-        rollout = start_rollout(story, v3, max_score_psi=1.0, max_score_kl=0.5)
         target = traffic.snapshot().rows + cfg.v3_canary_rows
         final = watch_rollout(
             story,

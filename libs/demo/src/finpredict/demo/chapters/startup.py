@@ -1,8 +1,8 @@
-"""Chapter 1: the platform on embedded defaults, fresh data, the training workspaces."""
+"""Chapter 1: the platform (on embedded defaults, or the cluster profile), fresh data, the training
+workspaces."""
 
 from __future__ import annotations
 
-import shutil
 from typing import TYPE_CHECKING
 
 from rich.table import Table
@@ -21,7 +21,7 @@ def start_stack(story: Story) -> None:
         story.say(f"stopping the stack already running from {st.run_dir} ({', '.join(running)})")
         st.down()
     if cfg.fresh_platform:
-        shutil.rmtree(st.data, ignore_errors=True)
+        st.wipe_data()
         story.say(f"a fresh platform: registry, gateway and monitor data in {st.data}")
     (cfg.work_dir / "wandb").mkdir(parents=True, exist_ok=True)
     # Training workspaces: clones of this repository (the lineage records its commit).
@@ -50,18 +50,36 @@ def start_stack(story: Story) -> None:
         "WANDB_CACHE_DIR": str(wandb / "cache"),
         "WANDB_CONFIG_DIR": str(wandb / "config"),
     }
-    story.say("starting: the model server starts a local Ray and deploys its Serve app (about a minute)")
+    if st.profile == "cluster":
+        story.say(
+            "starting the cluster profile: PostgreSQL, an S3 server, a two-node Ray cluster, the model "
+            "server's Serve app on it, two gateways sharing their state (a minute or two)"
+        )
+    else:
+        story.say("starting: the model server starts a local Ray and deploys its Serve app (about a minute)")
     with story.con.status("starting the services ..."):
         st.up(env={"monitor": monitor_env})
+    if (remote := st.dvc_remote()) is not None:  # the platform's S3 server is the DVC remote
+        url, options = remote
+        for workspace in story.workspaces.values():
+            workspace.set_remote(url, options)
+        story.say(f"DVC remote: {url} on the platform's S3 server ({options['endpointurl']})")
     story.platform = Platform(st)
     story.result.targets = dict(story.p.targets)
     table = Table("component", "address", "what", title="the platform on loopback", title_justify="left")
+    cluster = "postgres" in story.p.targets
+    stores = "PostgreSQL, artifacts in S3" if cluster else "SQLite, local artifact store"
     what = {
-        "registry": "versions, aliases, lineage, gates, audit (SQLite, local artifact store)",
+        "postgres": "the registry's database and the gateways' shared state",
+        "s3": "S3 server (moto): registry artifacts, DVC remote",
+        "ray-head": "Ray head node (GCS); the model server deploys here",
+        "ray-worker": "a second Ray node, joined to the head",
+        "registry": f"versions, aliases, lineage, gates, audit ({stores})",
         "model-server": "control port; Serve gRPC ingress below",
         "serve": "Ray Serve gRPC ingress: multiplexed XGBoost models",
         "monitor": "prediction/outcome logs, drift, alerts, retraining trigger",
         "gateway": "scoring API, canary rollouts, Open Inference Protocol",
+        "gateway-2": "a second gateway replica (shared rollout state, one controller)",
         "console": "web console: models, lineage, rollouts, drift, decisions (sign in with FINPREDICT_TOKEN)",
         "alertmanager": "alert routing (monitor + Prometheus rules)",
         "prometheus": "metrics of every service, SLO rules -> Prometheus UI",

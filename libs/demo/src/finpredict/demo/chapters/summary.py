@@ -14,6 +14,7 @@ from rich.table import Table
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.rollout.v1 import rollout_pb2
+from finpredict.common.rollout_statistics import decision_statistics
 from finpredict.demo import report as dr
 from finpredict.demo.platform import DAY, MODEL, get_json
 
@@ -206,5 +207,7 @@ def _report_rollout(r: rollout_pb2.Rollout) -> dr.Rollout:
             "promoted": 100.0,
         }.get(d.verdict, r.steps[i])
         t = (d.time.ToDatetime(tzinfo=UTC) - started).total_seconds()
-        decisions.append(dr.RolloutDecision(max(t, 0.0), d.step_index, weight, d.verdict, d.reason))
+        decisions.append(
+            dr.RolloutDecision(max(t, 0.0), d.step_index, weight, d.verdict, d.reason, decision_statistics(d))
+        )
     return dr.Rollout(r.id, r.model, int(r.stable_version), int(r.candidate_version), outcome, decisions)

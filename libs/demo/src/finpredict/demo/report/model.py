@@ -56,6 +56,9 @@ class RolloutDecision:
     weight: float  # canary traffic share after the decision, in percent (0-100)
     verdict: str  # start, promote, hold, rollback, abort, complete ...
     reason: str = ""
+    # For an analysis: the figures and statistics that drove it, in one line
+    # (finpredict.common.rollout_statistics.decision_statistics).
+    statistics: str = ""
 
 
 @dataclass

@@ -114,7 +114,8 @@ def _rollouts(rollouts: Sequence[Rollout]) -> str:
         rows = "".join(
             f"<tr><td>{fmt_number(d.time_s)} s</td><td>{d.step}</td><td>{fmt_number(d.weight)}%</td>"
             f'<td><span class="verdict" style="background:{VERDICT_COLOURS.get(d.verdict.lower(), MUTED)}">'
-            f"{escape(d.verdict)}</span></td><td>{escape(d.reason)}</td></tr>"
+            f"{escape(d.verdict)}</span></td><td>{escape(d.reason)}</td>"
+            f'<td class="stats">{escape(d.statistics)}</td></tr>'
             for d in sorted(r.decisions, key=lambda d: d.time_s)
         )
         colour = VERDICT_COLOURS.get(r.outcome.lower(), MUTED)
@@ -123,7 +124,8 @@ def _rollouts(rollouts: Sequence[Rollout]) -> str:
             f'<span class="verdict" style="background:{colour}">{escape(r.outcome)}</span></h3>'
             f'<div class="rollout">{plot_rollout(r, i)}<details><summary>decision log of {escape(r.id)} '
             f"({len(r.decisions)} decisions)</summary><table><thead><tr><th>time</th><th>step</th>"
-            f"<th>weight</th><th>verdict</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>"
+            f"<th>weight</th><th>verdict</th><th>reason</th><th>what drove it</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
             "</details></div>"
         )
     parts.append("</div>")
@@ -191,6 +193,7 @@ white-space:nowrap}
 .chip.ok{background:#e5f5e9;color:#1d6b33}.chip.bad{background:#fde8e8;color:#9b1c1c}
 .okt{color:var(--ok)}.badt{color:var(--bad)}
 .verdict{color:#fff;border-radius:4px;padding:1px 6px;font-size:12px}
+.stats{font-size:12px;color:var(--muted)}
 svg.plot{max-width:100%;height:auto;display:block;margin:10px 0}
 svg text{font-family:inherit;fill:#374151}
 svg .tick{font-size:11px}svg .label{font-size:12px;fill:#4b5563}svg .legend{font-size:12px}

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from finpredict.api.rollout.v1 import rollout_pb2 as pb
+from finpredict.common.rollout_statistics import decision_statistics
 from finpredict.gateway.cli.values import fmt_duration, fmt_time
 
 DECISIONS_SHOWN = 15  # newest decisions in the status view
@@ -51,7 +52,8 @@ def thresholds_line(t: pb.AnalysisThresholds) -> str:
 
 
 def render_rollout(r: pb.Rollout) -> RenderableType:
-    """The status view of one rollout: summary, per-variant metrics, decisions."""
+    """The status view of one rollout: summary, per-variant metrics, decisions (each with the figures
+    and statistics that drove it), the last analysis's statistics in full."""
     summary = Table(show_header=False, box=None, pad_edge=False, title_justify="left")
     summary.title = f"rollout {r.id}: {r.model} v{r.stable_version} → v{r.candidate_version}"
     summary.add_column(style="bold")
@@ -103,9 +105,17 @@ def render_rollout(r: pb.Rollout) -> RenderableType:
         title = "decisions" + (
             f" (newest {len(shown)} of {len(r.decisions)})" if len(shown) < len(r.decisions) else ""
         )
-        decisions = Table("time", "step", "verdict", "reason", title=title, title_justify="left")
+        decisions = Table(
+            "time", "step", "verdict", "reason", "what drove it", title=title, title_justify="left"
+        )
         for d in shown:
-            decisions.add_row(fmt_time(d.time), str(d.step_index + 1), d.verdict, escape(d.reason))
+            decisions.add_row(
+                fmt_time(d.time),
+                str(d.step_index + 1),
+                d.verdict,
+                escape(d.reason),
+                escape(decision_statistics(d)),
+            )
         parts.append(decisions)
         analysed = [d for d in r.decisions if d.statistics]
         if analysed:

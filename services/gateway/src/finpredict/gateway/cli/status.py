@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from finpredict.api.rollout.v1 import rollout_pb2 as pb
 from finpredict.api.rollout.v1 import rollout_pb2_grpc
+from finpredict.common.rollout_statistics import decision_statistics
 from finpredict.gateway.cli._common import (
     EXIT_NOT_PROMOTED,
     EXIT_TIMEOUT,
@@ -132,8 +133,10 @@ def status(
                             continue
                         seen.add(key)
                         if not as_json:
+                            drove = decision_statistics(d)
                             out.print(
-                                f"{fmt_time(d.time)} step {d.step_index + 1} {d.verdict}: {escape(d.reason)}",
+                                f"{fmt_time(d.time)} step {d.step_index + 1} {d.verdict}: {escape(d.reason)}"
+                                + (f" ({escape(drove)})" if drove else ""),
                                 soft_wrap=True,
                             )
 

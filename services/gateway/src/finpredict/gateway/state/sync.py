@@ -104,7 +104,9 @@ class StateSync:
         return Snapshot(version, active, ended, experiments, shadows)
 
     async def publish(self) -> None:
-        """Upserts this replica's windows that changed since the last publication."""
+        """Upserts this replica's windows that changed since the last publication (their pending
+        inputs counted first)."""
+        await self._live.count_inputs()
         payload = self._live.unpublished()
         if not payload:
             return

@@ -31,6 +31,7 @@ from finpredict.gateway.stats.estimate import (
 from finpredict.gateway.stats.limits import StatLimits
 from finpredict.gateway.stats.sequential import Evidence, TestDecision, Worse, decide, json_safe
 from finpredict.gateway.stats.skew import (
+    SCORE_COLUMN,
     Consistency,
     SkewVerdict,
     prediction_consistency,
@@ -174,11 +175,15 @@ def evaluate(evidence: CanaryEvidence, limits: StatLimits | None = None) -> Stat
         )
         if skew.skewed:
             fail("skew", skew.reason)
-        consistency = prediction_consistency(
-            evidence.canary_inputs, evidence.stable_inputs, max_psi=limits.max_psi, min_rows=limits.min_rows
-        )
-        if not consistency.consistent:
-            fail("consistency", consistency.reason)
+        if SCORE_COLUMN in evidence.canary_inputs.feature_names:  # a profile without scores: no check
+            consistency = prediction_consistency(
+                evidence.canary_inputs,
+                evidence.stable_inputs,
+                max_psi=limits.max_psi,
+                min_rows=limits.min_rows,
+            )
+            if not consistency.consistent:
+                fail("consistency", consistency.reason)
     stable, canary = pooled(strata, "stable"), pooled(strata, "canary")
     expected = {
         "stable": expected_performance(stable.score_counts),

@@ -8,7 +8,9 @@ append-only audit log of alias moves.
 
 from collections import abc as _abc
 from finpredict.api.common.v1 import types_pb2 as _types_pb2
+from finpredict.api.rollout.v1 import rollout_pb2 as _rollout_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -108,6 +110,30 @@ LINEAGE_REQUIREMENT_DVC_LOCK_SHA256: LineageRequirement.ValueType  # 3
 LINEAGE_REQUIREMENT_REFERENCE_PROFILE: LineageRequirement.ValueType  # 4
 """ModelVersion.reference_profile: the drift reference profile."""
 Global___LineageRequirement: _TypeAlias = LineageRequirement  # noqa: Y015
+
+class _HandOffMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HandOffModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HandOffMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HAND_OFF_MODE_UNSPECIFIED: _HandOffMode.ValueType  # 0
+    """Not set: off."""
+    HAND_OFF_MODE_OFF: _HandOffMode.ValueType  # 1
+    """Nothing by itself: an operator starts each rollout."""
+    HAND_OFF_MODE_CANARY: _HandOffMode.ValueType  # 2
+    """The gateway's rollout controller starts a canary rollout of the version by itself."""
+
+class HandOffMode(_HandOffMode, metaclass=_HandOffModeEnumTypeWrapper):
+    """How a model's newly registered versions are handed off to the gateway's rollouts."""
+
+HAND_OFF_MODE_UNSPECIFIED: HandOffMode.ValueType  # 0
+"""Not set: off."""
+HAND_OFF_MODE_OFF: HandOffMode.ValueType  # 1
+"""Nothing by itself: an operator starts each rollout."""
+HAND_OFF_MODE_CANARY: HandOffMode.ValueType  # 2
+"""The gateway's rollout controller starts a canary rollout of the version by itself."""
+Global___HandOffMode: _TypeAlias = HandOffMode  # noqa: Y015
 
 @_typing.final
 class Model(_message.Message):
@@ -274,6 +300,8 @@ class Lineage(_message.Message):
     WANDB_LINK_STATUS_FIELD_NUMBER: _builtins.int
     TRIGGER_FIELD_NUMBER: _builtins.int
     PARENTS_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    TRAINING_DATA_FIELD_NUMBER: _builtins.int
     git_commit: _builtins.str
     """Git commit of the training code."""
     dvc_lock_sha256: _builtins.str
@@ -286,6 +314,11 @@ class Lineage(_message.Message):
     """W&B registry link state: "linked", "pending" (offline), or empty."""
     trigger: _builtins.str
     """What started the training: "manual", "schedule", or "alert:<id>"."""
+    fingerprint: _builtins.str
+    """The training run's fingerprint: sha256 of its params, input data md5s and code version.
+    A run with the same fingerprint reuses this version instead of registering another one
+    (the pipeline also tags the version "run_fingerprint" so SearchVersions finds it).
+    """
     @_builtins.property
     def data_md5(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """DVC md5 of every training input, path -> md5 (from dvc.lock)."""
@@ -297,6 +330,12 @@ class Lineage(_message.Message):
     @_builtins.property
     def parents(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ModelRef]:
         """Versions this one was derived from (e.g. the production version it retrains)."""
+
+    @_builtins.property
+    def training_data(self) -> Global___TrainingData:
+        """What the training data was: its source and, for production data, the export's window and
+        counts (recorded by the pipeline's ingest stage).
+        """
 
     def __init__(
         self,
@@ -310,14 +349,88 @@ class Lineage(_message.Message):
         wandb_link_status: _builtins.str = ...,
         trigger: _builtins.str = ...,
         parents: _abc.Iterable[_types_pb2.ModelRef] | None = ...,
+        fingerprint: _builtins.str = ...,
+        training_data: Global___TrainingData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "training_data", b"training_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_md5", b"data_md5", "dvc_lock_sha256", b"dvc_lock_sha256", "git_commit", b"git_commit", "params", b"params", "parents", b"parents", "trigger", b"trigger", "wandb_link_status", b"wandb_link_status", "wandb_run_id", b"wandb_run_id", "wandb_run_path", b"wandb_run_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_md5", b"data_md5", "dvc_lock_sha256", b"dvc_lock_sha256", "fingerprint", b"fingerprint", "git_commit", b"git_commit", "params", b"params", "parents", b"parents", "training_data", b"training_data", "trigger", b"trigger", "wandb_link_status", b"wandb_link_status", "wandb_run_id", b"wandb_run_id", "wandb_run_path", b"wandb_run_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Lineage: _TypeAlias = Lineage  # noqa: Y015
+
+@_typing.final
+class TrainingData(_message.Message):
+    """The training data of a version, as the pipeline's ingest stage read it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    MATURITY_DAYS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    EXCLUDED_UNMATURED_FIELD_NUMBER: _builtins.int
+    EXCLUDED_UNLABELLED_FIELD_NUMBER: _builtins.int
+    LABEL_COVERAGE_FIELD_NUMBER: _builtins.int
+    FEEDBACK_LABELS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_PATH_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_MD5_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """"synthetic", "file" or "production"."""
+    maturity_days: _builtins.float
+    """production: days after a prediction by which its outcome was due."""
+    rows: _builtins.int
+    """Rows ingested (production: matured and labelled predictions)."""
+    excluded_unmatured: _builtins.int
+    """production: predictions of the window left out, not matured yet."""
+    excluded_unlabelled: _builtins.int
+    """production: matured predictions left out for want of an outcome."""
+    label_coverage: _builtins.float
+    """production: rows / matured predictions of the window."""
+    feedback_labels: _builtins.int
+    """production: rows whose label is an analyst's correction."""
+    snapshot_path: _builtins.str
+    """The file read (production: the snapshot), relative to the repository root; empty when
+    generated.
+    """
+    snapshot_md5: _builtins.str
+    """md5 of that file as DVC records a file (DVC 3: the md5 of its bytes)."""
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp:
+        """production: the window [window_start, window_end) of prediction times exported."""
+
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """production: outcomes observed up to this time counted."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        maturity_days: _builtins.float = ...,
+        rows: _builtins.int = ...,
+        excluded_unmatured: _builtins.int = ...,
+        excluded_unlabelled: _builtins.int = ...,
+        label_coverage: _builtins.float = ...,
+        feedback_labels: _builtins.int = ...,
+        snapshot_path: _builtins.str = ...,
+        snapshot_md5: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "excluded_unlabelled", b"excluded_unlabelled", "excluded_unmatured", b"excluded_unmatured", "feedback_labels", b"feedback_labels", "label_coverage", b"label_coverage", "maturity_days", b"maturity_days", "rows", b"rows", "snapshot_md5", b"snapshot_md5", "snapshot_path", b"snapshot_path", "source", b"source", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingData: _TypeAlias = TrainingData  # noqa: Y015
 
 @_typing.final
 class ModelVersion(_message.Message):
@@ -1576,6 +1689,7 @@ class PromotionPolicy(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_BY_FIELD_NUMBER: _builtins.int
+    HAND_OFF_FIELD_NUMBER: _builtins.int
     is_default: _builtins.bool
     """Output only: true when the model has no policy of its own and the registry's default
     (AUC-ROC >= 0.82, ECE <= 0.05, p99 latency <= 50 ms, demographic parity difference
@@ -1595,6 +1709,10 @@ class PromotionPolicy(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """Output only: when the policy was last set (unset for the default)."""
 
+    @_builtins.property
+    def hand_off(self) -> Global___HandOff:
+        """What happens by itself to a newly registered version that satisfies this policy."""
+
     def __init__(
         self,
         *,
@@ -1603,14 +1721,73 @@ class PromotionPolicy(_message.Message):
         is_default: _builtins.bool = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         updated_by: _builtins.str = ...,
+        hand_off: Global___HandOff | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hand_off", b"hand_off", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates", "is_default", b"is_default", "required_lineage", b"required_lineage", "updated_at", b"updated_at", "updated_by", b"updated_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates", "hand_off", b"hand_off", "is_default", b"is_default", "required_lineage", b"required_lineage", "updated_at", b"updated_at", "updated_by", b"updated_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PromotionPolicy: _TypeAlias = PromotionPolicy  # noqa: Y015
+
+@_typing.final
+class HandOff(_message.Message):
+    """The hand-off of new versions to a canary. The gateway's elected rollout controller watches the
+    registry: the model's newest version, registered after the hand-off was turned on
+    (`after_version`), newer than `production` and satisfying this policy, enters a canary rollout
+    with these settings; one rollout per version, and none while another rollout of the model is
+    active (it waits). The rollout's first decision names the version, the policy and the
+    version's trigger.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    ANALYSIS_INTERVAL_FIELD_NUMBER: _builtins.int
+    MIN_REQUESTS_PER_STEP_FIELD_NUMBER: _builtins.int
+    THRESHOLDS_FIELD_NUMBER: _builtins.int
+    AFTER_VERSION_FIELD_NUMBER: _builtins.int
+    mode: Global___HandOffMode.ValueType
+    """OFF (or unset) or CANARY."""
+    min_requests_per_step: _builtins.int
+    """Requests each variant needs in a step before it can advance (0: the gateway's default, 200)."""
+    after_version: _builtins.int
+    """Output only: only versions above this one are handed off (the model's newest version when
+    the hand-off was turned on).
+    """
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Canary weights in percent, increasing, ending at 100 (empty: the gateway's default,
+        1, 5, 25, 100).
+        """
+
+    @_builtins.property
+    def analysis_interval(self) -> _duration_pb2.Duration:
+        """How often the analysis runs (unset: the gateway's default, 60 s)."""
+
+    @_builtins.property
+    def thresholds(self) -> _rollout_pb2.AnalysisThresholds:
+        """Limits (fields left at 0: the gateway's defaults)."""
+
+    def __init__(
+        self,
+        *,
+        mode: Global___HandOffMode.ValueType = ...,
+        steps: _abc.Iterable[_builtins.float] | None = ...,
+        analysis_interval: _duration_pb2.Duration | None = ...,
+        min_requests_per_step: _builtins.int = ...,
+        thresholds: _rollout_pb2.AnalysisThresholds | None = ...,
+        after_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["analysis_interval", b"analysis_interval", "thresholds", b"thresholds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_version", b"after_version", "analysis_interval", b"analysis_interval", "min_requests_per_step", b"min_requests_per_step", "mode", b"mode", "steps", b"steps", "thresholds", b"thresholds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandOff: _TypeAlias = HandOff  # noqa: Y015
 
 @_typing.final
 class PolicyCheck(_message.Message):
