@@ -64,6 +64,27 @@ def test_a_missing_share_jump_is_skew() -> None:
     assert verdict.worst.name == "utilization"
 
 
+def test_a_missing_share_gap_that_sampling_explains_is_not_skew() -> None:
+    # the demo's good candidate: 40 % missing in its training month, 34 % in 500 live rows
+    # (about 3 standard errors; PSI far below its limit): over the 5-point limit, but noise
+    rng = np.random.default_rng(11)
+    ref = _data(20_000, 1)
+    ref[rng.random(20_000) < 0.40, 1] = np.nan
+    live = _data(500, 2)
+    live[:170, 1] = np.nan
+    stable_ref, stable_live = _data(20_000, 4), _data(5000, 3)
+    stable_ref[rng.random(20_000) < 0.35, 1] = np.nan
+    stable_live[rng.random(5000) < 0.35, 1] = np.nan
+    verdict = training_serving_skew(_report(ref, live), _report(stable_ref, stable_live))
+    utilization = next(f for f in verdict.features if f.name == "utilization")
+    assert utilization.missing_excess > 0.05  # over the limit alone ...
+    assert not verdict.skewed, verdict.reason  # ... but within sampling noise at 500 rows
+    # the same gap over 5,000 live rows is no longer noise
+    many = _data(5000, 2)
+    many[:1700, 1] = np.nan
+    assert training_serving_skew(_report(ref, many), _report(stable_ref, stable_live)).skewed
+
+
 def test_too_few_rows_are_not_judged() -> None:
     canary = _report(_data(20_000, 1, dscr_scale=100.0), _data(100, 2))
     verdict = training_serving_skew(canary, None, min_rows=500)
