@@ -73,9 +73,11 @@ def test_a_rollout_on_one_model_leaves_the_other_eleven_alone(fleet: Fleet) -> N
         baseline = time.monotonic()
         wait_for(lambda: _enough(traffic, fleet.names, baseline, 25), 180, "the baseline window")
         # a canary at 50 % that stays there (hour-long steps) for the whole window
+        # the baseline window ends when the rollout is asked for: it takes effect when committed,
+        # before the call returns, so requests sent during the call may already reach v2
+        during = time.monotonic()
         rollout = stack.client.start_rollout(target, candidate, [50.0, 100.0], 3600, min_requests=10)
         try:
-            during = time.monotonic()
             wait_for(lambda: _enough(traffic, fleet.names, during, 25), 180, "the rollout window")
             end = time.monotonic()
         finally:
