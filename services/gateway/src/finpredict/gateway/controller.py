@@ -32,8 +32,6 @@ written" and writes nothing. A replica that takes over resumes each rollout at i
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -52,8 +50,11 @@ from finpredict.gateway.canary_stats import (
 )
 from finpredict.gateway.catalog import Catalog, CatalogError
 from finpredict.gateway.live import LiveRollouts
+from finpredict.gateway.periodic import Periodic
 from finpredict.gateway.rollout import (
     ACTIVE,
+    DEFAULT_ANALYSIS_INTERVAL_S,
+    DEFAULT_MIN_REQUESTS_PER_STEP,
     Decision,
     Rollout,
     RolloutConflictError,
@@ -93,14 +94,13 @@ class RolloutController:
         self._lease = lease
         self._catalog = catalog
         self._applied = applied or Applied()
-        self._tick = tick_s
         self._clock = clock
         self.replica = windows.replica
         self.live = LiveRollouts(canary_weight_factor=canary_weight_factor)
         self._last: dict[str, Verdict] = {}
         self._promoting: set[str] = set()  # rollouts with a registry call in flight (never two at once)
         self._pruned_at = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("rollout controller tick", self.tick, tick_s, log, (StateUnavailableError,))
 
     # ----- the request path (in memory) --------------------------------------------------------
 
@@ -161,8 +161,8 @@ class RolloutController:
         candidate_version: int,
         *,
         steps: Sequence[float] = (),
-        analysis_interval_s: float = 60.0,
-        min_requests_per_step: int = 200,
+        analysis_interval_s: float = DEFAULT_ANALYSIS_INTERVAL_S,
+        min_requests_per_step: int = DEFAULT_MIN_REQUESTS_PER_STEP,
         thresholds: Thresholds | None = None,
         actor: str = "",
         why: str = "",
@@ -252,23 +252,10 @@ class RolloutController:
     # ----- the loop ----------------------------------------------------------------------------
 
     def start_loop(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="rollout-controller")
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except StateUnavailableError as exc:
-                log.debug("rollout controller tick: %s", exc)
-            except Exception:
-                log.exception("rollout controller tick failed")
-            await asyncio.sleep(self._tick)
+        await self._loop.close()
 
     async def tick(self) -> None:
         """One pass over the active rollouts while this replica holds the lease."""

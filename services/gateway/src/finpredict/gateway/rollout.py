@@ -41,6 +41,8 @@ from finpredict.gateway.state.db import (
 from finpredict.gateway.state.lease import Fence, LeaseLostError
 
 DEFAULT_STEPS = (1.0, 5.0, 25.0, 100.0)
+DEFAULT_ANALYSIS_INTERVAL_S = 60.0
+DEFAULT_MIN_REQUESTS_PER_STEP = 200
 MAX_DECISIONS = 500
 
 
@@ -87,8 +89,8 @@ class Rollout:
     stable_version: int
     candidate_version: int
     steps: list[float] = field(default_factory=lambda: list(DEFAULT_STEPS))
-    analysis_interval_s: float = 60.0
-    min_requests_per_step: int = 200
+    analysis_interval_s: float = DEFAULT_ANALYSIS_INTERVAL_S
+    min_requests_per_step: int = DEFAULT_MIN_REQUESTS_PER_STEP
     thresholds: Thresholds = field(default_factory=Thresholds)
     started_by: str = ""
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])

@@ -21,7 +21,13 @@ from finpredict.common.auth import ADMIN, READER, current_subject
 from finpredict.gateway.catalog import Catalog, CatalogError
 from finpredict.gateway.controller import RolloutController
 from finpredict.gateway.policies import Experiment, PolicyError, PolicyStore, Shadow
-from finpredict.gateway.rollout import Rollout, RolloutConflictError, RolloutError
+from finpredict.gateway.rollout import (
+    DEFAULT_ANALYSIS_INTERVAL_S,
+    DEFAULT_MIN_REQUESTS_PER_STEP,
+    Rollout,
+    RolloutConflictError,
+    RolloutError,
+)
 from finpredict.gateway.rollout_proto import (
     check_id,
     check_model,
@@ -90,7 +96,7 @@ class RolloutServicer(pb_grpc.RolloutServiceServicer):
             interval = (
                 request.analysis_interval.seconds + request.analysis_interval.nanos / 1e9
                 if request.HasField("analysis_interval")
-                else 60.0
+                else DEFAULT_ANALYSIS_INTERVAL_S
             )
             if not 0 < interval <= MAX_ANALYSIS_INTERVAL_S:
                 raise RolloutError("analysis_interval: must be positive and at most 7 days")
@@ -101,7 +107,7 @@ class RolloutServicer(pb_grpc.RolloutServiceServicer):
                 request.candidate_version,
                 steps=list(request.steps),
                 analysis_interval_s=interval,
-                min_requests_per_step=request.min_requests_per_step or 200,
+                min_requests_per_step=request.min_requests_per_step or DEFAULT_MIN_REQUESTS_PER_STEP,
                 thresholds=thresholds_from_proto(request.thresholds),
                 actor=current_subject(),
             )
