@@ -37,10 +37,11 @@ from finpredict.testkit.evaluation import PASSING_GATES, gate
 from finpredict.testkit.models import train_small_model
 from finpredict.testkit.names import unique
 from finpredict.testkit.process import wait_for
+from finpredict.testkit.scrape import metric_value
 from finpredict.testkit.serving import register_requests
 
 POLL_S = 0.3  # the gateway's hand-off poll
-QUIET_S = 8 * POLL_S  # how long "nothing starts" is watched for
+HANDOFF_CHECKS = "finpredict_gateway_handoff_checks_total"
 OPERATOR = bearer_metadata(ADMIN_TOKEN)
 CLIENT = bearer_metadata(READER_TOKEN)
 FAILING_GATES = [gate("auc_roc", 0.61, 0.82), *PASSING_GATES[1:]]
@@ -104,6 +105,16 @@ def rollout_of(stack: Stack, model: str, version: int) -> rpb.Rollout | None:
     return found[0] if found else None
 
 
+def looked_at(stack: Stack, model: str, outcome: str, times: int = 2) -> None:
+    """Waits until the hand-off watcher has looked at ``model``'s newest version ``times`` times
+    with ``outcome`` (its checks counter)."""
+    wait_for(
+        lambda: metric_value(stack.cli.gateway, HANDOFF_CHECKS, model=model, outcome=outcome) >= times,
+        15,
+        f"the hand-off watcher to look at {model} ({outcome}) {times} times",
+    )
+
+
 def new_model(stack: Stack, prefix: str) -> str:
     """A model with v1 (passing gates) in production."""
     name = unique(prefix)
@@ -134,10 +145,8 @@ def test_a_new_version_satisfying_the_policy_enters_a_canary_by_itself_once(stac
 
     # a newer version waits while that rollout is active ...
     v3 = register(stack, model, 0, trigger="schedule", gates=PASSING_GATES)
-    deadline = time.monotonic() + QUIET_S
-    while time.monotonic() < deadline:
-        assert rollout_of(stack, model, v3) is None, "started while another rollout of the model was active"
-        time.sleep(POLL_S / 2)  # watching for a rollout that must not start
+    looked_at(stack, model, "waiting")  # the watcher saw v3 and waits ...
+    assert rollout_of(stack, model, v3) is None, "started while another rollout of the model was active"
     # ... and starts once it has ended; the first version is never started again
     stack.rollouts.AbortRollout(
         rpb.AbortRolloutRequest(rollout_id=first.id, reason="test"), metadata=OPERATOR
@@ -164,11 +173,12 @@ def test_nothing_starts_with_the_hand_off_off_or_a_failing_gate(stack: Stack) ->
     v2 = register(stack, control, 1, trigger="manual", gates=PASSING_GATES)
     # the control model shows the watcher was at work meanwhile
     wait_for(lambda: rollout_of(stack, control, v2), 15, "the control model's rollout")
-    deadline = time.monotonic() + QUIET_S
-    while time.monotonic() < deadline:
-        for model in (off, failing, default):
-            assert rollouts_of(stack, model) == [], model
-        time.sleep(POLL_S / 2)  # watching for rollouts that must not start
+    # the watcher looked at each new version (twice: a second look decides nothing else) ...
+    for model, outcome in ((off, "off"), (failing, "unsatisfied"), (default, "off")):
+        looked_at(stack, model, outcome)
+    # ... and started nothing
+    for model in (off, failing, default):
+        assert rollouts_of(stack, model) == [], model
 
 
 def send(stack: Stack, model: str, rng: np.random.Generator, n: int = 1000) -> None:

@@ -19,8 +19,6 @@ stored under the controller's lease (fencing), so a replica that lost the lease 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -28,9 +26,18 @@ from typing import Any
 import grpc
 
 from finpredict.api.registry.v1 import registry_pb2
+from finpredict.gateway import metrics
 from finpredict.gateway.catalog import CatalogError
 from finpredict.gateway.controller import RolloutController
-from finpredict.gateway.rollout import ACTIVE, Rollout, RolloutConflictError, RolloutError
+from finpredict.gateway.periodic import Periodic
+from finpredict.gateway.rollout import (
+    ACTIVE,
+    DEFAULT_ANALYSIS_INTERVAL_S,
+    DEFAULT_MIN_REQUESTS_PER_STEP,
+    Rollout,
+    RolloutConflictError,
+    RolloutError,
+)
 from finpredict.gateway.rollout_proto import thresholds_from_proto
 from finpredict.gateway.state.db import StateUnavailableError
 from finpredict.gateway.state.lease import LeaseKeeper, LeaseLostError
@@ -39,8 +46,6 @@ log = logging.getLogger("finpredict.gateway.handoff")
 ACTOR = "registry-policy"  # the rollout's started_by
 PRODUCTION = "production"
 PAGE = 200
-DEFAULT_INTERVAL_S = 60.0  # as StartRollout's
-DEFAULT_MIN_REQUESTS = 200
 
 
 class HandOffWatcher:
@@ -60,10 +65,15 @@ class HandOffWatcher:
         self._metadata = metadata
         self._controller = controller
         self._lease = lease
-        self._poll = poll_s
         self._timeout = timeout_s
         self._refused: set[tuple[str, int]] = set()  # versions whose settings StartRollout refused
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(
+            "rollout hand-off",
+            self.tick,
+            poll_s,
+            log,
+            (StateUnavailableError, CatalogError, grpc.aio.AioRpcError),  # the registry or state away
+        )
 
     async def _registry(self, method: str, request: Any) -> Any:
         return await getattr(self._stub, method)(request, metadata=self._metadata(), timeout=self._timeout)
@@ -96,29 +106,37 @@ class HandOffWatcher:
         return started
 
     async def _hand_off(self, model: str, version: int) -> Rollout | None:
+        rollout, outcome = await self._check(model, version)
+        if outcome:
+            metrics.HANDOFF_CHECKS_TOTAL.labels(model, outcome).inc()
+        return rollout
+
+    async def _check(self, model: str, version: int) -> tuple[Rollout | None, str]:
+        """Starts the rollout of ``version`` when it is due; the rollout and the check's outcome
+        (:data:`~finpredict.gateway.metrics.HANDOFF_CHECKS_TOTAL`; "" when nothing was decided)."""
         rollouts = await self._controller.list(model)
         if any(r.candidate_version == version for r in rollouts):
-            return None  # handed off (or rolled out by an operator) before
+            return None, "rolled_out"  # handed off (or rolled out by an operator) before
         if any(r.state in ACTIVE for r in rollouts):
-            return None  # waits for the active rollout to end
+            return None, "waiting"  # waits for the active rollout to end
         try:
             got = await self._registry(
                 "GetPolicy", registry_pb2.GetPolicyRequest(model=model, version=version)
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
-                return None  # deleted meanwhile
+                return None, ""  # deleted meanwhile
             raise
         policy, check = got.policy, got.check
         h = policy.hand_off
         if h.mode != registry_pb2.HAND_OFF_MODE_CANARY or version <= h.after_version:
-            return None
+            return None, "off"
         if not check.promotable:
             log.debug(
                 "version not handed off: it does not satisfy the policy",
                 extra={"model": model, "version": version, "problems": list(check.problems)},
             )
-            return None
+            return None, "unsatisfied"
         lineage = await self._registry(
             "GetLineage", registry_pb2.GetLineageRequest(model=model, version=version)
         )
@@ -134,14 +152,14 @@ class HandOffWatcher:
         interval = h.analysis_interval.ToNanoseconds() / 1e9
         fence = self._lease.fence
         if fence is None:
-            return None
+            return None, ""
         try:
             rollout = await self._controller.start(
                 model,
                 version,
                 steps=list(h.steps),
-                analysis_interval_s=interval or DEFAULT_INTERVAL_S,
-                min_requests_per_step=int(h.min_requests_per_step) or DEFAULT_MIN_REQUESTS,
+                analysis_interval_s=interval or DEFAULT_ANALYSIS_INTERVAL_S,
+                min_requests_per_step=int(h.min_requests_per_step) or DEFAULT_MIN_REQUESTS_PER_STEP,
                 thresholds=thresholds_from_proto(h.thresholds),
                 actor=ACTOR,
                 why=why,
@@ -149,15 +167,15 @@ class HandOffWatcher:
             )
         except LeaseLostError:
             self._lease.lost(fence, "a rollout started by policy was refused")
-            return None
+            return None, ""
         except RolloutConflictError:
-            return None  # an operator started one meanwhile: the next poll looks again
+            return None, "waiting"  # an operator started one meanwhile: the next poll looks again
         except RolloutError as exc:
             self._refused.add((model, version))
             log.warning(
                 "the policy's rollout settings were refused", extra={"model": model, "error": str(exc)}
             )
-            return None
+            return None, "refused"
         log.info(
             "rollout started by policy",
             extra={
@@ -167,27 +185,12 @@ class HandOffWatcher:
                 "trigger": lineage.lineage.trigger,
             },
         )
-        return rollout
+        return rollout, "started"
 
     # ----- the loop ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="rollout-hand-off")
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except (StateUnavailableError, CatalogError) as exc:
-                log.debug("hand-off: %s", exc)
-            except grpc.aio.AioRpcError as exc:
-                log.debug("hand-off: registry answered %s", exc.code().name)
-            except Exception:
-                log.exception("hand-off tick failed")
-            await asyncio.sleep(self._poll)
+        await self._loop.close()

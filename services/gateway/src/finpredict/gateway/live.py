@@ -89,6 +89,8 @@ class LiveRollouts:
         if len(pending.rows) < MAX_PENDING_ROWS:
             pending.rows.extend(inputs)
             pending.scores.extend(scores)
+        else:
+            metrics.ROLLOUT_INPUTS_UNCOUNTED_TOTAL.labels(variant).inc(len(inputs))
 
     async def count_inputs(self) -> None:
         """Counts the inputs recorded since the last call into their windows (the conversion and the

@@ -61,6 +61,20 @@ ROLLOUT_DECISIONS_TOTAL = Counter(
     "Rollout decisions, by verdict (wait, advance, rollback, halt, promote, promoted, pause, resume, abort).",
     ["model", "verdict"],
 )
+HANDOFF_CHECKS_TOTAL = Counter(
+    "finpredict_gateway_handoff_checks_total",
+    "The hand-off watcher's looks at a model's newest version, by outcome: started (its rollout), "
+    "waiting (another rollout of the model is active), rolled_out (it had a rollout before), off (the "
+    "policy hands nothing off, or not this version), unsatisfied (the version fails the policy), "
+    "refused (the policy's rollout settings were refused).",
+    ["model", "outcome"],
+)
+ROLLOUT_INPUTS_UNCOUNTED_TOTAL = Counter(
+    "finpredict_gateway_rollout_inputs_uncounted_total",
+    "Scored requests of a rollout whose inputs were left out of the model checks' sample (more were "
+    "waiting to be counted than MAX_PENDING_ROWS), by variant; their other measurements count.",
+    ["variant"],
+)
 SAMPLE_RATIO_MISMATCH_TOTAL = Counter(
     "finpredict_gateway_rollout_sample_ratio_mismatch_total",
     "Rollouts halted because the variants' request counts do not match the configured weights.",
