@@ -209,7 +209,12 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
             settings.profile_retry_max_s,
             settings.registry_tls_ca_file,
         )
+        # ``lock`` serialises the engine's state (ingest, outcomes, evaluation, upkeep);
+        # ``files_lock`` keeps the logs' files in place: taken by what removes files (compaction,
+        # retention: the upkeep, first) and by what reads many of them (lookup, export), so a long
+        # read never holds up ingest, which only adds files.
         self.lock = asyncio.Lock()
+        self.files_lock = asyncio.Lock()
         self.watchers = Watchers(settings.watch_queue_size)
         self.alertmanager = (
             AlertmanagerClient(settings.alertmanager_url, settings.alert_resend_s)
@@ -250,7 +255,7 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
         if self.alertmanager is not None:
             await self.alertmanager.stop()
         await self.retrainer.stop()
-        async with self.lock:  # the next start reads this snapshot, not the logs
+        async with self.files_lock, self.lock:  # the next start reads this snapshot, not the logs
             await asyncio.to_thread(self.engine.snapshot)
 
     async def _tick(self) -> None:
@@ -266,7 +271,7 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
         while True:
             await asyncio.sleep(period)
             try:
-                async with self.lock:
+                async with self.files_lock, self.lock:  # it compacts and deletes log files
                     await asyncio.to_thread(self.engine.housekeeping)
             except Exception:  # one failed round must not end the upkeep for good
                 HOUSEKEEPING_ERRORS.inc()
@@ -327,7 +332,7 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
         end = job.at or self.engine.event_clock() or datetime.now(UTC)
         start = end - timedelta(days=self.settings.retrain_window_days)
         maturity = timedelta(days=self.settings.label_maturity_days)
-        async with self.lock:  # the logs hold still (no compaction or pruning) while read
+        async with self.files_lock:  # the logs hold still (no compaction or pruning) while read
             rows, stats = await asyncio.to_thread(
                 export_window, self.engine.store, start, end, end, maturity, job.model
             )
@@ -521,7 +526,7 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
         except InvalidInputError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise AssertionError from None  # unreachable; abort raises
-        async with self.lock:  # no compaction or retention pass removes a file while it is read
+        async with self.files_lock:  # no compaction or retention pass removes a file while it is read
             frame, truncated = await asyncio.to_thread(lookup, self.engine.store, query)
         records = [row_to_record(row) for row in frame.iter_rows(named=True)]
         return pb.LookupPredictionsResponse(records=records, truncated=truncated)
