@@ -25,27 +25,15 @@ from typing import Any
 
 import polars as pl
 
+from finpredict.common.production_snapshot import FEATURE_PREFIX, METADATA_KEY, STATS_FIELDS
 from finpredict.pipelines.common import DatasetSchema, PipelineError, md5_file
 
-METADATA_KEY = "finpredict.export"  # finpredict.monitor.export.METADATA_KEY
-FEATURE_PREFIX = "f."
 REQUIRED = {
     "request_id": pl.String,
     "time": pl.Datetime,
     "defaulted": pl.Boolean,
     "feedback_label": pl.Boolean,
 }
-STATS = (
-    "window_start",
-    "window_end",
-    "as_of",
-    "maturity_days",
-    "rows",
-    "excluded_unmatured",
-    "excluded_unlabelled",
-    "label_coverage",
-    "feedback_labels",
-)
 
 
 def read_stats(path: Path) -> dict[str, Any]:
@@ -62,9 +50,9 @@ def read_stats(path: Path) -> dict[str, Any]:
         raise PipelineError(f"{path}: not a production snapshot (no {METADATA_KEY!r} metadata)")
     try:
         stats = json.loads(meta[METADATA_KEY])
-        missing = [k for k in STATS if k not in stats]
+        missing = [k for k in STATS_FIELDS if k not in stats]
     except (ValueError, TypeError):
-        stats, missing = {}, list(STATS)
+        stats, missing = {}, list(STATS_FIELDS)
     if missing:
         raise PipelineError(f"{path}: the {METADATA_KEY!r} metadata lacks {', '.join(missing)}")
     return dict(stats)
@@ -164,7 +152,7 @@ def ingest(path: Path, schema: DatasetSchema, start: str, end: str) -> tuple[pl.
     dataset = to_dataset(path, snapshot, schema)
     source = {
         "source": "production",
-        **{k: stats[k] for k in STATS},
+        **{k: stats[k] for k in STATS_FIELDS if k != "model"},
         "snapshot_path": str(path),
         "snapshot_md5": md5_file(path),
     }

@@ -34,6 +34,7 @@ from google.protobuf import struct_pb2
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.registry.v1 import registry_pb2, registry_pb2_grpc
+from finpredict.common.auth import bearer_metadata
 from finpredict.common.config import ClientSettings, ConfigError, env_var_name, load_settings
 from finpredict.features import FeatureSchema
 from finpredict.pipelines import runs
@@ -235,7 +236,7 @@ def find_run(
     target: str, token: str, model: str, fingerprint: str, timeout: float = 60.0
 ) -> registry_pb2.ModelVersion | None:
     """The newest version of ``model`` registered by a run with this fingerprint, if any."""
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    metadata = bearer_metadata(token) if token else ()
     request = registry_pb2.SearchVersionsRequest(
         model=model, tags={runs.FINGERPRINT_TAG: fingerprint}, page_size=1
     )
@@ -250,24 +251,26 @@ def find_run(
     return found[0] if found else None
 
 
-def reused_result(version: registry_pb2.ModelVersion, fingerprint: str) -> dict[str, Any]:
-    """``reports/registration.json`` of a run that reused ``version`` (registered nothing)."""
-    lin = version.lineage
+def registration_result(
+    version: registry_pb2.ModelVersion, lineage: registry_pb2.Lineage, fingerprint: str, *, reused: bool
+) -> dict[str, Any]:
+    """``reports/registration.json``: the version this run registered, or (``reused``) the one of
+    an earlier run with the same fingerprint, when this run registered nothing."""
     return {
         "model": version.model,
         "version": version.version,
         "gates_passed": version.gates_passed,
         "artifact_sha256": version.artifact.sha256,
-        "reused": True,
+        "reused": reused,
         "run_id": runs.run_id(version),
         "fingerprint": fingerprint,
         "lineage": {
-            "git_commit": lin.git_commit,
-            "data_md5": dict(lin.data_md5),
-            "dvc_lock_sha256": lin.dvc_lock_sha256,
-            "wandb_run_id": lin.wandb_run_id,
-            "wandb_run_path": lin.wandb_run_path,
-            "trigger": lin.trigger,
+            "git_commit": lineage.git_commit,
+            "data_md5": dict(lineage.data_md5),
+            "dvc_lock_sha256": lineage.dvc_lock_sha256,
+            "wandb_run_id": lineage.wandb_run_id,
+            "wandb_run_path": lineage.wandb_run_path,
+            "trigger": lineage.trigger,
         },
     }
 
@@ -275,7 +278,7 @@ def reused_result(version: registry_pb2.ModelVersion, fingerprint: str) -> dict[
 def register(
     target: str, token: str, header: registry_pb2.VersionHeader, artifact: Path, timeout: float = 60.0
 ) -> registry_pb2.ModelVersion:
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    metadata = bearer_metadata(token) if token else ()
     with grpc.insecure_channel(target) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         ensure_model(stub, header.model, metadata, timeout, target)
@@ -306,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     token = settings.registry_token.get_secret_value()
     earlier = find_run(client.registry_target, token, model_name, fp)
     if earlier is not None:  # same params, data and code: that run's result stands
-        write_json(REGISTRATION_FILE, reused_result(earlier, fp))
+        write_json(REGISTRATION_FILE, registration_result(earlier, earlier.lineage, fp, reused=True))
         print(
             f"[register] reused run {runs.run_id(earlier)} (version {earlier.version}) of {model_name}: "
             f"same params, data and code (fingerprint {fp[:12]}); nothing new registered"
@@ -314,22 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     header = build_header(params, model_name, trigger, fingerprint=fp, code_version=code)
     version = register(client.registry_target, token, header, MODEL_FILE)
-    result = {
-        "model": version.model,
-        "version": version.version,
-        "gates_passed": version.gates_passed,
-        "artifact_sha256": version.artifact.sha256,
-        "lineage": {
-            "git_commit": header.lineage.git_commit,
-            "data_md5": dict(header.lineage.data_md5),
-            "dvc_lock_sha256": header.lineage.dvc_lock_sha256,
-            "wandb_run_id": header.lineage.wandb_run_id,
-            "wandb_run_path": header.lineage.wandb_run_path,
-            "trigger": header.lineage.trigger,
-        },
-    }
-    result.update({"reused": False, "run_id": runs.run_id(version), "fingerprint": fp})
-    write_json(REGISTRATION_FILE, result)
+    write_json(REGISTRATION_FILE, registration_result(version, header.lineage, fp, reused=False))
     print(
         f"[register] {version.model} version {version.version} registered "
         f"(gates passed: {version.gates_passed})"

@@ -49,6 +49,14 @@ Token = Annotated[
         show_default=False,
     ),
 ]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        help=f"The monitor's data dir (default: {DATA_DIR_ENV}, "
+        f"else {MonitorSettings.model_fields['data_dir'].default}).",
+        show_default=False,
+    ),
+]
 
 
 def _load(settings_cls: type[S]) -> S:
@@ -83,14 +91,7 @@ def _monitor_dirs(data_dir: Path | None, profiles_dir: Path | None) -> tuple[Pat
 def report(
     model: Annotated[str, typer.Option(help="Model name.")],
     version: Annotated[int, typer.Option(help="Model version.", min=1)],
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help=f"The monitor's data dir (default: {DATA_DIR_ENV}, "
-            f"else {MonitorSettings.model_fields['data_dir'].default}).",
-            show_default=False,
-        ),
-    ] = None,
+    data_dir: DataDir = None,
     profile: Annotated[
         Path | None,
         typer.Option(help="Reference profile file (default: <profiles-dir>/<model>/<version>.bin)."),
@@ -197,14 +198,7 @@ def export(
             help="Outcomes observed up to this time (UTC) count (default: now).", show_default=False
         ),
     ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help=f"The monitor's data dir (default: {DATA_DIR_ENV}, "
-            f"else {MonitorSettings.model_fields['data_dir'].default}).",
-            show_default=False,
-        ),
-    ] = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Export the matured, labelled predictions of a window [from, to) with their outcomes as a
     Parquet snapshot for the training pipeline's `production` source (reads the data dir; a running

@@ -10,28 +10,25 @@ bias the labels). An outcome observed after ``as_of`` does not count, so the sam
 ``as_of`` give the same rows however late the export runs. The first outcome of a request wins,
 as in the monitor's label matching (:mod:`finpredict.monitor.labels`).
 
-The snapshot's columns (the contract with ``finpredict.pipelines.production``)::
-
-    request_id, entity_id, model, version, variant, score, threshold, time,
-    defaulted (Boolean), observed_at, feedback_label (Boolean), f.<feature> ...
+The snapshot's columns and metadata are the contract with ``finpredict.pipelines.production``
+(:mod:`finpredict.common.production_snapshot`).
 
 ``feedback_label`` is an analyst's corrected label; the monitor records no feedback yet, so it
-is always null. The window, ``as_of``, the maturity and the counts (:class:`ExportStats`) are
-the Parquet file's key-value metadata under :data:`METADATA_KEY`, as JSON.
+is always null. The window, ``as_of``, the maturity and the counts (``ExportStats``) are the
+Parquet file's key-value metadata, as JSON.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
 from finpredict.common.fsio import write_atomic
+from finpredict.common.production_snapshot import METADATA_KEY, SNAPSHOT_COLUMNS, ExportStats
 from finpredict.monitor.store import (
     FEATURE_PREFIX,
     OUTCOME_COLUMNS,
@@ -42,41 +39,7 @@ from finpredict.monitor.store import (
     stamp_of,
 )
 
-METADATA_KEY = "finpredict.export"
-SNAPSHOT_COLUMNS = [
-    "request_id",
-    "entity_id",
-    "model",
-    "version",
-    "variant",
-    "score",
-    "threshold",
-    "time",
-    "defaulted",
-    "observed_at",
-    "feedback_label",
-]
 _HOUR = timedelta(hours=1)
-
-
-@dataclass(frozen=True)
-class ExportStats:
-    """What an export took: its window, the counts and the label coverage (the share of matured
-    predictions that have a label)."""
-
-    window_start: str  # ISO 8601, UTC
-    window_end: str
-    as_of: str
-    maturity_days: float
-    model: str  # "" for every model
-    rows: int  # exported: matured and labelled
-    excluded_unmatured: int
-    excluded_unlabelled: int
-    label_coverage: float
-    feedback_labels: int  # rows whose label is an analyst's correction
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _predictions(store: RecordStore, start: datetime, end: datetime, model: str) -> pl.DataFrame:
@@ -160,8 +123,3 @@ def write_snapshot(path: Path, rows: pl.DataFrame, stats: ExportStats) -> None:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, buf.getvalue())
-
-
-def read_stats(path: Path) -> ExportStats:
-    """The stats a snapshot was written with."""
-    return ExportStats(**json.loads(pl.read_parquet_metadata(path)[METADATA_KEY]))

@@ -34,8 +34,9 @@ from pathlib import Path
 import polars as pl
 
 from finpredict.common.fsio import fsync_dir
+from finpredict.common.production_snapshot import FEATURE_PREFIX as SNAPSHOT_FEATURE_PREFIX
 
-FEATURE_PREFIX = "f."
+FEATURE_PREFIX = SNAPSHOT_FEATURE_PREFIX  # feature columns of the logs (and of production snapshots)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 STAMP_FORMAT = "%Y%m%dT%H%M%S%f"
 STAMP_LEN = 21  # YYYYMMDDTHHMMSSffffff
