@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: load generators, percentiles, machine facts, the plain baseline.
+"""Shared pieces of the benchmarks: load generators, percentiles, machine facts and the disturbance
+of a run, the shipped Serve config, the plain baseline.
 
 Latency in :func:`open_loop` is counted from each request's *scheduled* send time, so a saturated
 server cannot hide its queue (no coordinated omission); :func:`closed_loop` keeps a fixed number
@@ -8,6 +9,7 @@ of requests in flight and counts latency from each actual send.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import platform
@@ -33,8 +35,7 @@ from finpredict.testkit.process import ServiceExitedError, ServiceProcess, start
 Call = Callable[[], Awaitable[Any]]
 REPO = Path(__file__).resolve().parents[1]
 PLAIN_SERVER = "benchmarks.model_server.plain_server"
-# Ray Serve's faster request path (services/model-server/README.md): set on the benchmarks' Ray.
-SERVE_THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -124,19 +125,6 @@ async def warm_up(call: Call, n: int = 30) -> None:
         await call()
 
 
-async def sweep(name: str, call: Call, rates: list[float], duration: float) -> list[Any]:
-    """Open-loop rows at rising ``rates`` (after a warm-up), stopping once ``call`` saturates."""
-    await warm_up(call)
-    rows = []
-    for rate in rates:
-        row = await open_loop(call, rate, duration)
-        rows.append(row)
-        print(f"  {name:<14} {rate:>6.0f} rps -> {row}", flush=True)
-        if saturated(row):
-            break  # higher rates only queue
-    return rows
-
-
 def saturated(row: Mapping[str, Any]) -> bool:
     return bool(row["achieved_rps"] < 0.8 * row["target_rps"] or row["p99_ms"] > 1000)
 
@@ -163,6 +151,91 @@ def machine_info() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+    }
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def ray_env() -> dict[str, str]:
+    """The ``RAY_*`` variables of this process: what every Ray process the benchmark starts inherits
+    (none set means Ray's defaults, as `finpredict up` and the RayService run it)."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("RAY_")}
+
+
+# ----- how disturbed a run was ---------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """User + system CPU time of one process so far (0 once it is gone); with ``reaped_children``
+    also that of its children that exited and were waited for."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    own = int(fields[11]) + int(fields[12])
+    return (own + (int(fields[13]) + int(fields[14]) if reaped_children else 0)) / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, every process), from /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = Path("/proc/stat").read_text().split()[1:9]
+    return sum(int(v) for v in (user, nice, system, irq, softirq, steal)) / CLK_TCK
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every live process descended from it (a benchmark's servers, Ray's processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+class Disturbance:
+    """The cores this benchmark's process tree kept busy and those every other process on the machine
+    kept busy, between :meth:`start` and :meth:`stop` (what the machine's other work cost the run)."""
+
+    def __init__(self) -> None:
+        self._t0 = self._busy0 = self._ours0 = 0.0
+
+    def _ours(self) -> float:
+        # the live tree, and what its processes' exited children used (servers already stopped)
+        return sum(cpu_seconds(p, reaped_children=True) for p in process_tree(os.getpid()))
+
+    def start(self) -> None:
+        self._t0, self._busy0, self._ours0 = time.monotonic(), machine_busy_seconds(), self._ours()
+
+    def stop(self) -> dict[str, float]:
+        wall = max(time.monotonic() - self._t0, 1e-9)
+        ours = self._ours() - self._ours0
+        others = max(machine_busy_seconds() - self._busy0 - ours, 0.0)
+        return {
+            "this_run_cores_busy": round(ours / wall, 2),
+            "other_processes_cores_busy": round(others / wall, 2),
+        }
+
+
+def run_facts(load_before: list[float], disturbance: Mapping[str, float]) -> dict[str, Any]:
+    """What a result file records of the run: date, machine, load average before and after, and the
+    cores other processes kept busy meanwhile."""
+    return {
+        "date": utc_now(),
+        **machine_info(),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        **disturbance,
     }
 
 
@@ -195,16 +268,11 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
             proc.wait(timeout=10)
 
 
-def serve_config(
-    path: Path,
-    registry_target: str,
-    apps: Mapping[str, bool],
-    max_batch: int,
-    wait_s: float,
-    replicas: int = 1,
-) -> Path:
-    """The packaged Serve config with one application per ``apps`` item (name: batching on/off),
-    each a fixed number of replicas (no autoscaling) sized for a small machine."""
+def serve_config(path: Path, registry_target: str, apps: Mapping[str, bool]) -> dict[str, Any]:
+    """The packaged Serve config as it ships, with one copy of its application per ``apps`` item
+    (name: batching on/off) pointed at ``registry_target``; writes it to ``path`` and returns it
+    (the exact settings a result file records). Deployment options (replicas and autoscaling, CPUs,
+    batch size and wait) are the shipped ones."""
     base: dict[str, Any] = yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())
     template = base["applications"][0]
     out = []
@@ -212,16 +280,11 @@ def serve_config(
         app = json.loads(json.dumps(template))
         app["name"] = app_name
         app["route_prefix"] = f"/{app_name}"
-        app["args"].update(registry_target=registry_target, batching=batching, watch_aliases=[])
-        dep = app["deployments"][0]
-        dep.pop("autoscaling_config", None)
-        dep["num_replicas"] = replicas
-        dep["ray_actor_options"] = {"num_cpus": 0.5}
-        dep["user_config"] = {"max_batch_size": max_batch, "batch_wait_timeout_s": wait_s}
+        app["args"].update(registry_target=registry_target, batching=batching)
         out.append(app)
     base["applications"] = out
     path.write_text(yaml.safe_dump(base, sort_keys=False))
-    return path
+    return base
 
 
 def start_model_server(

@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 import drift_core as dc
+from benchmarks.benchkit import Disturbance
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "benchmarks" / "results" / "drift_core.json"
@@ -249,6 +250,8 @@ def main() -> int:
         return 0
 
     load_before = os.getloadavg()
+    disturbance = Disturbance()
+    disturbance.start()
     t_start = time.perf_counter()
     print(f"generating {N_ROWS:,} x {N_FEATURES} float64 (reference and current)...", flush=True)
     x = make_data(N_ROWS, SEED, current=False)
@@ -326,7 +329,7 @@ def main() -> int:
             "drift_core_threads": dc.num_threads(),
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
-            "note": "shared machine: other jobs ran concurrently; all figures come from this one run",
+            **disturbance.stop(),  # the cores other processes kept busy meanwhile
         },
         "data": {
             "rows": N_ROWS,

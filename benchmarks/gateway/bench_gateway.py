@@ -3,8 +3,10 @@ single-process ``grpc.aio`` server scoring the same model in process, in one run
 
 Every call is one ``ScoringService.Score`` of one application (entity id and features from the
 synthetic CREDIT_SCHEMA generator; a 100-tree depth-5 XGBoost model). The stack is real
-processes on loopback with ephemeral ports: a registry, one Ray (``ray start --head``) with the
-model server deployed by ``python -m finpredict.model_server`` (one replica, ``@serve.batch``),
+processes on loopback with ephemeral ports: a registry, one Ray (``ray start --head``, Ray's
+defaults) with the model server deployed by ``python -m finpredict.model_server`` from the
+packaged ``serve_config.yaml`` as it ships (replicas, batching, Serve settings; the result file
+records it),
 a monitor receiving the prediction log, and two gateways (``python -m finpredict.gateway``, as
 the gateway's integration tests start it): the default one (coalescing window 2 ms) and one with
 ``FINPREDICT_GATEWAY_BATCH_WINDOW_MS=0``. The baseline is ``plain_scoring_server.py``.
@@ -25,9 +27,13 @@ falls on both sides; figures are medians over the repeats:
 Each segment also records the CPU each process group spent per request (client, gateways, Serve
 replica, the rest of Ray, monitor, plain server; from /proc) and how many cores the machine's
 other processes kept busy meanwhile (``cores_busy.others``: how disturbed the figure is).
-Writes ``benchmarks/results/gateway.json``.
+Writes ``benchmarks/results/gateway.json`` with the run's date, load average and settings
+(``--summarise-only`` recomputes the summary and keeps them). ``--profile-only`` instead samples
+the gateway, the Serve proxy and the replicas with py-spy while one request at a time goes
+through the gateway, and writes ``benchmarks/results/gateway_profile.json`` (profile_path.py).
 
     python -m benchmarks.gateway.bench_gateway [--duration 4] [--repeats 3] [--rates 25,50,100,150]
+    python -m benchmarks.gateway.bench_gateway --profile-only [--profile-s 20]
 """
 
 from __future__ import annotations
@@ -50,24 +56,28 @@ from typing import Any
 import grpc
 
 from benchmarks.benchkit import (
-    SERVE_THROUGHPUT_ENV,
     Call,
     bench_model,
     call_until_ready,
     closed_loop,
+    cpu_seconds,
     load_average,
+    machine_busy_seconds,
     machine_info,
     median,
     open_loop,
     plain_server_port,
+    ray_env,
     saturated,
     serve_config,
     start_model_server,
     start_plain_server,
     start_registry,
     stop_process,
+    utc_now,
     warm_up,
 )
+from benchmarks.gateway import profile_path
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.rollout.v1 import rollout_pb2 as rpb
 from finpredict.api.rollout.v1 import rollout_pb2_grpc as rpb_grpc
@@ -97,8 +107,9 @@ PLAIN_SCORING_SERVER = "benchmarks.gateway.plain_scoring_server"
 TARGETS = {
     "sequential_p50_ratio_max": 2.0,
     "sequential_p99_ratio_max": 2.5,
-    "in_flight_16_throughput_ratio_min": 0.5,
+    "in_flight_16_throughput_ratio_min": 1.0,
     "in_flight_16_gateway_p99_ms_max": 50.0,
+    "sequential_cpu_ratio_max": 1.6,
     "shadow_p50_ratio_max": 1.10,
 }
 
@@ -149,21 +160,15 @@ def predictor(channel: grpc.aio.Channel, requests: Sequence[spb.ScoreRequest], v
 
 # ----- where the CPU goes -------------------------------------------------------------------------
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process so far (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
 
 def ray_processes(marker: str) -> dict[int, bool]:
     """Pids of the processes of our own Ray (their environment carries the cluster's marker),
     each with whether it is a Serve replica."""
+    return {pid: b"ServeReplica:" in cmd for pid, cmd in ray_commands(marker).items()}
+
+
+def ray_commands(marker: str) -> dict[int, bytes]:
+    """The command lines of the processes of our own Ray, by pid."""
     needle = f"FP_TEST_RAY={marker}".encode()
     out = {}
     for entry in Path("/proc").iterdir():
@@ -171,16 +176,25 @@ def ray_processes(marker: str) -> dict[int, bool]:
             continue
         try:
             if needle in (entry / "environ").read_bytes():
-                out[int(entry.name)] = b"ServeReplica:" in (entry / "cmdline").read_bytes()
+                out[int(entry.name)] = (entry / "cmdline").read_bytes()
         except OSError:
             continue
     return out
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine has spent busy (all cores, every process), from /proc/stat."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = Path("/proc/stat").read_text().split()[1:9]
-    return sum(int(v) for v in (user, nice, system, irq, softirq, steal)) / CLK_TCK
+async def profile_sequential(s: Stack, arm: Arm, seconds: float, out_dir: Path) -> dict[str, Any]:
+    """One in flight through the gateway for ``seconds`` while py-spy samples the gateway, the
+    Serve proxy and each Serve replica (profile_path.py); the row's latency is inflated by the
+    sampling and is not a figure."""
+    pids = {"gateway": s.gateways["window_2ms"].proc.pid}
+    for pid, cmd in ray_commands(s.meter.ray_marker).items():
+        if b"ServeReplica:" in cmd:
+            pids[f"serve_replica_{pid}"] = pid
+        elif cmd.startswith(b"ray::ProxyActor"):
+            pids["serve_proxy"] = pid
+    procs = profile_path.record(pids, seconds, out_dir)
+    row = await closed_loop(arm.call, 1, seconds)
+    return {"requests": row["requests"], "processes": profile_path.collect(procs, out_dir, seconds + 30)}
 
 
 @dataclass
@@ -327,6 +341,7 @@ class Stack:
     plain_port: int
     serve_port: int
     meter: CpuMeter
+    serve_config: dict[str, Any]  # what the model server deployed: the packaged config as it ships
 
 
 @contextlib.contextmanager
@@ -351,16 +366,16 @@ def stack(tmp: Path, args: argparse.Namespace) -> Iterator[Stack]:
         stop.callback(stop_process, plain)
         plain_port = plain_server_port(plain, port_file)
 
-        say("starting Ray and the model server...")
-        ray_env = {"FINPREDICT_MODEL_SERVER_REGISTRY_TOKEN": REPLICA_TOKEN, **SERVE_THROUGHPUT_ENV}
+        say("starting Ray and the model server (the shipped Serve config, Ray's defaults)...")
         stop.callback(say, "Ray stopped")
-        cluster = stop.enter_context(ray_cluster(ray_env, num_cpus=2))
-        config = serve_config(
-            tmp / "serve_config.yaml", registry.target, {APP: True}, args.max_batch, args.batch_wait
+        cluster = stop.enter_context(
+            ray_cluster({"FINPREDICT_MODEL_SERVER_REGISTRY_TOKEN": REPLICA_TOKEN}, num_cpus=2)
         )
+        config_file = tmp / "serve_config.yaml"
+        config = serve_config(config_file, registry.target, {APP: True})
         # Ray goes down right after it: no need to delete the app first
         server, serve_port = start_model_server(
-            tmp / "ms", cluster.address, config, APP, FINPREDICT_MODEL_SERVER_DELETE_APP_ON_EXIT="false"
+            tmp / "ms", cluster.address, config_file, APP, FINPREDICT_MODEL_SERVER_DELETE_APP_ON_EXIT="false"
         )
         stop.callback(timed, "model server", server.stop, 60)
 
@@ -389,7 +404,7 @@ def stack(tmp: Path, args: argparse.Namespace) -> Iterator[Stack]:
             },
             cluster.marker,
         )
-        yield Stack(registry, versions, gateways, plain_port, serve_port, meter)
+        yield Stack(registry, versions, gateways, plain_port, serve_port, meter, config)
 
 
 async def set_shadow(rollouts: Any, version: int) -> None:
@@ -443,6 +458,10 @@ async def measure_all(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
         for arm in (plain, serve, gateway, gateway_0):
             await warm_up(arm.call, 50)
 
+        if args.profile_only:
+            say(f"profiling {args.profile_s:g} s of sequential gateway requests (py-spy)...")
+            results["profile"] = await profile_sequential(s, gateway, args.profile_s, args.profile_dir)
+            return results
         m = s.meter
         say("idle CPU (3 s without traffic)...")
         idle0 = m.snapshot()
@@ -534,8 +553,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     load_before = load_average()
     sampler = LoadSampler()
     t0 = time.monotonic()
+    date = utc_now()
     with stack(tmp, args) as s:
         started_s = time.monotonic() - t0
+        serve = s.serve_config
         sampler.start()
         try:
             results = await measure_all(s, args)
@@ -543,6 +564,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             load_during = await sampler.stop()
     shutil.rmtree(tmp, ignore_errors=True)  # kept when the run fails, for its logs
     results["run"] = {
+        "date": date,
+        "settings": settings(args, serve),
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "load_1m_during": load_during,
@@ -582,6 +605,37 @@ def ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b and a == a and b == b else None
 
 
+def settings(args: argparse.Namespace, serve: Mapping[str, Any]) -> dict[str, Any]:
+    """The exact settings of a measured run (kept with its results)."""
+    return {
+        "duration_s": args.duration,
+        "repeats": args.repeats,
+        "rates": args.rates,
+        "shadow_rate_rps": args.shadow_rate,
+        "trees": args.trees,
+        "rows_per_request": 1,
+        "ray": "ray start --head --num-cpus=2 (as the cluster profile and the RayService start it)",
+        "ray_env": ray_env(),
+        "serve_config": serve,
+        "gateway": "python -m finpredict.gateway with default settings but BATCH_WINDOW_MS "
+        "(2 = default; 0 for the coalescing comparison); prediction log to a real monitor",
+        "baseline": "plain single-process grpc.aio ScoringService.Score scoring in process "
+        "(benchmarks/gateway/plain_scoring_server.py), under the same background (interleaved segments)",
+        "latency": "closed loop: from each send; open loop: from each request's scheduled send time",
+        "figures": f"medians over {args.repeats} interleaved repeats",
+    }
+
+
+def path_cpu_ms(arm: str, per_group: Mapping[str, float]) -> float:
+    """CPU ms per request of the processes an arm's requests cross: the plain server's own process
+    for ``plain``; every process of the stack but the plain server for the others (gateways, Serve
+    replicas and the rest of Ray, the model-server supervisor, monitor and registry, their idle
+    background included). The benchmark's client is left out of both."""
+    if arm == "plain":
+        return per_group.get("plain", 0.0)
+    return sum(v for k, v in per_group.items() if k not in ("client", "plain", "total"))
+
+
 def summarise(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     seq, c16 = results["sequential"], results["in_flight_16"]
     shadow, batch = results["shadow"], results["batch_window"]
@@ -589,10 +643,15 @@ def summarise(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     sequential = medians(seq, lat)
     sequential["p50_ratio"] = ratio(sequential["gateway_p50_ms"], sequential["plain_p50_ms"])
     sequential["p99_ratio"] = ratio(sequential["gateway_p99_ms"], sequential["plain_p99_ms"])
+    # CPU per request over every process of the path (the client's excluded: the same on both sides)
+    seq_cpu = sequential["cpu_ms_per_request"]
+    path_cpu = {arm: round(path_cpu_ms(arm, seq_cpu.get(arm, {})), 2) for arm in ("plain", "gateway")}
+    sequential["path_cpu_ms_per_request"] = path_cpu
+    sequential["cpu_ratio"] = ratio(path_cpu["gateway"], path_cpu["plain"])
     in_flight = medians(c16, {"rps": "throughput_rps", **lat})
     in_flight["throughput_ratio"] = ratio(in_flight["gateway_rps"], in_flight["plain_rps"])
     shadows = medians(shadow, lat)
-    shadows["rate_rps"] = args.shadow_rate
+    shadows["rate_rps"] = results.get("run", {}).get("settings", {}).get("shadow_rate_rps", args.shadow_rate)
     shadows["p50_ratio"] = ratio(shadows["on_p50_ms"], shadows["off_p50_ms"])
     shadows["p99_ratio"] = ratio(shadows["on_p99_ms"], shadows["off_p99_ms"])
     shadows["mirrored_ok_per_on_segment"] = [r["mirrored"]["ok"] for r in shadow["on"]]
@@ -625,32 +684,16 @@ def summarise(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     }
     return {
         "benchmark": "gateway",
+        "date": run.get("date"),
         "machine": {
             **machine_info(),
             **{k: run.get(k) for k in ("load_average_before", "load_average_after")},
         },
         "load_1m_during": run.get("load_1m_during"),
         "disturbance": disturbance,
+        # as measured (a --summarise-only run keeps the measured run's)
         "settings": {
-            "duration_s": args.duration,
-            "repeats": args.repeats,
-            "rates": args.rates,
-            "shadow_rate_rps": args.shadow_rate,
-            "trees": args.trees,
-            "rows_per_request": 1,
-            "serve": {
-                "replicas": 1,
-                "batching": True,
-                "max_batch_size": args.max_batch,
-                "batch_wait_timeout_s": args.batch_wait,
-                "ray_env": SERVE_THROUGHPUT_ENV,
-            },
-            "gateway": "python -m finpredict.gateway with default settings but BATCH_WINDOW_MS "
-            "(2 = default; 0 for the coalescing comparison); prediction log to a real monitor",
-            "baseline": "plain single-process grpc.aio ScoringService.Score scoring in process "
-            "(benchmarks/gateway/plain_scoring_server.py)",
-            "latency": "closed loop: from each send; open loop: from each request's scheduled send time",
-            "figures": f"medians over {args.repeats} interleaved repeats",
+            **run.get("settings", {}),
             "stack_start_s": run.get("stack_start_s"),
             "total_s": run.get("total_s"),
         },
@@ -669,7 +712,10 @@ def summarise(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
             "sequential_p99_within_2_5x": within(
                 sequential["p99_ratio"], TARGETS["sequential_p99_ratio_max"]
             ),
-            "in_flight_16_throughput_ge_50pct": within(
+            "sequential_cpu_within_1_6x": within(
+                sequential["cpu_ratio"], TARGETS["sequential_cpu_ratio_max"]
+            ),
+            "in_flight_16_throughput_ge_plain": within(
                 in_flight["throughput_ratio"], TARGETS["in_flight_16_throughput_ratio_min"], below=False
             ),
             "in_flight_16_gateway_p99_le_50ms": within(
@@ -711,13 +757,42 @@ def main() -> int:
     parser.add_argument("--rates", default="25,50,100,150", help="open-loop sweep rates (req/s)")
     parser.add_argument("--shadow-rate", type=float, default=50.0, help="open-loop rate of the shadow test")
     parser.add_argument("--trees", type=int, default=100)
-    parser.add_argument("--max-batch", type=int, default=16, help="Serve @serve.batch max_batch_size")
-    parser.add_argument("--batch-wait", type=float, default=0.002, help="Serve batch_wait_timeout_s")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gateway.json")
     parser.add_argument(
         "--summarise-only", action="store_true", help="recompute the summary of the results in --out"
     )
+    parser.add_argument(
+        "--profile-only",
+        action="store_true",
+        help="only profile the sequential path with py-spy (writes --profile-out, not --out)",
+    )
+    parser.add_argument("--profile-s", type=float, default=20.0, help="seconds profiled")
+    parser.add_argument(
+        "--profile-dir", type=Path, default=Path(tempfile.gettempdir()) / "fp-gateway-profile"
+    )
+    parser.add_argument("--profile-out", type=Path, default=ROOT / "benchmarks/results/gateway_profile.json")
     args, _ = parser.parse_known_args()
+    if args.profile_only:
+        results = asyncio.run(run(args))
+        profile = {
+            "benchmark": "gateway sequential path profile (py-spy)",
+            "date": results["run"]["date"],
+            "machine": {
+                **machine_info(),
+                **{k: results["run"].get(k) for k in ("load_average_before", "load_average_after")},
+            },
+            "load_1m_during": results["run"].get("load_1m_during"),
+            "settings": {
+                **results["run"]["settings"],
+                "profiled_s": args.profile_s,
+                "raw_stacks": str(args.profile_dir),
+            },
+            **results["profile"],
+        }
+        args.profile_out.write_text(json.dumps(profile, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in results["profile"].items()}, indent=1)[:6000])
+        print(f"written {args.profile_out}")
+        return 0
     results = json.loads(args.out.read_text())["results"] if args.summarise_only else asyncio.run(run(args))
     summary = summarise(results, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ class PlainScoring(spb_grpc.ScoringServiceServicer):
 
 def mount(plain: Plain, server: grpc.aio.Server) -> None:
     mount_predict(plain, server)
-    spb_grpc.add_ScoringServiceServicer_to_server(PlainScoring(plain), server)
+    spb_grpc.add_ScoringServiceServicer_to_server(PlainScoring(plain), server)  # type: ignore[abstract]
 
 
 if __name__ == "__main__":

@@ -49,8 +49,11 @@ from typing import Any
 
 import grpc
 import numpy as np
+import yaml  # type: ignore[import-untyped]
 
+from benchmarks.benchkit import Disturbance, load_average, ray_env, utc_now
 from finpredict.api.rollout.v1 import rollout_pb2 as rpb
+from finpredict.model_server.config import DEFAULT_SERVE_CONFIG
 from finpredict.testkit.gateway import (
     CLIENT_TOKEN,
     OPERATOR,
@@ -63,6 +66,7 @@ from finpredict.testkit.gateway import (
 )
 from finpredict.testkit.process import ServiceProcess, wait_for
 from finpredict.testkit.scrape import samples, total
+from finpredict.testkit.serving import ServeOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 GHZ = ROOT / ".tools" / "bin" / "ghz"
@@ -73,12 +77,29 @@ ROLLOUT_AT_S = 10.0
 SHADOW_AT_S = 35.0
 ROLLOUT_STEPS = [10.0, 50.0, 100.0]
 ROLLOUT_INTERVAL_S = 10.0
+P99_MAX_MS = 100.0  # the load test's target (with zero errors)
+# the gateway's default controller tick (the test harness's is shorter)
+GATEWAY_ENV = {"FINPREDICT_GATEWAY_CONTROLLER_TICK_S": "0.5"}
+
+
+def shipped_serve() -> ServeOptions:
+    """The packaged Serve deployment as it ships (autoscaling, actor resources, health checks)."""
+    config: dict[str, Any] = yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())
+    dep = config["applications"][0]["deployments"][0]
+    keep = ("ray_actor_options", "health_check_period_s", "health_check_timeout_s")
+    return ServeOptions(autoscaling=dep["autoscaling_config"], deployment={k: dep[k] for k in keep})
 
 
 def stack(work: Path) -> contextlib.AbstractContextManager[Stack]:
     """The gateway's end-to-end stack (the one its tests start), torn down by pid: v1 in
-    `production`, a good candidate v2."""
-    return running_stack(work, MODEL, {"v1": train(seed=1, rounds=20), "v2": train(seed=1, rounds=22)})
+    `production`, a good candidate v2; the model server deployed as it ships, on Ray's defaults."""
+    return running_stack(
+        work,
+        MODEL,
+        {"v1": train(seed=1, rounds=20), "v2": train(seed=1, rounds=22)},
+        gateway_env=GATEWAY_ENV,
+        serve=shipped_serve(),
+    )
 
 
 def warm_up(s: Stack) -> None:
@@ -381,11 +402,14 @@ def log_warnings(proc: ServiceProcess) -> dict[str, int]:
 
 def run(mode: str, rate: int, duration_s: float, sample_s: float) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"fp-{mode}-"))
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = load_average()
+    date = utc_now()
+    disturbance = Disturbance()
     try:
         with stack(work) as s:
             warm_up(s)
             stop = threading.Event()
+            disturbance.start()
             started = time.monotonic()
             started_wall = time.time()
             ghz = run_ghz(s.gateway.target, rate, duration_s, work)
@@ -400,6 +424,7 @@ def run(mode: str, rate: int, duration_s: float, sample_s: float) -> dict[str, A
                 )
                 sampler.start()
             code = ghz.wait(timeout=duration_s + 120)
+            during = disturbance.stop()
             stop.set()
             driver.join(timeout=30)
             if sampler is not None:
@@ -419,18 +444,32 @@ def run(mode: str, rate: int, duration_s: float, sample_s: float) -> dict[str, A
                 final = client.rollout(events.rollout_id) if events.rollout_id else None
             finally:
                 client.close()
+            figures = summarize(work / "ghz.json", started_wall, events, duration_s)
             result: dict[str, Any] = {
                 "what": f"ghz Score calls at {rate:g}/s for {duration_s:g} s through the gateway",
+                "date": date,
                 "generator": "ghz v0.120.0 (--rps, 50 workers, 2 connections)",
                 "machine": {
                     "cpus": os.cpu_count(),
                     "python": platform.python_version(),
                     "load_average_before": load_before,
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                    "load_average_after": load_average(),
+                    **during,  # the cores other processes kept busy during the load
+                },
+                "settings": {
+                    "ray": "ray start --head --num-cpus=2",
+                    "ray_env": ray_env(),
+                    "serve_config": yaml.safe_load((work / "model-server" / "serve_config.yaml").read_text()),
+                    "gateway_env": {**s.gateway_env},
                 },
                 "target_rps": rate,
                 "duration_s": duration_s,
-                **summarize(work / "ghz.json", started_wall, events, duration_s),
+                "targets": {
+                    "p99_ms_max": P99_MAX_MS,
+                    "p99_met": (figures["latency_ms"]["p99"] or float("inf")) < P99_MAX_MS,
+                    "zero_errors": not figures["errors_by_status"],
+                },
+                **figures,
                 "events": events.log,
                 "driver_errors": events.errors,
                 "rollout": None

@@ -37,7 +37,7 @@ from typing import Any
 
 import polars as pl
 
-from benchmarks.benchkit import REPO, load_average, machine_info, median
+from benchmarks.benchkit import REPO, Disturbance, load_average, machine_info, median
 from finpredict.demo import replay as rp
 from finpredict.monitor.config import DEFAULT_RULES_FILE
 from finpredict.monitor.engine import Engine, EngineOptions
@@ -130,6 +130,8 @@ def main() -> int:
     args = parser.parse_args()
     began = time.perf_counter()
     load_before = load_average()
+    disturbance = Disturbance()
+    disturbance.start()
     root = Path(tempfile.mkdtemp(prefix="bench-monitor-restart-"))
     try:
         profiles = root / "profiles"
@@ -188,7 +190,7 @@ def main() -> int:
             **machine_info(),
             "load_average_before": load_before,
             "load_average_after": load_average(),
-            "note": "shared machine: other jobs ran concurrently; all figures come from this one run",
+            **disturbance.stop(),  # the cores other processes kept busy meanwhile
         },
         "load": {
             "predictions_per_hour": PER_HOUR,

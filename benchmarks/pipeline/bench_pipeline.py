@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.benchkit import REPO, load_average, machine_info
+from benchmarks.benchkit import REPO, Disturbance, load_average, machine_info
 from finpredict.testkit.pipeline import PipelineRepo, make_repo
 from finpredict.testkit.serving import ray_cluster
 
@@ -203,6 +203,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     runs: dict[int, list[dict[str, Any]]] = {rows: [] for rows in args.rows}
+    disturbance = Disturbance()
+    disturbance.start()
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-pycache-") as pycache:
         for repeat in range(args.repeats):
             for rows in args.rows:  # interleaved: a disturbance hits every size, not one
@@ -225,8 +227,8 @@ def main() -> int:
         "machine": {
             **machine_info(),
             "cpus_pinned": args.cpus or None,
-            "note": "shared machine: other workloads ran concurrently (see each size's load averages), "
-            "so times are upper bounds",
+            **disturbance.stop(),  # the cores other processes kept busy meanwhile (see also each
+            # size's load averages)
         },
         "settings": {
             "threads": THREADS,

@@ -51,6 +51,7 @@ def test_overlay_renders_every_service(overlay: str) -> None:
         ("PodMonitor", "model-server"),
         ("AlertmanagerConfig", "finpredict"),
         ("ConfigMap", "grafana-dashboard-finpredict-slo"),
+        ("CronJob", "retrain-schedule"),
     }
     assert expected <= kinds
     namespaces = {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"}
@@ -112,11 +113,11 @@ def test_secrets_are_referenced_by_name() -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_outcomes_reach_the_monitor_through_the_gateway_only(overlay: str) -> None:
     """Clients record outcomes on the gateway (:50051, open to them), which forwards them to the
-    monitor (:50054, which admits the gateway and, for its reads, the console) with its own monitor
-    token."""
+    monitor (:50054, which admits the gateway, the console for its reads, and the daily retraining
+    CronJob) with its own monitor token."""
     objs = rendered(overlay)
     assert "any" in ingress_sources(objs, "gateway", 50051)
-    assert ingress_sources(objs, "monitor", 50054) == {"app:gateway", "app:console"}
+    assert ingress_sources(objs, "monitor", 50054) == {"app:gateway", "app:console", "app:retrain-schedule"}
     gateway_egress = [
         rule
         for o in objs
@@ -174,6 +175,46 @@ def test_gateway_replicas_share_their_state_and_keep_none_in_the_pod(overlay: st
     assert hpa["maxReplicas"] > hpa["minReplicas"] >= 1
     if overlay == "prod":
         assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 20)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_cronjob_asks_the_monitor_for_the_daily_scheduled_retraining(overlay: str) -> None:
+    """Clusters retrain daily: a CronJob (02:00 UTC, never two at once) runs `finpredict retrain run
+    --schedule` from the monitor's image with a monitor admin token from the monitor's Secret; the
+    network policies let it reach the monitor's gRPC port, and nothing else."""
+    from typer.testing import CliRunner
+
+    from finpredict.monitor.retrain_cli import app
+
+    objs = rendered(overlay)
+    cron = find(objs, "CronJob", "retrain-schedule")["spec"]
+    assert (cron["schedule"], cron["timeZone"], cron["concurrencyPolicy"]) == (
+        "0 2 * * *",
+        "Etc/UTC",
+        "Forbid",
+    )
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == _container(objs, "monitor")["image"]
+    command = container["command"]
+    assert command[:3] == ["python", "-m", "finpredict.monitor.retrain_cli"]
+    assert {"run", "--schedule", "--model"} <= set(command)
+    assert CliRunner().invoke(app, [*command[3:], "--help"]).exit_code == 0  # the verb and options exist
+    env = {e["name"]: e for e in container["env"]}
+    assert env["FINPREDICT_MONITOR_TARGET"]["value"] == "monitor:50054"
+    token = env["FINPREDICT_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token == {"name": "finpredict-monitor", "key": "scheduler-token"}
+    assert "app:retrain-schedule" in ingress_sources(objs, "monitor", 50054)
+    egress = [
+        rule
+        for o in objs
+        if o["kind"] == "NetworkPolicy"
+        and o["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
+        == "retrain-schedule"
+        for rule in o["spec"].get("egress", [])
+    ]
+    monitor_only = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "monitor"}}}
+    assert egress == [{"to": [monitor_only], "ports": [{"protocol": "TCP", "port": 50054}]}]
 
 
 def test_monitors_use_the_local_job_names() -> None:

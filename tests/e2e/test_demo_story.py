@@ -5,13 +5,14 @@ the model server, its own DVC cache and remote), so it never meets a developer's
 The story runs once for the module, shortened (:mod:`finpredict.testkit.demo`); each test checks one
 outcome of it: v2 promoted by the rollout controller, the broken candidate rolled back for the
 training/serving skew of debt_service_coverage, the feature-drift alert on the right simulated
-day, v3 registered by the retraining trigger with the alert in its lineage and put into a canary
-by the platform (the model's promotion policy hands it off), the report, and a stack stopped
-cleanly at the end.
+day, v3 registered by the retraining trigger with the alert in its lineage, put into a canary
+by the platform (the model's promotion policy hands it off) and promoted to 100 % by the
+controller, the report, and a stack stopped cleanly at the end.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 
 from finpredict.api.monitor.v1 import monitor_pb2
 from finpredict.api.rollout.v1 import rollout_pb2
+from finpredict.demo.platform import MODEL
 from finpredict.demo.story import StoryResult
 from finpredict.stack.launcher import Stack
 from finpredict.testkit.demo import SHIFT_DAY, STEPS, own_stack, run_short_story
@@ -105,10 +107,16 @@ def test_v3_is_retrained_by_the_alert(story: tuple[StoryResult, Stack, Path]) ->
     for needle in (f"v{v3}", "promotion policy", result.v3_trigger):
         assert needle in start.reason, start.reason
     assert canary.stable_version == result.versions["v2"]
-    assert canary.state in (
-        rollout_pb2.ROLLOUT_STATE_PROGRESSING,
-        rollout_pb2.ROLLOUT_STATE_PROMOTED,
-    ), [(d.verdict, d.reason) for d in canary.decisions]
+    # the demo followed it to its end: with the default model checks and delayed labels flowing,
+    # the controller took the retrained version through every step to 100 % and production
+    assert canary.state == rollout_pb2.ROLLOUT_STATE_PROMOTED, [
+        (d.verdict, d.reason) for d in canary.decisions
+    ]
+    assert list(canary.steps) == list(STEPS)
+    advanced = [d.step_index for d in canary.decisions if d.verdict == "advance"]
+    assert advanced == list(range(len(STEPS) - 1)), [(d.verdict, d.reason) for d in canary.decisions]
+    assert canary.weight == 100.0
+    assert result.production["v3"] == v3
 
 
 def test_report_and_measurements(story: tuple[StoryResult, Stack, Path]) -> None:
@@ -126,6 +134,24 @@ def test_report_and_measurements(story: tuple[StoryResult, Stack, Path]) -> None
     assert result.time_to_detect_h is not None
     assert 0 <= result.time_to_detect_h <= 72
     assert (tmp / "wandb").is_dir()
+
+
+def test_the_demo_prints_the_console_and_links_to_its_pages(story: tuple[StoryResult, Stack, Path]) -> None:
+    """The platform's table names the web console's address; the summary and the report link to
+    the console's page of each version and rollout of the story, its drift and its decisions."""
+    result, _, tmp = story
+    console = result.targets["console"]
+    assert console.startswith("http://127.0.0.1:"), console
+    narrative = (tmp / "story.log").read_text()
+    assert re.search(rf"\bconsole\W+{re.escape(console)}\W", narrative), "the platform table's console row"
+    report = result.report_path.read_text() if result.report_path else ""
+    pages = [f"{console}/", f"{console}/alerts", f"{console}/decisions"]
+    pages += [f"{console}/models/{MODEL}/versions/{v}" for v in result.versions.values()]
+    pages += [f"{console}/models/{MODEL}/versions/{result.versions['v1']}/drift"]
+    pages += [f"{console}/rollouts/{r.id}" for r in result.rollouts.values()]
+    for page in pages:
+        assert re.search(rf"  console, [^:\n]+: {re.escape(page)}\n", narrative), page
+        assert f'href="{page}"' in report, page
 
 
 def test_the_stack_is_stopped_at_the_end(story: tuple[StoryResult, Stack, Path]) -> None:

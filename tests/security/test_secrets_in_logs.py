@@ -13,7 +13,6 @@ the secrets.
 from __future__ import annotations
 
 import secrets
-import socket
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from finpredict.api.monitor.v1 import monitor_pb2_grpc
 from finpredict.api.registry.v1 import registry_pb2 as rpb
 from finpredict.api.registry.v1 import registry_pb2_grpc
 from finpredict.common.auth import bearer_metadata
+from finpredict.common.net import free_port
 from finpredict.demo import replay as rp
 from finpredict.testkit.evaluation import PASSING_GATES, lineage
 from finpredict.testkit.process import ServiceExitedError, start_service, wait_for
@@ -55,12 +55,6 @@ RULES = """rules:
     retrain: true
 """
 T0 = 1_740_787_200  # 2025-03-01T00:00:00Z
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _near_misses(token: str) -> list[tuple[tuple[str, str], ...]]:
@@ -132,7 +126,7 @@ def _drive_monitor(root: Path) -> None:
         "FINPREDICT_MONITOR_RULES_FILE": str(root / "rules.yaml"),
         "FINPREDICT_MONITOR_EVALUATE_INTERVAL_S": "0",
         "FINPREDICT_MONITOR_TOKENS": tokens,
-        "FINPREDICT_MONITOR_ALERTMANAGER_URL": f"http://finpredict:{SECRETS['pagerduty']}@127.0.0.1:{_closed_port()}",
+        "FINPREDICT_MONITOR_ALERTMANAGER_URL": f"http://finpredict:{SECRETS['pagerduty']}@127.0.0.1:{free_port()}",
         "FINPREDICT_MONITOR_ALERT_RESEND_S": "0.2",
         # the retraining run inherits the environment (the W&B key included) and prints its size
         "FINPREDICT_MONITOR_RETRAIN_COMMAND": f"{sys.executable} -c 'import os; print(len(os.environ))'",
@@ -179,7 +173,7 @@ def _drive_monitor(root: Path) -> None:
 
 
 def _failed_starts(root: Path) -> None:
-    url = f"postgresql+psycopg://finpredict:{SECRETS['dbpw']}@127.0.0.1:{_closed_port()}/registry"
+    url = f"postgresql+psycopg://finpredict:{SECRETS['dbpw']}@127.0.0.1:{free_port()}/registry"
     with pytest.raises(ServiceExitedError):
         start_service(
             "registry",

@@ -86,6 +86,34 @@ def test_one_row_frame_and_one_record_give_the_same_matrix() -> None:
     assert ratio == pytest.approx(np.float32(float(rec["loan_amount"]) / float(rec["annual_revenue"])))
 
 
+@pytest.mark.parametrize("rows", [1, 300])
+def test_request_records_and_frames_give_identical_matrices_edge_cases_included(rows: int) -> None:
+    """records_to_matrix (numpy, for requests) equals to_matrix of a frame (polars, for training)
+    bit for bit: missing, NaN, infinities, zero and negative zero denominators, negative log
+    inputs, every category, unknown categories (unchecked records)."""
+    rng = np.random.default_rng(11)
+    specials: list[object] = [None, math.nan, math.inf, -math.inf, 0.0, -0.0, -1.5]
+    recs = []
+    for _ in range(rows):
+        rec = _record()
+        for f in CREDIT_SCHEMA.features:
+            roll = rng.random()
+            if f.kind == "categorical":
+                rec[f.name] = (
+                    None if roll < 0.1 else "unknown" if roll < 0.2 else str(rng.choice(f.categories))
+                )
+            elif roll < 0.35:
+                rec[f.name] = specials[int(rng.integers(len(specials)))]
+            else:
+                rec[f.name] = float(rng.normal(0, 1e5)) if roll < 0.7 else float(rng.integers(-3, 4))
+        recs.append(rec)
+    expected = to_matrix(records_to_frame(recs, check=False))
+    got = records_to_matrix(recs, check=False)
+    assert got.dtype == np.float32
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_many_rows_match_row_by_row() -> None:
     rng = np.random.default_rng(3)
     recs = []

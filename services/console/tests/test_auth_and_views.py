@@ -2,7 +2,7 @@
 server: sessions are sealed into their cookies (any process with the key reads them; tampered,
 expired, foreign or rotated-out ones are anonymous), tokens are checked by digest, forged requests
 are refused; a drift_core profile is summarised, PSI cells are placed by day, decisions follow the
-threshold."""
+threshold, an experiment's statistics are read defensively, score histograms are drawn and summed."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as mpb
 from finpredict.api.registry.v1 import registry_pb2 as rpb
+from finpredict.api.rollout.v1 import rollout_pb2 as ropb
 from finpredict.common.auth import parse_tokens
 from finpredict.console import views
 from finpredict.console.actions import _next
@@ -261,3 +262,62 @@ def test_alias_history_of_a_version_is_newest_first() -> None:
         ("ci", ""),
     ]
     assert len(views.alias_history(entries)) == 4
+
+
+def test_an_experiment_reads_what_the_statistics_hold_and_nothing_else() -> None:
+    arms = [
+        ropb.ExperimentArm(name="a", version=1, weight=50),
+        ropb.ExperimentArm(name="b", version=2, weight=50),
+    ]
+    exp = ropb.Experiment(id="e1", model="m", arms=arms)
+    summary_a = {"arm": "a", "requests": 10, "approval_rate": {"estimate": 0.5, "lower": 0.2, "upper": 0.8}}
+    summary_b = {"arm": "b", "requests": 12, "auc": {"estimate": None}, "expected": {"auc": 0.7}}
+    doc = {
+        "control": "a",
+        "comparisons": [
+            {
+                "arms": [summary_a, summary_b],
+                "effects": [{"metric": "approval_rate", "estimate": 0.1, "lower": -0.2, "upper": 0.4}],
+                "srm": {"mismatch": False, "p_value": 0.5},
+                "recommendation": "continue",
+                "reason": "not yet",
+            }
+        ],
+    }
+    x = views.experiment_view(ropb.GetExperimentResponse(experiment=exp, statistics=json.dumps(doc)))
+    assert x.running
+    assert x.control == "a"
+    assert not x.problem
+    a, b = x.arms
+    assert (a.requests, b.requests) == (10, 12)
+    assert a.figures["approval_rate"].text == "0.5000 [0.2000, 0.8000]"
+    assert b.figures["auc"].text == "n/a"  # null: not enough labels
+    assert b.figures["expected.auc"].text == "0.7000"
+    assert b.figures["error_rate"].text == "n/a"  # absent from the record
+    assert [(e.arm, e.metric, e.significant) for e in x.effects] == [("b", "approval_rate", False)]
+    assert [(v.arm, v.recommendation) for v in x.verdicts] == [("b", "continue")]
+    assert x.srm.startswith("consistent")
+    broken = views.experiment_view(ropb.GetExperimentResponse(experiment=exp, statistics="[1]"))
+    assert broken.problem
+    assert [arm.requests for arm in broken.arms] == [None, None]
+
+
+def test_a_score_histogram_is_drawn_on_the_reference_bins_and_summed_over_days() -> None:
+    h = mpb.ScoreHistogram(
+        edges=[0.2, 0.5], counts=[1, 3, 0, 2], reference_proportions=[0.25, 0.5, 0.25, 0.0]
+    )
+    chart = views.score_chart(h, 90, 30)
+    assert chart is not None
+    assert len(chart.bars) == 3
+    assert chart.missing == 2
+    assert [b.height for b in chart.bars] == [9.33, 28, 0]  # shares over the top share
+    assert chart.bars[0].title.startswith("[-inf, 0.2): 1 (25.0%)")
+    assert chart.bars[2].title.startswith("[0.5, +inf): 0")
+    assert (
+        views.score_chart(mpb.ScoreHistogram(edges=[0.5], counts=[0, 0, 4]), 90, 30) is None
+    )  # only missing
+    days = [mpb.WindowStats(score_histogram=h), mpb.WindowStats(), mpb.WindowStats(score_histogram=h)]
+    summed = views.summed_histogram(days)
+    assert summed is not None
+    assert list(summed.counts) == [2, 6, 0, 4]
+    assert views.summed_histogram([mpb.WindowStats()]) is None

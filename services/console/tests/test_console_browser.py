@@ -198,6 +198,16 @@ def test_drift_page(console: RecordingPage, stack: ConsoleStack, story: Story) -
         assert int(row.locator(".count").inner_text()) == w.count
         assert int(row.locator(".labeled").inner_text()) == w.labeled
         assert row.locator(".accuracy").inner_text() == f"{w.accuracy:.4f}"
+        # each day's score histogram on the reference's bins, as the monitor counted it
+        assert w.HasField("score_histogram")
+        assert len(w.score_histogram.counts) == len(w.score_histogram.edges) + 2  # bins, then missing
+        counts = row.locator("svg.score-hist").get_attribute("data-counts")
+        assert counts == ",".join(str(c) for c in w.score_histogram.counts)
+    summed = [sum(c) for c in zip(*(w.score_histogram.counts for w in windows), strict=True)]
+    assert sum(summed) == sum(w.count for w in windows)
+    assert page.locator("#score-histogram svg.score-hist").get_attribute("data-counts") == ",".join(
+        str(c) for c in summed
+    )
     # the drifted features of the last days are coloured as major shifts
     assert page.locator('#heatmap tr[data-feature="late_payments_12m"] td.psi-high').count() >= 2
     alerts = monitor(stack, "ListAlerts", mpb.ListAlertsRequest(model=story.model)).alerts  # type: ignore[attr-defined]
@@ -260,6 +270,67 @@ def test_rollout_page_follows_the_rollout_without_a_reload(
         if page.locator(f'#variants tr[data-variant="{v}"]').count()
     }
     assert requests == {m.variant: m.requests for m in final.metrics}
+
+
+def test_an_experiment_page_shows_the_gateway_statistics_live(
+    console: RecordingPage, stack: ConsoleStack
+) -> None:
+    model = stack.create_model("console-ab")
+    v1 = stack.register(model, "manual")
+    stack.set_alias(model, "production", v1, "first release")
+    v2 = stack.register(model, "schedule", parent=v1)
+    arms = [
+        ropb.ExperimentArm(name="control", version=v1, weight=50),
+        ropb.ExperimentArm(name="b", version=v2, weight=50),
+    ]
+    start = ropb.StartExperimentRequest(model=model, arms=arms)
+    exp = stack.rollouts.StartExperiment(start, metadata=bearer_metadata(ADMIN_TOKEN), timeout=30).experiment
+    page = console.page
+    page.goto(f"/rollouts?model={model}")
+    assert page.locator("#experiments tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.experiment)"
+    ) == [exp.id]
+    page.goto(f"/experiments/{exp.id}")
+    page.wait_for_selector("#live[data-live-status=open]")
+    page.evaluate("window.__sameDocument = true")
+    scored = stack.score(model, [f"ab-{i:03d}" for i in range(40)], explain=False)
+    page.wait_for_function(  # the page follows the gateway's counts without a reload
+        "n => [...document.querySelectorAll('#arms .requests')]"
+        ".reduce((s, c) => s + Number(c.innerText), 0) === n",
+        arg=len(scored),
+        timeout=30_000,
+    )
+    stop = ropb.StopExperimentRequest(experiment_id=exp.id)
+    stack.rollouts.StopExperiment(stop, metadata=bearer_metadata(ADMIN_TOKEN), timeout=30)
+    page.wait_for_selector("#live[data-live-status=final]", timeout=30_000)
+    assert page.evaluate("window.__sameDocument") is True
+    assert page.locator("#experiment-state").inner_text() == "stopped"
+    got = stack.rollouts.GetExperiment(
+        ropb.GetExperimentRequest(experiment_id=exp.id), metadata=bearer_metadata(READER_TOKEN), timeout=30
+    )
+    stats = json.loads(got.statistics)
+    (comparison,) = stats["comparisons"]
+    for arm in comparison["arms"]:
+        row = page.locator(f'#arms tr[data-arm="{arm["arm"]}"]')
+        assert int(row.locator(".requests").inner_text()) == arm["requests"]
+        estimate = row.locator(".fig-approval_rate").get_attribute("data-estimate")
+        assert (float(estimate) if estimate else None) == arm["approval_rate"]["estimate"]
+    assert sum(a["requests"] for a in comparison["arms"]) == len(scored)
+    for effect in comparison["effects"]:
+        cell = page.locator(f'#effects tr[data-arm="b"][data-metric="{effect["metric"]}"] .effect')
+        estimate = cell.get_attribute("data-estimate")
+        assert (float(estimate) if estimate else None) == effect["estimate"]
+    assert (
+        page.locator('#verdicts tr[data-arm="b"] .recommendation').inner_text()
+        == comparison["recommendation"]
+    )
+    page.goto(f"/rollouts?model={model}")  # stopped: no longer running, still found by id
+    assert page.locator("#experiments tbody tr[data-experiment]").count() == 0
+    page.goto(f"/experiments/{exp.id}")
+    assert page.locator("#live").get_attribute("data-live-status") == "final"
+    assert page.locator('#arms tr[data-arm="control"] .requests').inner_text() == str(
+        comparison["arms"][0]["requests"]
+    )
 
 
 # ----- admin actions ---------------------------------------------------------------------------------

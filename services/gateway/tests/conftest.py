@@ -39,6 +39,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, traces: OtlpTraceReceiver) -
         "v1": train(seed=1, rounds=20),
         "v2": train(seed=1, rounds=22),
         "bad": train(seed=2, rounds=20, positive_share=0.9),
+        # scores pushed toward 0.5 (two boosting rounds): a miscalibrated candidate whose own
+        # training profile agrees with it
+        "flat": train(seed=1, rounds=2),
     }
     buffer = {"FINPREDICT_GATEWAY_LOG_BUFFER_RECORDS": "2000"}
     with running_stack(tmp, unique("credit"), models, env=otlp, gateway_env=buffer) as s:

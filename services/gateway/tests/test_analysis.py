@@ -9,6 +9,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from finpredict.gateway.analysis import Thresholds, VariantWindow, analyze
+from finpredict.gateway.canary_stats import arm_counts
+from finpredict.gateway.stats import CanaryEvidence, Stratum, evaluate
 
 MIN = 200
 
@@ -31,8 +33,7 @@ def _window(
     if label_noise is not None:
         defaulted = rng.random(n) < scores  # labels follow the scores ...
         flip = rng.random(n) < label_noise  # ... except for a share of noise
-        for s, d, f in zip(scores, defaulted, flip, strict=True):
-            w.record_outcome(float(s), bool(d ^ f))
+        w.record_outcomes(scores.tolist(), (defaulted ^ flip).tolist(), 0.5)
     return w
 
 
@@ -63,12 +64,20 @@ def test_rolls_back_on_each_breach_naming_it(canary_kwargs: dict[str, float], re
     assert reason_fragment in verdict.reason, verdict.reason
 
 
-def test_rolls_back_on_auc_drop_when_labels_exist() -> None:
+def test_labels_report_the_window_auc_and_the_statistics_roll_back_an_auc_drop() -> None:
+    """The window only reports each variant's AUC (a fixed limit re-tested at every window would roll
+    back good models by chance); the statistics' always-valid AUC test rolls the canary back."""
     stable = _window(2000, seed=1, label_noise=0.0)
     canary = _window(800, seed=2, label_noise=0.3)
     verdict = analyze(stable, canary, Thresholds(), MIN)
-    assert verdict.action == "rollback", verdict.reason
-    assert "AUC" in verdict.reason
+    assert verdict.action == "advance", verdict.reason
+    assert verdict.metrics["stable_auc"] - verdict.metrics["canary_auc"] > 0.1
+    restored = VariantWindow.from_dict(canary.to_dict())
+    assert restored.labeled == canary.labeled == 800
+    strata = [Stratum.canary(0.25, arm_counts(stable), arm_counts(restored))]
+    statistics = evaluate(CanaryEvidence(strata))
+    assert statistics.action == "rollback"
+    assert "auc" in statistics.checks, statistics.reasons
 
 
 def test_auc_matches_sklearn_with_ties() -> None:
@@ -76,7 +85,6 @@ def test_auc_matches_sklearn_with_ties() -> None:
     rng = np.random.default_rng(3)
     scores = np.round(rng.random(500), 1)  # many ties
     labels = rng.random(500) < scores
-    for s, d in zip(scores, labels, strict=True):
-        w.record_outcome(float(s), bool(d))
+    w.record_outcomes(scores.tolist(), labels.tolist(), 0.5)
     assert w.auc() == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     assert math.isnan(VariantWindow().auc())

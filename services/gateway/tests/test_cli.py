@@ -153,8 +153,20 @@ def test_shadow_and_experiment(gw: CliStack) -> None:
     assert exp_id, started.output
     refused = rollout(gw, "start", "--model", model, "--version", "2")
     assert_clean(refused, 1, "FAILED_PRECONDITION", "experiment", "experiment stop")
+    # its statistics before any traffic: nothing to judge yet, so the recommendation is to go on
+    running = rollout(gw, "experiment", "status", "--model", model)
+    assert_clean(running, 0, "running", "new against control", "default rate", "recommendation: continue")
+    shown = rollout(gw, "experiment", "status", "--id", exp_id.group(1), "--json")
+    assert_clean(shown, 0)
+    doc = json.loads(shown.output)
+    assert doc["statistics"]["versions"] == {"control": 1, "new": 2}
+    assert doc["statistics"]["comparisons"][0]["recommendation"] == "continue"
     assert_clean(rollout(gw, "experiment", "stop", "--id", exp_id.group(1)), 0, "stopped")
     assert_clean(rollout(gw, "experiment", "stop", "--id", exp_id.group(1)), 1, "NOT_FOUND")
+    # a stopped experiment keeps its statistics (by id); the model has no running one any more
+    assert_clean(rollout(gw, "experiment", "status", "--id", exp_id.group(1)), 0, "stopped")
+    assert_clean(rollout(gw, "experiment", "status", "--model", model), 1, "NOT_FOUND")
+    assert_clean(rollout(gw, "experiment", "status"), 2, "exactly one of --model or --id")
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,10 @@ destroys the stack and has a module (and stack) of its own: test_gateway_ray_los
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import random
 import signal
 import threading
 import time
@@ -29,6 +31,8 @@ from finpredict.api.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from finpredict.api.registry.v1 import registry_pb2
 from finpredict.api.rollout.v1 import rollout_pb2 as rpb
 from finpredict.api.scoring.v1 import scoring_pb2 as spb
+from finpredict.gateway.cli import rollout_app
+from finpredict.testkit.cli import invoke
 from finpredict.testkit.gateway import (
     CLIENT,
     CLIENT_TOKEN,
@@ -422,6 +426,74 @@ def test_experiment_arms_split_traffic_with_per_arm_labels(stack: Stack) -> None
         )
 
 
+def test_experiment_shows_per_arm_default_rates_from_delayed_labels_covering_the_truth(stack: Stack) -> None:
+    """An A/B experiment between two real versions on a simulated population whose applicants
+    default with a known probability per arm: the outcomes, reported through the gateway by
+    request id, reach the experiment's statistics (GetExperiment and ``finpredict rollout
+    experiment status``) as per-arm default rates with always-valid intervals that cover the true
+    rates and the true difference, and the recommendation follows."""
+    truth = {"control": 0.05, "treatment": 0.25}  # P(default) of an applicant the arm served
+    arms = [
+        rpb.ExperimentArm(name="control", version=stack.versions["v1"], weight=50),
+        rpb.ExperimentArm(name="treatment", version=stack.versions["v2"], weight=50),
+    ]
+    exp = stack.client.rollouts.StartExperiment(
+        rpb.StartExperimentRequest(model=stack.model, arms=arms), metadata=OPERATOR, timeout=10
+    ).experiment
+    try:
+        before = log_counts(stack.gateway.metrics_port, stack.monitor.metrics_port, stack.model)
+        results: list[spb.Score] = []
+        for start in range(0, 2000, 500):
+            ids = [uuid.uuid4().hex for _ in range(500)]
+            results.extend(stack.client.score_batch(stack.model, ids, offset=start).results)
+        # every prediction is with the monitor before its outcome (a waiting one is matched later,
+        # outside the gateway's analysis)
+        reconcile_log(
+            stack.gateway.metrics_port, stack.monitor.metrics_port, stack.model, before, len(results)
+        )
+        rng = random.Random(20261205)
+        outcomes = [
+            spb.Outcome(request_id=r.request_id, defaulted=rng.random() < truth[r.arm]) for r in results
+        ]
+        matched = 0
+        for start in range(0, len(outcomes), 1000):
+            matched += stack.client.scoring.RecordOutcomes(
+                spb.RecordOutcomesRequest(outcomes=outcomes[start : start + 1000]),
+                metadata=OPERATOR,
+                timeout=30,
+            ).matched
+        assert matched == len(outcomes)
+
+        got = stack.client.rollouts.GetExperiment(
+            rpb.GetExperimentRequest(experiment_id=exp.id), metadata=CLIENT, timeout=10
+        )
+        (comparison,) = json.loads(got.statistics)["comparisons"]
+        by_arm = {a["arm"]: a for a in comparison["arms"]}
+        for arm, p in truth.items():
+            served = [r for r in results if r.arm == arm]
+            approved = [r for r in served if r.decision == spb.DECISION_APPROVE]
+            rate = by_arm[arm]["default_rate"]
+            assert by_arm[arm]["requests"] == len(served)
+            assert rate["n"] == len(approved) >= 200  # enough labels for the effect's test
+            assert rate["lower"] <= p <= rate["upper"], (arm, rate)
+        effect = next(e for e in comparison["effects"] if e["metric"] == "default_rate")
+        assert effect["lower"] <= truth["treatment"] - truth["control"] <= effect["upper"], effect
+        assert effect["lower"] > 0  # the treatment's defaults are visibly higher ...
+        assert comparison["recommendation"] == "stop_a_better"  # ... so the control wins
+        assert not comparison["srm"]["mismatch"]
+
+        shown = invoke(
+            rollout_app, ["experiment", "status", "--id", exp.id], stack.gateway.target, CLIENT_TOKEN
+        )
+        assert shown.exit_code == 0, shown.output
+        assert "default rate" in shown.output, shown.output
+        assert "stop_a_better" in shown.output, shown.output
+    finally:
+        stack.client.rollouts.StopExperiment(
+            rpb.StopExperimentRequest(experiment_id=exp.id), metadata=OPERATOR, timeout=10
+        )
+
+
 def test_one_request_is_traced_across_gateway_replica_and_registry(
     stack: Stack, traces: OtlpTraceReceiver
 ) -> None:
@@ -518,6 +590,36 @@ def test_bad_candidate_is_rolled_back_at_the_first_analysis_with_enough_traffic(
         )
         >= 1
     )
+
+
+def test_miscalibrated_candidate_is_rolled_back_by_the_label_free_estimate(stack: Stack) -> None:
+    """A candidate whose scores sit near 0.5 (its own training profile agrees, so neither skew nor
+    consistency objects) claims, if its scores were calibrated, an expected AUC far below stable's:
+    the label-free estimate rolls it back as soon as it has its rows, long before the window has
+    the requests for its other checks."""
+    rollout = stack.client.start_rollout(
+        stack.model,
+        stack.versions["flat"],
+        [50.0, 100.0],
+        interval_s=1.0,
+        min_requests=20_000,
+        **LOOSE_LATENCY,
+    )
+    with Traffic(stack.gateway.target, stack.model) as traffic:
+        done = wait_for(
+            lambda: (r := stack.client.rollout(rollout.id)).state != rpb.ROLLOUT_STATE_PROGRESSING and r,
+            120,
+            "the miscalibrated candidate to be rolled back",
+        )
+    assert done.state == rpb.ROLLOUT_STATE_ROLLED_BACK, done
+    last = done.decisions[-1]
+    assert last.verdict == "rollback"
+    assert "label-free estimate: expected AUC" in last.reason, last.reason
+    statistics = json.loads(last.statistics)
+    assert "estimate" in statistics["checks"], statistics["checks"]
+    expected = statistics["expected"]
+    assert expected["canary"]["auc"] < expected["stable"]["auc"] - 0.05, expected
+    assert not traffic.errors, traffic.errors
 
 
 def test_good_candidate_is_promoted_and_survives_a_gateway_kill(stack: Stack) -> None:

@@ -402,6 +402,7 @@ def test_admin_rpcs_need_the_admin_role(plain: Plain, method_name: str) -> None:
         (OIP, "ModelReady", oip.ModelReadyRequest(name=MODEL)),
         (ROLLOUT, "GetRollout", rpb.GetRolloutRequest(model=MODEL)),
         (ROLLOUT, "ListRollouts", rpb.ListRolloutsRequest()),
+        (ROLLOUT, "GetExperiment", rpb.GetExperimentRequest(model=MODEL)),
     ],
 )
 def test_reads_need_a_token(plain: Plain, service: Any, method_name: str, request_message: Message) -> None:
@@ -475,6 +476,7 @@ VALID: dict[str, Message] = {
     "ModelReady": oip.ModelReadyRequest(name=MODEL),
     "GetRollout": rpb.GetRolloutRequest(model=MODEL),
     "ListRollouts": rpb.ListRolloutsRequest(model=MODEL, page_size=5),
+    "GetExperiment": rpb.GetExperimentRequest(model=MODEL),
     **{name: _valid(name) for name in ADMIN_RPCS},
 }
 FUZZED = [

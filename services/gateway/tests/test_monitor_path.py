@@ -1,7 +1,9 @@
 """The gateway's paths to the monitor, with a real registry, monitor and gateway (no Ray: the model
 server is the in-process stand-in): outcomes from the SDK and the CLI reach the monitor and move
 its accuracy, once; bad, unauthorised and undeliverable outcomes are refused clearly; the
-prediction log accounts for every record scored through a killed connection and a shutdown."""
+prediction log accounts for every record scored through a killed connection and a shutdown; an
+analyst's override from the SDK is the next snapshot's label, and the review queue lists a refused
+request and a score in the review band."""
 
 from __future__ import annotations
 
@@ -17,16 +19,21 @@ import grpc
 import polars as pl
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from typer.testing import CliRunner
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as mpb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc as mpb_grpc
+from finpredict.api.rollout.v1 import rollout_pb2 as rpb
+from finpredict.api.rollout.v1 import rollout_pb2_grpc as rpb_grpc
 from finpredict.api.scoring.v1 import scoring_pb2 as spb
 from finpredict.api.scoring.v1 import scoring_pb2_grpc as spb_grpc
 from finpredict.client import (
     Application,
     AsyncScoringClient,
     Decision,
+    Feedback,
+    FeedbackSummary,
     InvalidRequestError,
     Outcome,
     OutcomeSummary,
@@ -35,17 +42,22 @@ from finpredict.client import (
     ScoreResult,
     ScoringClient,
     UnavailableError,
+    Verdict,
 )
 from finpredict.common.auth import bearer_metadata
 from finpredict.common.net import free_port
-from finpredict.gateway.cli import outcomes_app
+from finpredict.gateway.cli import feedback_app, outcomes_app
+from finpredict.monitor.cli import app as drift_app
+from finpredict.monitor.review_cli import app as review_app
 from finpredict.testkit.cli import (
+    ADMIN_TOKEN,
     GATEWAY_TOKENS,
     READER_TOKEN,
     REGISTRY_ADMIN,
     REGISTRY_CONTROLLER,
     REGISTRY_TOKENS,
     WRITER_TOKEN,
+    FakeModelServer,
     RegistryAdmin,
     fake_model_server,
     invoke,
@@ -75,6 +87,7 @@ class MonitorPath:
     gateway: ServiceProcess
     tmp: Path
     trained: TrainedModel
+    fake: FakeModelServer
 
     def model(self) -> str:
         """A fresh model with v1 in production (each test counts its own records and outcomes)."""
@@ -133,12 +146,12 @@ def path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitorPath]:
             },
         )
         try:
-            with fake_model_server() as (model_server, _):
+            with fake_model_server() as (model_server, fake):
                 work = tmp / "gateway"
                 gateway = start_gateway(work, registry.target, model_server, monitor.target)
                 try:
                     yield MonitorPath(
-                        registry, admin, model_server, monitor, gateway, tmp, train_small_model()
+                        registry, admin, model_server, monitor, gateway, tmp, train_small_model(), fake
                     )
                 finally:
                     gateway.stop()
@@ -457,3 +470,189 @@ def test_every_scored_record_is_sent_or_counted_through_a_killed_connection_and_
     assert (sent_at_close, sent_at_close + dropped_at_close) == (100, 230)
     # the batch in flight was stored but never acknowledged: counted as dropped, not as sent
     assert metric_value(path.monitor, ingested, model=model) == 150
+
+
+# ----- attributes the model does not use ------------------------------------------------------------
+
+
+def test_attributes_are_logged_with_the_prediction_and_never_scored(path: MonitorPath) -> None:
+    """An application's attributes (the protected attribute for fairness monitoring and the
+    fairness gate of retraining) reach the monitor's log with the prediction, as categories beside
+    the features; the score is the one without them; a name that is a feature is refused."""
+    model = path.model()
+    plain = score(path.gateway.target, model, 4)
+    apps = [
+        Application(a.entity_id, a.features, attributes={"protected_group": "AB"[i % 2]})
+        for i, a in enumerate(applications(4))
+    ]
+    with ScoringClient(path.gateway.target, token=READER_TOKEN) as client:
+        tagged = client.score_batch(model, apps)
+        with pytest.raises(InvalidRequestError, match=r'attributes\["debt"\]: a feature of the model'):
+            client.score_batch(model, [Application("biz-x", apps[0].features, attributes={"debt": "1"})])
+    assert [r.score for r in tagged] == [r.score for r in plain]  # the model never saw them
+    logged(path, model, 8)
+    with grpc.insecure_channel(path.monitor.target) as channel:
+        stub = mpb_grpc.MonitorServiceStub(channel)
+        records = [
+            stub.LookupPredictions(
+                mpb.LookupPredictionsRequest(request_id=r.request_id),
+                metadata=bearer_metadata(MONITOR_READER),
+                timeout=10,
+            ).records[0]
+            for r in tagged
+        ]
+    assert [r.features["protected_group"].category for r in records] == ["A", "B", "A", "B"]
+    assert all("debt" in r.features for r in records)
+
+
+# ----- analyst feedback and the review queue --------------------------------------------------------
+
+
+def _review_queue(path: MonitorPath, model: str, *args: str) -> dict[str, dict[str, object]]:
+    """``finpredict review list --json`` of ``model``: the cases by request id."""
+    got = CliRunner().invoke(
+        review_app,
+        [
+            "list",
+            "--model",
+            model,
+            "--json",
+            "--target",
+            path.monitor.target,
+            "--token",
+            MONITOR_READER,
+            *args,
+        ],
+    )
+    assert got.exit_code == 0, got.output
+    return {c["request_id"]: c for c in map(json.loads, got.output.splitlines())}
+
+
+def test_an_sdk_override_is_the_next_snapshots_label_and_the_review_queue_lists_edge_cases(
+    path: MonitorPath, tmp_path: Path
+) -> None:
+    model = path.model()
+    results = score(path.gateway.target, model, 10)
+    # the stand-in scores debt / (debt + revenue + 1): biz-4's 100 000 of debt is a hair under 0.5
+    in_band = [r.request_id for r in results if abs(r.score - r.threshold) <= 0.05]  # the default band
+    assert [r.entity_id for r in results if r.request_id in in_band] == ["biz-4"]
+    refused_id = "refused-" + model
+    bad = {**applications(1)[0].features, "debt": "lots"}
+    with (
+        ScoringClient(path.gateway.target, token=READER_TOKEN, retry=FAST) as client,
+        pytest.raises(InvalidRequestError) as refused,
+    ):
+        client.score(model, "biz-bad", bad, request_id=refused_id)
+    assert refused.value.field == 'application.features["debt"]'
+    logged(path, model, 10)
+    outcomes = labels(results)
+    assert record("sync", path.gateway.target, outcomes).matched == 10
+
+    # an analyst overrides one decision with a corrected label and confirms another (sync), and a
+    # retry of the same call (asyncio) is recognised as duplicates
+    corrected = not outcomes[0].defaulted
+    feedback = [
+        Feedback(results[0].request_id, Verdict.OVERRIDDEN, corrected_label=corrected, reason="fraud ring"),
+        Feedback(results[1].request_id, "confirmed"),
+    ]
+    with ScoringClient(path.gateway.target, token=WRITER_TOKEN, retry=FAST) as client:
+        assert client.record_feedback(feedback) == FeedbackSummary(recorded=2, duplicates=0, unknown=0)
+
+    async def retry() -> FeedbackSummary:
+        async with AsyncScoringClient(path.gateway.target, token=WRITER_TOKEN, retry=FAST) as client:
+            return await client.record_feedback(feedback)
+
+    assert asyncio.run(retry()) == FeedbackSummary(recorded=0, duplicates=2, unknown=0)
+    # the gateway refuses what the SDK does not check, naming the item in the caller's whole list
+    too_long = [feedback[1], Feedback(results[1].request_id, "disputed", reason="x" * 2001)]
+    with (
+        ScoringClient(path.gateway.target, token=WRITER_TOKEN, retry=FAST) as client,
+        pytest.raises(InvalidRequestError) as bad_feedback,
+    ):
+        client.record_feedback(too_long, chunk_size=1)
+    assert (bad_feedback.value.field, bad_feedback.value.index) == ("feedback[1].reason", 1)
+    # and another disputes a third from the command line
+    disputed = ["record", "--request-id", results[2].request_id, "--verdict", "disputed", "--reason", "odd"]
+    got = invoke(feedback_app, disputed, path.gateway.target, WRITER_TOKEN)
+    assert got.exit_code == 0, got.output
+    assert f"recorded disputed for {results[2].request_id}" in " ".join(got.output.split())
+
+    # the next production snapshot carries the corrected label, flagged, beside the outcome
+    snapshot = tmp_path / "snapshot.parquet"
+    now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+    args = [
+        "export",
+        "--from",
+        (now - timedelta(days=1)).isoformat(),
+        "--to",
+        (now + timedelta(hours=1)).isoformat(),
+    ]
+    args += ["--maturity-days", "0", "--model", model, "--out", str(snapshot)]
+    args += ["--data-dir", str(path.tmp / "monitor" / "data")]
+    exported = CliRunner().invoke(drift_app, args)
+    assert exported.exit_code == 0, exported.output
+    stats = json.loads(exported.output)
+    assert (stats["rows"], stats["feedback_labels"]) == (10, 1)
+    rows = {r["request_id"]: r for r in pl.read_parquet(snapshot).iter_rows(named=True)}
+    assert refused_id not in rows  # never scored: not a prediction
+    overridden = rows[results[0].request_id]
+    assert (overridden["feedback_label"], overridden["label_overridden"]) == (corrected, True)
+    assert overridden["defaulted"] is outcomes[0].defaulted
+    assert [r["request_id"] for r in rows.values() if r["label_overridden"]] == [results[0].request_id]
+
+    # the review queue: the refused request (it reaches the monitor down the prediction log) and the
+    # score in the review band, nothing else of this model
+    def queued() -> dict[str, dict[str, object]] | None:
+        cases = _review_queue(path, model)
+        return cases if refused_id in cases else None
+
+    cases = wait_for(queued, 30, "the refused request in the review queue")
+    assert set(cases) == {refused_id, *in_band}
+    assert cases[refused_id]["kind"] == "refused"
+    assert cases[refused_id]["score"] is None
+    assert 'application.features["debt"]: expected a number' in str(cases[refused_id]["detail"])
+    assert cases[in_band[0]]["kind"] == "review_band"
+    assert set(_review_queue(path, model, "--kind", "refused")) == {refused_id}
+
+    # a canary that fails is answered by stable: each such request is a case too
+    candidate = path.admin.register(model, path.trained)
+    path.fake.failing.add((model, candidate))
+    start = rpb.StartRolloutRequest(
+        model=model, candidate_version=candidate, steps=[50, 100], min_requests_per_step=1000
+    )
+    with grpc.insecure_channel(path.gateway.target) as channel:
+        rpb_grpc.RolloutServiceStub(channel).StartRollout(
+            start, metadata=bearer_metadata(ADMIN_TOKEN), timeout=30
+        )
+    later = {r.request_id for r in score(path.gateway.target, model, 20, offset=10)}
+    fallbacks = metric_value(path.gateway, "finpredict_gateway_canary_fallbacks_total", model=model)
+    assert fallbacks > 0
+
+    def fallen_back() -> dict[str, dict[str, object]] | None:
+        found = _review_queue(path, model, "--kind", "canary_fallback")
+        return found if len(found) == fallbacks else None
+
+    fell = wait_for(fallen_back, 30, f"{fallbacks} canary fallbacks in the review queue")
+    assert set(fell) <= later
+    assert {str(c["detail"]) for c in fell.values()} == {
+        f"canary v{candidate} failed (INTERNAL); answered by stable v1"
+    }
+    assert {(c["version"], c["variant"]) for c in fell.values()} == {(1, "stable")}
+
+    out = tmp_path / "review.csv"
+    got = CliRunner().invoke(
+        review_app,
+        [
+            "export",
+            "--model",
+            model,
+            "--out",
+            str(out),
+            "--target",
+            path.monitor.target,
+            "--token",
+            MONITOR_READER,
+        ],
+    )
+    assert got.exit_code == 0, got.output
+    assert set(pl.read_csv(out)["request_id"]) >= {refused_id, *in_band, *fell}

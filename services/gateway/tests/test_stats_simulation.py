@@ -46,3 +46,12 @@ def test_a_candidate_with_halved_odds_is_caught_by_its_labels() -> None:
     result = simulate("halved_odds", SimSettings(rollouts=20, requests_per_look=3000))
     assert result.stop_rate >= 0.8
     assert "calibration" in result.checks
+
+
+def test_a_candidate_with_scores_pushed_toward_one_half_is_rolled_back_by_estimate_or_calibration() -> None:
+    """Same ranking, miscalibrated toward 0.5 (its own profile agrees, so neither skew nor
+    consistency sees it): the label-free estimate or the calibration check rolls every one back."""
+    result = simulate("miscalibrated", SimSettings(rollouts=20))
+    assert result.stopped.all()
+    assert not result.halted.any()
+    assert set(result.checks) <= {"estimate", "calibration"}, result.checks

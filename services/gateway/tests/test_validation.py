@@ -10,6 +10,7 @@ from finpredict.api.common.v1 import types_pb2 as t
 from finpredict.gateway.validation import (
     RequestError,
     validate_application,
+    validate_attributes,
     validate_batch_size,
     validate_model_name,
 )
@@ -93,3 +94,20 @@ def test_batch_size_limits(n: int, message: str) -> None:
 def test_model_name_required() -> None:
     with pytest.raises(RequestError, match="model: required"):
         validate_model_name("")
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"revenue": "A"}, r'applications\[2\].attributes\["revenue"\]: a feature of the model'),
+        ({"": "A"}, r'attributes\[""\]: a name of 1 to 64 characters is required'),
+        ({"g" * 65: "A"}, "a name of 1 to 64 characters"),
+        ({"protected_group": "x" * 257}, r'attributes\["protected_group"\]: longer than 256 characters'),
+        ({f"a{i}": "x" for i in range(17)}, r"applications\[2\].attributes: 17 attributes, at most 16"),
+    ],
+)
+def test_bad_attributes_are_named(attributes: dict[str, str], message: str) -> None:
+    specs = {spec.name: spec for spec in SCHEMA.features}
+    validate_attributes({"protected_group": "B"}, specs, "applications[2]")  # a good one passes
+    with pytest.raises(RequestError, match=message):
+        validate_attributes(attributes, specs, "applications[2]")

@@ -87,9 +87,14 @@ def test_a_restart_loads_the_snapshot_and_folds_only_the_tail(tmp_path: Path, ca
     tail = stream.filter(pl.col("time") >= rp.START + timedelta(days=1, hours=20))
     first = _engine(tmp_path, cache)
     _feed(first, day1, batch=10)  # three files an hour
-    first.record_outcomes(
+    counts, _ = first.record_outcomes(
         [OutcomeIn(r, "", True, rp.START + timedelta(days=2), None) for r in day1["request_id"][:50]]
     )
+    # each matched outcome comes back with its prediction's version, score and threshold (for the
+    # gateway's rollout and experiment analysis)
+    assert [x.request_id for x in counts.labelled] == list(day1["request_id"][:50])
+    assert {(x.model, x.version, x.defaulted) for x in counts.labelled} == {(MODEL, 1, True)}
+    assert [x.score for x in counts.labelled] == list(day1["score"][:50])
     first.snapshot()
     # the closed hours were compacted into one file each, after the snapshot covered them
     closed = [d for d, h in first.store.hour_dirs() if h < rp.START + timedelta(days=1, hours=19)]

@@ -50,3 +50,14 @@ def test_bulk_update_goes_straight_to_a_run_and_full_width_keys_survive() -> Non
     assert m.get(2**64 - 1) == 99
     assert m.discard_blocks({7}) == 4  # the run's four entries (the stale copy included) ...
     assert m.get(2**64 - 1) == 99  # ... but not the newer entry, which points into block 0
+
+
+def test_entries_list_each_key_once_with_its_newest_code() -> None:
+    m = DigestMap(seal_at=4)
+    m.set_many(range(1, 11), range(101, 111))  # sealed into runs on the way
+    m.set_many([3, 12], [203, 212])  # a newer code for 3, in the recent dict
+    keys, codes = m.entries()
+    expected = {k: 100 + k for k in range(1, 11)} | {3: 203, 12: 212}
+    assert dict(zip(keys.tolist(), codes.tolist(), strict=True)) == expected
+    assert keys.tolist() == sorted(expected)
+    assert [len(a) for a in DigestMap().entries()] == [0, 0]

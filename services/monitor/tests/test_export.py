@@ -131,7 +131,7 @@ def test_export_takes_matured_labelled_records_and_ingest_records_its_counts(
 
     rows = pl.read_parquet(snapshot)
     assert dict(zip(rows["request_id"], rows["defaulted"], strict=True)) == expected
-    assert rows["feedback_label"].null_count() == rows.height  # the monitor records no feedback yet
+    assert rows["feedback_label"].null_count() == rows.height  # no analyst feedback recorded here
     assert {"score", "version", "variant", "f.protected_group", "f.annual_revenue"} <= set(rows.columns)
 
     # the pipeline's production source: a snapshot of another window is refused ...

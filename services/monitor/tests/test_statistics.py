@@ -125,6 +125,14 @@ def test_served_statistics_equal_an_independent_computation(replayed: Replayed) 
             cur = _shares(_buckets(profile, "__score__", raw["score"]))
             assert w.score_kl == pytest.approx(_kl(ref, cur), rel=1e-9)
             assert w.score_js == pytest.approx(_js(ref, cur), rel=1e-9)
+            # the score histogram itself, on the reference's bins (then missing)
+            score_edges = profile.edges("__score__")
+            assert score_edges is not None
+            assert list(w.score_histogram.edges) == score_edges.tolist()
+            assert list(w.score_histogram.counts) == _buckets(profile, "__score__", raw["score"]).tolist()
+            assert list(w.score_histogram.reference_proportions) == pytest.approx(
+                profile.reference_proportions("__score__").tolist()
+            )
             labeled = raw.filter(pl.col("defaulted").is_not_null())
             assert w.labeled == labeled.height
             y = labeled["defaulted"].to_numpy()

@@ -13,7 +13,8 @@ are set, against the window they name; then it becomes the dataset the next stag
 features without their ``f.`` prefix, the label (an analyst's corrected label where there is one,
 else the outcome), the prediction time as the timestamp, the request id as the id and the
 protected attribute, which must have been logged with the predictions (the fairness gate needs
-it; it is not a model feature).
+it; it is not a model feature): the scoring client sends it in the application's ``attributes``,
+which the gateway logs beside the features and never passes to the model.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def to_dataset(path: Path, snapshot: pl.DataFrame, schema: DatasetSchema) -> pl.
     if prot not in snapshot.columns:
         problems.append(
             f"{prot}: missing (the protected attribute, which the fairness gate needs, was not logged "
-            "with the predictions)"
+            "with the predictions: send it in the scoring request's Application.attributes"
+            f'["{schema.protected_attribute}"])'
         )
     columns: list[pl.Expr] = []
     for spec in schema.features.features:

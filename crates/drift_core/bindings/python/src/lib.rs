@@ -19,6 +19,8 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod records;
+
 create_exception!(
     drift_core,
     DriftCoreError,
@@ -938,6 +940,7 @@ fn _drift_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kl, m)?)?;
     m.add_function(wrap_pyfunction!(js, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(records::decode_prediction_batch, m)?)?;
     m.add("EPSILON", drift_core::EPSILON)?;
     m.add("NUM_THREADS_ENV", drift_core::pool::NUM_THREADS_ENV)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

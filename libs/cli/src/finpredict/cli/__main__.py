@@ -25,7 +25,22 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "outcomes_app",
         "Record outcomes (did the customer default?) of scored applications.",
     ),
+    "feedback": (
+        "finpredict.gateway.cli",
+        "feedback_app",
+        "Record analysts' feedback (confirmed, disputed, overridden) on scored decisions.",
+    ),
     "drift": ("finpredict.monitor.cli", "app", "Drift reports and alerts."),
+    "review": (
+        "finpredict.monitor.review_cli",
+        "app",
+        "The review queue: refused requests, canary fallbacks, scores near the threshold.",
+    ),
+    "retrain": (
+        "finpredict.monitor.retrain_cli",
+        "app",
+        "Retraining runs: start the day's scheduled run (or a manual one), list runs and their results.",
+    ),
     "experiments": (
         "finpredict.pipelines.experiments",
         "app",

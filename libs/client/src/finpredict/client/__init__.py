@@ -6,7 +6,9 @@
 
 :class:`ScoringClient` blocks, :class:`AsyncScoringClient` is its asyncio twin. Both also record
 what became of scored applications (``record_outcomes([Outcome(request_id, defaulted=True)])``, a
-``writer`` token), which the monitor measures live accuracy with. Both retry
+``writer`` token), which the monitor measures live accuracy with, and analysts' feedback on
+decisions (``record_feedback([Feedback(request_id, Verdict.OVERRIDDEN, corrected_label=True)])``),
+whose corrected labels train the next model. Both retry
 ``UNAVAILABLE`` / ``RESOURCE_EXHAUSTED`` with capped exponential back-off and jitter inside one
 overall deadline, re-using the request id, and raise typed :class:`ScoringError` subclasses.
 """
@@ -27,11 +29,14 @@ from finpredict.client.types import (
     Application,
     Decision,
     FeatureInput,
+    Feedback,
+    FeedbackSummary,
     Outcome,
     OutcomeSummary,
     ReasonCode,
     ScoreResult,
     Variant,
+    Verdict,
 )
 
 __all__ = [
@@ -43,6 +48,8 @@ __all__ = [
     "DeadlineExceededError",
     "Decision",
     "FeatureInput",
+    "Feedback",
+    "FeedbackSummary",
     "InvalidRequestError",
     "ModelNotFoundError",
     "Outcome",
@@ -55,4 +62,5 @@ __all__ = [
     "ScoringError",
     "UnavailableError",
     "Variant",
+    "Verdict",
 ]

@@ -16,9 +16,11 @@ from finpredict.client.retry import Deadline, RetryPolicy
 from finpredict.client.types import (
     Application,
     FeatureInput,
+    Feedback,
     Outcome,
     ScoreResult,
     feature_values,
+    feedback_to_proto,
     outcome_to_proto,
     result_from_proto,
 )
@@ -129,6 +131,7 @@ def batch_chunks(
                     entity_id=app.entity_id,
                     features=feature_values(app.features),
                     request_id=app.request_id or new_request_id(),
+                    attributes=app.attributes or {},
                 )
                 for app in part
             ],
@@ -158,6 +161,31 @@ def outcome_chunks(outcomes: Sequence[Outcome], *, chunk_size: int) -> list[Outc
         OutcomeChunk(
             offset=offset,
             request=scoring_pb2.RecordOutcomesRequest(outcomes=wire[offset : offset + chunk_size]),
+            request_id=new_request_id(),
+        )
+        for offset in range(0, len(wire), chunk_size)
+    ]
+
+
+@dataclass(frozen=True)
+class FeedbackChunk:
+    """One RecordFeedback call of a larger list: where it starts in the caller's list, and its request."""
+
+    offset: int
+    request: scoring_pb2.RecordFeedbackRequest
+    request_id: str
+
+
+def feedback_chunks(feedback: Sequence[Feedback], *, chunk_size: int) -> list[FeedbackChunk]:
+    """Checks every feedback (before anything is sent) and splits them into calls of at most
+    ``chunk_size``."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    wire = [feedback_to_proto(i, f) for i, f in enumerate(feedback)]
+    return [
+        FeedbackChunk(
+            offset=offset,
+            request=scoring_pb2.RecordFeedbackRequest(feedback=wire[offset : offset + chunk_size]),
             request_id=new_request_id(),
         )
         for offset in range(0, len(wire), chunk_size)

@@ -16,9 +16,12 @@ from finpredict.client.retry import Deadline, RetryPolicy, jitter_source
 from finpredict.client.types import (
     Application,
     FeatureInput,
+    Feedback,
+    FeedbackSummary,
     Outcome,
     OutcomeSummary,
     ScoreResult,
+    feedback_summary_from_proto,
     result_from_proto,
     summary_from_proto,
 )
@@ -160,6 +163,34 @@ class AsyncScoringClient:
             return summary_from_proto(response)
 
         summary = OutcomeSummary(0, 0, 0)
+        for part in await self._concurrently(run, chunks):
+            summary += part
+        return summary
+
+    async def record_feedback(
+        self,
+        feedback: Sequence[Feedback],
+        *,
+        chunk_size: int | None = None,
+        timeout: _core.Timeout = _core.DEFAULT,  # noqa: ASYNC109 - a gRPC deadline spanning retries
+    ) -> FeedbackSummary:
+        """Records analyst feedback on scored decisions, in up to ``max_concurrency`` concurrent
+        calls of at most ``chunk_size`` (see :meth:`finpredict.client.ScoringClient.record_feedback`).
+        The first failing chunk cancels the others and raises (an
+        :class:`~finpredict.client.InvalidRequestError` carries the item's ``index`` in
+        ``feedback``); calling again with the same feedback is safe.
+        """
+        chunks = _core.feedback_chunks(feedback, chunk_size=chunk_size or self._chunk_size)
+        stub = self._get_stub()
+        deadline = _core.resolve_timeout(timeout, self._timeout)
+
+        async def run(chunk: _core.FeedbackChunk) -> FeedbackSummary:
+            response = await self._call(
+                stub.RecordFeedback, chunk.request, chunk.request_id, deadline, chunk.offset
+            )
+            return feedback_summary_from_proto(response)
+
+        summary = FeedbackSummary(0, 0, 0)
         for part in await self._concurrently(run, chunks):
             summary += part
         return summary

@@ -15,7 +15,7 @@ import grpc
 
 # ``applications[3].features["utilisation"]: 1.7 is above ...`` / ``model: required``
 _FIELD_RE = re.compile(r'^((?:[A-Za-z_]\w*)(?:\.[A-Za-z_]\w*|\[\d+\]|\["[^"]*"\])*): ')
-_INDEX_RE = re.compile(r"^(applications|outcomes)\[(\d+)\]")
+_INDEX_RE = re.compile(r"^(applications|outcomes|feedback)\[(\d+)\]")
 _FEATURE_RE = re.compile(r'\.features\["([^"]*)"\]')
 
 

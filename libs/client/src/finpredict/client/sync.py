@@ -16,9 +16,12 @@ from finpredict.client.retry import Deadline, RetryPolicy, jitter_source
 from finpredict.client.types import (
     Application,
     FeatureInput,
+    Feedback,
+    FeedbackSummary,
     Outcome,
     OutcomeSummary,
     ScoreResult,
+    feedback_summary_from_proto,
     result_from_proto,
     summary_from_proto,
 )
@@ -139,6 +142,34 @@ class ScoringClient:
                 self._stub.RecordOutcomes, chunk.request, chunk.request_id, deadline, chunk.offset
             )
             summary += summary_from_proto(response)
+        return summary
+
+    def record_feedback(
+        self,
+        feedback: Sequence[Feedback],
+        *,
+        chunk_size: int | None = None,
+        timeout: _core.Timeout = _core.DEFAULT,
+    ) -> FeedbackSummary:
+        """Records analyst feedback on scored decisions (confirmed, disputed, overridden with an
+        optional corrected label, which the next training snapshot uses as the label), in calls of
+        at most ``chunk_size``. Needs a token with the gateway's ``writer`` role; its subject is
+        recorded as the actor.
+
+        Every item is checked before anything is sent. Retried while the gateway (or its monitor)
+        is unavailable: an exact repeat of a request's latest feedback comes back as a duplicate,
+        so calling again is safe. A refused item raises
+        :class:`~finpredict.client.InvalidRequestError` whose ``index`` is its position in
+        ``feedback``; the chunks before it were recorded.
+        """
+        chunks = _core.feedback_chunks(feedback, chunk_size=chunk_size or self._chunk_size)
+        deadline = _core.resolve_timeout(timeout, self._timeout)
+        summary = FeedbackSummary(0, 0, 0)
+        for chunk in chunks:
+            response = self._call(
+                self._stub.RecordFeedback, chunk.request, chunk.request_id, deadline, chunk.offset
+            )
+            summary += feedback_summary_from_proto(response)
         return summary
 
     def _call(

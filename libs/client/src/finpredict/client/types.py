@@ -49,6 +49,9 @@ class Application:
     entity_id: str
     features: Mapping[str, FeatureInput]
     request_id: str | None = None
+    # attributes the decision must not use (e.g. the protected attribute for fairness monitoring):
+    # logged with the prediction, never sent to the model
+    attributes: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,90 @@ def outcome_to_proto(i: int, outcome: Outcome) -> scoring_pb2.Outcome:
 
 def summary_from_proto(response: scoring_pb2.RecordOutcomesResponse) -> OutcomeSummary:
     return OutcomeSummary(response.matched, response.unmatched, response.duplicates)
+
+
+class Verdict(enum.StrEnum):
+    """An analyst's verdict on a scored decision."""
+
+    CONFIRMED = "confirmed"
+    """The decision was right."""
+    DISPUTED = "disputed"
+    """It looks wrong and is being looked into (the outcome stays the label)."""
+    OVERRIDDEN = "overridden"
+    """An analyst overrode it; a corrected label becomes the next training snapshot's label."""
+
+
+_VERDICTS_TO_PROTO = {
+    Verdict.CONFIRMED: types_pb2.FEEDBACK_VERDICT_CONFIRMED,
+    Verdict.DISPUTED: types_pb2.FEEDBACK_VERDICT_DISPUTED,
+    Verdict.OVERRIDDEN: types_pb2.FEEDBACK_VERDICT_OVERRIDDEN,
+}
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Analyst feedback on one scored decision, for :meth:`ScoringClient.record_feedback`.
+
+    ``request_id`` is the one the score was answered with (:attr:`ScoreResult.request_id`);
+    ``corrected_label`` (``True``: the customer defaulted) goes only with
+    :attr:`Verdict.OVERRIDDEN`. The gateway records the token's subject as the actor; ``actor``
+    counts only where the call carries none.
+    """
+
+    request_id: str
+    verdict: Verdict | str
+    corrected_label: bool | None = None
+    reason: str = ""
+    actor: str = ""
+
+
+@dataclass(frozen=True)
+class FeedbackSummary:
+    """What the monitor made of recorded feedback."""
+
+    recorded: int
+    duplicates: int
+    """Ignored: an exact repeat of the request's latest feedback (a retried call)."""
+    unknown: int
+    """Of the recorded ones, those whose request the monitor has not logged (yet): check the ids."""
+
+    def __add__(self, other: FeedbackSummary) -> FeedbackSummary:
+        return FeedbackSummary(
+            self.recorded + other.recorded, self.duplicates + other.duplicates, self.unknown + other.unknown
+        )
+
+
+def feedback_to_proto(i: int, feedback: Feedback) -> types_pb2.Feedback:
+    """The wire feedback; ``TypeError``/``ValueError`` name ``feedback[i]`` before anything is sent."""
+    where = f"feedback[{i}]"
+    if not isinstance(feedback, Feedback):
+        raise TypeError(f"{where}: expected a Feedback, got {type(feedback).__name__}")
+    if not feedback.request_id:
+        raise ValueError(f"{where}.request_id: required (the request id the score was answered with)")
+    try:
+        verdict = Verdict(feedback.verdict)
+    except ValueError:
+        choices = ", ".join(v.value for v in Verdict)
+        raise ValueError(f"{where}.verdict: one of {choices}, got {feedback.verdict!r}") from None
+    msg = types_pb2.Feedback(
+        request_id=feedback.request_id,
+        verdict=_VERDICTS_TO_PROTO[verdict],
+        reason=feedback.reason,
+        actor=feedback.actor,
+    )
+    if feedback.corrected_label is not None:
+        if feedback.corrected_label not in (0, 1):
+            raise TypeError(f"{where}.corrected_label: expected a bool, got {feedback.corrected_label!r}")
+        if verdict is not Verdict.OVERRIDDEN:
+            raise ValueError(
+                f"{where}.corrected_label: only with the verdict overridden (this one is {verdict})"
+            )
+        msg.corrected_label = bool(feedback.corrected_label)
+    return msg
+
+
+def feedback_summary_from_proto(response: scoring_pb2.RecordFeedbackResponse) -> FeedbackSummary:
+    return FeedbackSummary(response.recorded, response.duplicates, response.unknown)
 
 
 def feature_values(features: Mapping[str, FeatureInput]) -> dict[str, types_pb2.FeatureValue]:

@@ -88,7 +88,8 @@ class ClientSettings(BaseSettings):
     )
     monitor_target: str = Field(
         default=addresses.MONITOR_ADDRESS,
-        description="Monitor address of `finpredict drift` (or `--target`).",
+        description="Monitor address of `finpredict drift`, `finpredict retrain` and `finpredict review` "
+        "(or `--target`).",
     )
 
 

@@ -206,18 +206,26 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
         return wrapper
 
 
+def outgoing_metadata(metadata: Any = ()) -> list[tuple[str, Any]]:
+    """``metadata`` plus the current request id and trace context: what the client interceptors
+    add to every call, for a caller on a channel without them (``create_channel(propagate=False)``,
+    where the interceptors' per-call cost matters)."""
+    out = [(k, v) for k, v in (metadata or ())]
+    rid = request_id_var.get()
+    if rid and not any(k == REQUEST_ID_KEY for k, _ in out):
+        out.append((REQUEST_ID_KEY, rid))
+    return inject_metadata(out)
+
+
 class _ClientMetadata:
     """Adds the current trace context and request id to an outgoing call's metadata."""
 
     @staticmethod
     def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = [(k, v) for k, v in (details.metadata or ())]
-        if request_id_var.get() and not any(k == REQUEST_ID_KEY for k, _ in metadata):
-            metadata.append((REQUEST_ID_KEY, request_id_var.get()))
         return grpc.aio.ClientCallDetails(
             method=details.method,
             timeout=details.timeout,
-            metadata=grpc.aio.Metadata(*inject_metadata(metadata)),  # type: ignore[arg-type]
+            metadata=grpc.aio.Metadata(*outgoing_metadata(details.metadata)),
             credentials=details.credentials,
             wait_for_ready=details.wait_for_ready,
         )

@@ -2,7 +2,8 @@
 ``finpredict drift export``) and its reader (the training pipeline's ``production`` source).
 
 A snapshot is one Parquet file: the matured, labelled predictions of a window with their
-outcomes, in :data:`SNAPSHOT_COLUMNS` plus one ``f.<feature>`` column per logged feature
+outcomes (and, in ``feedback_label``, an analyst override's corrected label, the row flagged by
+``label_overridden``), in :data:`SNAPSHOT_COLUMNS` plus one ``f.<feature>`` column per logged feature
 (:data:`FEATURE_PREFIX`, as in the monitor's logs), and the export's figures
 (:class:`ExportStats`) as JSON in the file's key-value metadata under :data:`METADATA_KEY`.
 """
@@ -26,6 +27,7 @@ SNAPSHOT_COLUMNS = (
     "defaulted",
     "observed_at",
     "feedback_label",
+    "label_overridden",
 )
 
 

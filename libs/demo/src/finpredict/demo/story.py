@@ -17,8 +17,9 @@
    against its own training profile (naming ``debt_service_coverage``);
 7. replay a recession through the monitor: the drift alerts fire (feature PSI on 3 consecutive
    daily windows), the retraining trigger trains a new version (its lineage names the alert),
-   which the platform puts into a canary by itself (the model's promotion policy hands it off;
-   the demo only waits for that rollout);
+   which the platform puts into a canary by itself (the model's promotion policy hands it off);
+   the demo follows that rollout to its end while recession-era traffic and its delayed labels
+   flow (promoted 1 -> 5 -> 25 -> 100 %, or rolled back with the statistics that drove it);
 8. summarise (versions, gates, rollouts, alerts, measured times) and write the HTML report.
 
 The roles of the versions are ``v1``, ``v2``, ``broken`` and ``v3`` (the retrained one); their
@@ -94,7 +95,6 @@ class StoryConfig:
     replay_shift_day: int = 10
     replay_per_hour: int = 200
     retrain_timeout_s: float = 900.0
-    v3_canary_rows: int = 6_000
     label_delay_s: float = 3.0
     latency_gate_retries: int = 1  # re-measure when the latency gate alone fails (a busy machine)
     probe_interval_s: float = 0.02  # the single calls timed by the client: 50 a second
@@ -222,7 +222,7 @@ def run_story(cfg: StoryConfig) -> StoryResult:
         ("A broken candidate: automatic rollback", rollouts.rollout_broken),
         ("A recession: drift alerts through the monitor", recession.recession),
         ("The retraining trigger trains a new version", recession.retrain_v3),
-        ("The retrained version enters a canary", rollouts.canary_v3),
+        ("The retrained version's canary, to its end", rollouts.canary_v3),
         ("Summary and report", summary.summarise),
     ]
     ok = False

@@ -145,12 +145,14 @@ def invoke(app: Typer, args: list[str], target: str, token: str) -> Result:
 
 class FakeScoring(spb_grpc.ScoringServiceServicer):
     """A stand-in ScoringService that records what it got: the CLI's success path without Ray.
-    Outcomes are kept by request id, the first one wins (the monitor's rule): a repeat is a duplicate."""
+    Outcomes are kept by request id, the first one wins (the monitor's rule): a repeat is a duplicate;
+    feedback too, the latest one wins."""
 
     def __init__(self) -> None:
         self.batches: list[list[spb.Application]] = []
         self.outcome_batches: list[list[spb.Outcome]] = []
         self.outcomes: dict[str, spb.Outcome] = {}  # by request id, the first one
+        self.feedback: dict[str, types_pb2.Feedback] = {}  # by request id, the latest
 
     def _score(self, model: str, app: spb.Application, explain: bool, top_k: int) -> spb.Score:
         debt = app.features["debt"].number if "debt" in app.features else 0.0
@@ -192,6 +194,17 @@ class FakeScoring(spb_grpc.ScoringServiceServicer):
         new = [o for o in request.outcomes if self.outcomes.setdefault(o.request_id, o) is o]
         return spb.RecordOutcomesResponse(matched=len(new), duplicates=len(request.outcomes) - len(new))
 
+    def RecordFeedback(  # noqa: N802 (gRPC method)
+        self, request: spb.RecordFeedbackRequest, context: grpc.ServicerContext
+    ) -> spb.RecordFeedbackResponse:
+        """The monitor's rule: a request's latest feedback is its verdict, an exact repeat a duplicate."""
+        recorded = 0
+        for fb in request.feedback:
+            if self.feedback.get(fb.request_id) != fb:
+                self.feedback[fb.request_id] = fb
+                recorded += 1
+        return spb.RecordFeedbackResponse(recorded=recorded, duplicates=len(request.feedback) - recorded)
+
 
 @contextmanager
 def fake_scoring() -> Iterator[tuple[str, FakeScoring]]:
@@ -210,12 +223,13 @@ def fake_scoring() -> Iterator[tuple[str, FakeScoring]]:
 class FakeModelServer(mpb_grpc.ModelServerServiceServicer):
     """A stand-in model server: ``score = debt / (debt + annual_revenue + 1)`` (missing numbers
     count as 0), threshold 0.5, reason codes when asked (:meth:`reasons`); records every
-    PredictRequest it gets."""
+    PredictRequest it gets, and fails (``INTERNAL``) those of the model versions in ``failing``."""
 
     THRESHOLD = 0.5
 
     def __init__(self) -> None:
         self.requests: list[mpb.PredictRequest] = []
+        self.failing: set[tuple[str, int]] = set()  # (model, version)
 
     @staticmethod
     def score(features: Mapping[str, types_pb2.FeatureValue]) -> float:
@@ -230,6 +244,10 @@ class FakeModelServer(mpb_grpc.ModelServerServiceServicer):
         self, request: mpb.PredictRequest, context: grpc.ServicerContext
     ) -> mpb.PredictResponse:
         self.requests.append(request)
+        if (request.model.name, request.model.version) in self.failing:
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"{request.model.name} v{request.model.version} is broken"
+            )
         return mpb.PredictResponse(
             model=request.model,
             predictions=[

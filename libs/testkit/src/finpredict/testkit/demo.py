@@ -64,7 +64,6 @@ def run_short_story(stack: Stack, tmp: Path, *, keep: bool = False) -> StoryResu
             replay_days=SHIFT_DAY + 3,
             replay_shift_day=SHIFT_DAY,
             replay_per_hour=40,
-            v3_canary_rows=1000,
             retrain_timeout_s=400,
         )
         try:

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]  # (no types-PyYAML in the lock)
 
+from finpredict.common import addresses
 from finpredict.testkit.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -205,6 +206,7 @@ class Container:
     spec: Obj
     pod: Obj  # the pod spec it runs in ({} for the KubeRay autoscaler sidecar)
     sidecar: bool = False  # operator-managed sidecar: probes are not configurable
+    batch: bool = False  # a Job's pod (a CronJob's too): it runs to completion, no probes
 
 
 def pod_specs(obj: Obj) -> Iterator[tuple[str, Obj, Obj]]:
@@ -212,6 +214,9 @@ def pod_specs(obj: Obj) -> Iterator[tuple[str, Obj, Obj]]:
     kind = obj["kind"]
     if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
         tpl = obj["spec"]["template"]
+        yield name_of(obj), tpl, tpl["spec"]
+    elif kind == "CronJob":
+        tpl = obj["spec"]["jobTemplate"]["spec"]["template"]
         yield name_of(obj), tpl, tpl["spec"]
     elif kind == "RayService":
         cluster = obj["spec"]["rayClusterConfig"]
@@ -226,7 +231,8 @@ def containers(objs: list[Obj]) -> Iterator[Container]:
     for obj in objs:
         for owner, _tpl, spec in pod_specs(obj):
             for c in spec.get("initContainers", []) + spec.get("containers", []):
-                yield Container(f"{owner} container {c['name']}", c, spec)
+                batch = obj["kind"] in ("Job", "CronJob")
+                yield Container(f"{owner} container {c['name']}", c, spec, batch=batch)
         if obj["kind"] == "RayService" and obj["spec"]["rayClusterConfig"].get("enableInTreeAutoscaling"):
             opts = obj["spec"]["rayClusterConfig"].get("autoscalerOptions", {})
             head_spec = obj["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
@@ -250,7 +256,7 @@ def check_containers(objs: list[Obj]) -> list[str]:
             for key in ("cpu", "memory"):
                 if key not in res.get(part, {}):
                     out.append(f"{c.owner}: no resources.{part}.{key}")
-        if not c.sidecar:
+        if not c.sidecar and not c.batch:
             for probe in ("readinessProbe", "livenessProbe"):
                 if probe not in spec:
                     out.append(f"{c.owner}: no {probe}")
@@ -495,8 +501,13 @@ def ingress_sources(objs: list[Obj], app: str, port: int) -> set[str]:
     return sources
 
 
-# gRPC ports clients would use, per app
-SERVICE_PORTS = {"gateway": 50051, "registry": 50052, "monitor": 50054, "model-server": 50063}
+# gRPC ports clients would use, per app (the manifests keep the default ports)
+SERVICE_PORTS = {
+    "gateway": addresses.GATEWAY_PORT,
+    "registry": addresses.REGISTRY_PORT,
+    "monitor": addresses.MONITOR_PORT,
+    "model-server": addresses.SERVE_GRPC_PORT,
+}
 # (the console reads models, versions, policies and the audit log for people)
 ALLOWED_REGISTRY_CLIENTS = {"app:gateway", "app:monitor", "app:model-server", "app:console"}
 
@@ -534,8 +545,9 @@ def check_network_policies(objs: list[Obj]) -> list[str]:
 def check_service_accounts(objs: list[Obj]) -> list[str]:
     out = []
     for obj in objs:
-        if obj["kind"] == "Deployment":
-            spec = obj["spec"]["template"]["spec"]
+        if obj["kind"] not in ("Deployment", "CronJob"):
+            continue
+        for _owner, _tpl, spec in pod_specs(obj):
             if spec.get("automountServiceAccountToken") is not False:
                 out.append(f"{name_of(obj)}: automountServiceAccountToken is not false")
             if spec.get("serviceAccountName") in (None, "default"):

@@ -1,11 +1,13 @@
-"""Live pages: a rollout's step, weights, metrics and decisions pushed as server-sent events.
+"""Live pages: a rollout's step, weights, metrics and decisions, and an experiment's per-arm
+statistics, pushed as server-sent events.
 
 ``GET /rollouts/{id}/events`` polls the gateway every ``live_interval_s`` and sends an event
 ``rollout`` (JSON: the re-rendered live part of the page, state, step and weight) whenever it
 changed, a comment every ``HEARTBEAT_S`` otherwise (so proxies keep the stream open), and an
 event ``end`` once the rollout is promoted, rolled back or aborted. ``static/live.js`` swaps the
 fragment into the page; the fragment is rendered by the same template as the page, for the same
-viewer (admin buttons only for admins).
+viewer (admin buttons only for admins). ``GET /experiments/{id}/events`` does the same for an
+experiment (event ``experiment``) until it is stopped.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -29,9 +32,12 @@ def sse(event: str, data: object) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-@routes.get("/rollouts/{rollout_id}/events")
-async def rollout_events(request: web.Request) -> web.StreamResponse:
-    rollout_id = request.match_info["rollout_id"]
+async def poll_stream(
+    request: web.Request, poll: Callable[[], Awaitable[tuple[bytes, bool]]]
+) -> web.StreamResponse:
+    """Server-sent events from ``poll()`` (the event and whether the thing ended) every
+    ``live_interval_s``: each event when it changed, heartbeats otherwise, ``problem`` when a
+    service fails and ``end`` once it ended."""
     interval = request.app[SETTINGS].live_interval_s
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -44,18 +50,7 @@ async def rollout_events(request: web.Request) -> web.StreamResponse:
         while True:
             ended = False
             try:
-                r = await reads(request).rollout(rollout_id=rollout_id)
-                ended = r.state in views.TERMINAL_STATES
-                event = sse(
-                    "rollout",
-                    {
-                        "html": fragment(request, "_rollout_live.html", r=r),
-                        "state": views.rollout_state(r.state),
-                        "step_index": r.step_index,
-                        "weight": r.weight,
-                        "decisions": len(r.decisions),
-                    },
-                )
+                event, ended = await poll()
             except BackendError as exc:
                 event = sse("problem", {"message": str(exc)})
             if event != last:
@@ -73,3 +68,36 @@ async def rollout_events(request: web.Request) -> web.StreamResponse:
     except ConnectionResetError:  # the browser went away
         pass
     return response
+
+
+@routes.get("/rollouts/{rollout_id}/events")
+async def rollout_events(request: web.Request) -> web.StreamResponse:
+    rollout_id = request.match_info["rollout_id"]
+
+    async def poll() -> tuple[bytes, bool]:
+        r = await reads(request).rollout(rollout_id=rollout_id)
+        event = sse(
+            "rollout",
+            {
+                "html": fragment(request, "_rollout_live.html", r=r),
+                "state": views.rollout_state(r.state),
+                "step_index": r.step_index,
+                "weight": r.weight,
+                "decisions": len(r.decisions),
+            },
+        )
+        return event, r.state in views.TERMINAL_STATES
+
+    return await poll_stream(request, poll)
+
+
+@routes.get("/experiments/{experiment_id}/events")
+async def experiment_events(request: web.Request) -> web.StreamResponse:
+    experiment_id = request.match_info["experiment_id"]
+
+    async def poll() -> tuple[bytes, bool]:
+        x = views.experiment_view(await reads(request).experiment(experiment_id=experiment_id))
+        event = sse("experiment", {"html": fragment(request, "_experiment_live.html", x=x)})
+        return event, not x.running
+
+    return await poll_stream(request, poll)

@@ -1,4 +1,5 @@
-"""The read-only pages: models, a model, a version, rollouts, drift and quality, alerts, decisions.
+"""The read-only pages: models, a model, a version, rollouts and experiments, drift and quality,
+alerts, decisions.
 
 Each page asks the services what it shows; a service that cannot answer turns into a notice on
 the page (naming the service and its status), never a blank page or a stack trace.
@@ -148,6 +149,22 @@ class Reads:
 
         return await paged(page, limit=200)
 
+    async def experiment(self, *, model: str = "", experiment_id: str = "") -> ropb.GetExperimentResponse:
+        """A model's running experiment, or an experiment (running or stopped) by id."""
+        req = ropb.GetExperimentRequest(model=model, experiment_id=experiment_id)
+        return await self.b.call("gateway", self.b.rollouts.GetExperiment, req)
+
+    async def running_experiments(self, models: list[str]) -> list[ropb.GetExperimentResponse]:
+        """The running experiment of each of ``models`` that has one."""
+        slots = asyncio.Semaphore(CONCURRENT_ROWS)
+
+        async def one(model: str) -> ropb.GetExperimentResponse | None:
+            async with slots:
+                return await optional(self.experiment(model=model))
+
+        found = await asyncio.gather(*(one(m) for m in models))
+        return [x for x in found if x is not None]
+
     async def alerts(self, model: str = "", firing_only: bool = False) -> list[mpb.Alert]:
         req = mpb.ListAlertsRequest(model=model, firing_only=firing_only)
         return list((await self.b.call("monitor", self.b.monitor.ListAlerts, req)).alerts)
@@ -286,6 +303,9 @@ async def drift_page(request: web.Request) -> web.Response:
         days=days,
         heatmap=views.heatmap(windows or []),
         quality=views.quality_rows(windows or []),
+        scores=views.score_chart(summed, *views.SCORE_CHART)
+        if (summed := views.summed_histogram(windows or []))
+        else None,
         alerts=views.alert_rows(alerts or []),
         problems=problems,
     )
@@ -294,9 +314,31 @@ async def drift_page(request: web.Request) -> web.Response:
 @routes.get("/rollouts")
 async def rollouts_page(request: web.Request) -> web.Response:
     model = request.query.get("model", "")
+    r = reads(request)
     problems: list[str] = []
-    rollouts = await attempt(reads(request).rollouts(model), problems) or []
-    return html(request, "rollouts.html", title="Rollouts", rollouts=rollouts, model=model, problems=problems)
+    rollouts = await attempt(r.rollouts(model), problems) or []
+    names = [model] if model else [m.name for m in await attempt(r.models(), problems) or []]
+    experiments = await attempt(r.running_experiments(names), problems) or []
+    return html(
+        request,
+        "rollouts.html",
+        title="Rollouts and experiments",
+        rollouts=rollouts,
+        experiments=[views.experiment_view(x) for x in experiments],
+        model=model,
+        problems=problems,
+    )
+
+
+@routes.get("/experiments/{experiment_id}")
+async def experiment_page(request: web.Request) -> web.Response:
+    try:
+        x = views.experiment_view(
+            await reads(request).experiment(experiment_id=request.match_info["experiment_id"])
+        )
+    except BackendError as exc:
+        return not_found_or_raise(request, exc)
+    return html(request, "experiment.html", title=f"Experiment {x.id}", x=x, live=x.running)
 
 
 @routes.get("/rollouts/{rollout_id}")

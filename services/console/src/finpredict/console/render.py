@@ -49,6 +49,7 @@ def environment() -> jinja2.Environment:
         thresholds=views.thresholds,
         decision_figures=views.decision_figures,
         extension=views.EXTENSION_POINTS,
+        arm_figures=views.ARM_FIGURES,
     )
     return env
 

@@ -2,7 +2,7 @@
 
 Each page's template renders one of these view objects; a later API (a registry promotion
 policy, the statistics behind each rollout decision, score histograms) adds a field here and a
-block in the template, named in :data:`EXTENSION_POINTS` until then.
+block in the template; what no API serves yet is named in :data:`EXTENSION_POINTS`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ from finpredict.api.monitor.v1 import monitor_pb2 as mpb
 from finpredict.api.registry.v1 import registry_pb2 as rpb
 from finpredict.api.rollout.v1 import rollout_pb2 as ropb
 from finpredict.features import FeatureSchema
+from finpredict.metrics import approved
 
 # What the pages would show but no API serves yet: the block stays on the page, saying so.
 EXTENSION_POINTS = {
-    "experiments": "The gateway's RolloutService starts and stops experiments and shadows but has no read "
-    "RPC for them yet; their traffic shows in the monitor's approval rate per variant.",
-    "score_histograms": "The monitor serves each window's score divergence from the reference (KL, "
-    "Jensen-Shannon) and approval rate, not the score histogram itself.",
+    "shadows": "The gateway's RolloutService mirrors traffic to a shadow version but has no read RPC for "
+    "shadows yet; their scores show in the monitor's logs of that version.",
 }
 PROFILE_MAGIC = b"DRIFTPRF"
 PROFILE_SCORE_COLUMN = "__score__"
@@ -347,6 +346,157 @@ def thresholds(r: ropb.Rollout) -> list[tuple[str, str]]:
     ]
 
 
+# ----- experiments -------------------------------------------------------------------------------
+
+# The per-arm figures of GetExperiment's statistics, in column order: (key, label); "expected.*"
+# are the label-free expectations (no interval).
+ARM_FIGURES = (
+    ("error_rate", "Error rate"),
+    ("approval_rate", "Approval rate"),
+    ("default_rate", "Default rate (approved, labels)"),
+    ("auc", "AUC (labels)"),
+    ("expected.default_rate", "Expected default rate"),
+    ("expected.auc", "Expected AUC"),
+)
+
+
+def _finite(value: object) -> float | None:
+    """A JSON figure as a float (None for null, a non-number or a non-finite value)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure of the statistics: its estimate and, when it has one, its confidence interval."""
+
+    estimate: float | None
+    lower: float | None = None
+    upper: float | None = None
+
+    @property
+    def text(self) -> str:
+        if self.estimate is None:
+            return "n/a"
+        if self.lower is None and self.upper is None:
+            return _fmt(self.estimate)
+        return f"{_fmt(self.estimate)} [{_fmt(self.lower)}, {_fmt(self.upper)}]"
+
+
+def _figure(value: object) -> Figure:
+    if isinstance(value, dict):
+        return Figure(
+            _finite(value.get("estimate")), _finite(value.get("lower")), _finite(value.get("upper"))
+        )
+    return Figure(_finite(value))
+
+
+@dataclass
+class ArmView:
+    name: str
+    version: int
+    weight: float
+    requests: int | None = None
+    figures: dict[str, Figure] = field(default_factory=dict)  # ARM_FIGURES key -> figure
+
+
+@dataclass(frozen=True)
+class EffectRow:
+    arm: str  # the treatment arm (its effect over the control)
+    metric: str
+    effect: Figure
+    significant: bool  # the interval excludes zero (the sequential test rejects)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    arm: str
+    recommendation: str
+    reason: str
+
+
+@dataclass
+class ExperimentView:
+    """An experiment and what ``GetExperiment``'s statistics say about it (every part optional: a
+    figure the record lacks shows as ``n/a``, a record that cannot be read as a problem)."""
+
+    id: str
+    model: str
+    running: bool
+    started: str
+    stopped: str
+    replicas: int
+    control: str
+    arms: list[ArmView]
+    effects: list[EffectRow] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    srm: str = ""
+    problem: str = ""
+
+
+def experiment_view(resp: ropb.GetExperimentResponse) -> ExperimentView:
+    e = resp.experiment
+    arms = [ArmView(a.name, a.version, a.weight) for a in e.arms]
+    view = ExperimentView(
+        id=e.id,
+        model=e.model,
+        running=not when(e.stopped_at),
+        started=when(e.started_at),
+        stopped=when(e.stopped_at),
+        replicas=resp.replicas,
+        control=arms[0].name if arms else "",
+        arms=arms,
+    )
+    try:
+        doc = json.loads(resp.statistics) if resp.statistics else {}
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        view.problem = "the gateway's statistics are not a JSON object"
+        return view
+    view.control = str(doc.get("control", view.control))
+    by_name = {a.name: a for a in arms}
+    comparisons = doc.get("comparisons")
+    for i, c in enumerate(comparisons if isinstance(comparisons, list) else []):
+        if not isinstance(c, dict):
+            continue
+        summaries = [s for s in c.get("arms") or [] if isinstance(s, dict)]
+        for s in summaries:
+            arm = by_name.get(str(s.get("arm", "")))
+            if arm is None or arm.requests is not None:
+                continue  # the control appears in every comparison: the first is enough
+            requests = s.get("requests")
+            arm.requests = requests if isinstance(requests, int) else None
+            expected = s.get("expected")
+            expected = expected if isinstance(expected, dict) else {}
+            for key, _ in ARM_FIGURES:
+                value = (
+                    expected.get(key.removeprefix("expected.")) if key.startswith("expected.") else s.get(key)
+                )
+                arm.figures[key] = _figure(value)
+        treatment = str(summaries[-1].get("arm", "")) if len(summaries) > 1 else ""
+        if not treatment and i + 1 < len(arms):
+            treatment = arms[i + 1].name
+        for eff in c.get("effects") or []:
+            if isinstance(eff, dict):
+                view.effects.append(
+                    EffectRow(treatment, str(eff.get("metric", "?")), _figure(eff), bool(eff.get("reject")))
+                )
+        if "recommendation" in c:
+            view.verdicts.append(Verdict(treatment, str(c["recommendation"]), str(c.get("reason", ""))))
+        srm = c.get("srm")
+        if isinstance(srm, dict) and not view.srm:
+            p = _finite(srm.get("p_value"))
+            state = "mismatch" if srm.get("mismatch") else "consistent with the weights"
+            view.srm = f"{state} (chi2 p {_fmt(p, 3)})" if p is not None else state
+    return view
+
+
 # ----- drift and quality -------------------------------------------------------------------------
 
 # PSI bands (the usual reading: < 0.1 stable, < 0.25 moderate shift, above: major shift)
@@ -395,6 +545,7 @@ class QualityRow:
     score_kl: str
     score_js: str
     by_variant: str
+    scores: ScoreChart | None = None
 
 
 def quality_rows(windows: Sequence[mpb.WindowStats]) -> list[QualityRow]:
@@ -411,9 +562,88 @@ def quality_rows(windows: Sequence[mpb.WindowStats]) -> list[QualityRow]:
             score_kl=number(w.score_kl),
             score_js=number(w.score_js),
             by_variant=", ".join(f"{k}: {v:.3f}" for k, v in sorted(w.approval_rate_by_variant.items())),
+            scores=score_chart(w.score_histogram, SCORE_CHART[0] / 4, SCORE_CHART[1] / 4)
+            if w.HasField("score_histogram")
+            else None,
         )
         for w in windows
     ]
+
+
+SCORE_CHART = (480.0, 120.0)  # width, height of the range's score histogram (a day's is a quarter)
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bin of a score histogram as drawn: its bar, the reference's share as a tick, a tooltip."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+    reference_y: float
+    title: str
+
+
+@dataclass
+class ScoreChart:
+    """A score histogram (the window's shares per reference bin, the reference's as ticks)."""
+
+    counts: list[int]  # per bin, then missing (as the monitor sent them)
+    bars: list[Bar]
+    width: float
+    height: float
+    missing: int
+
+
+def score_chart(h: mpb.ScoreHistogram, width: float, height: float) -> ScoreChart | None:
+    """The SVG geometry of ``h`` (None when it has no scores); bins are drawn equally wide (they
+    are the reference's quantiles), each labelled with its range in the tooltip."""
+    counts = list(h.counts)
+    bins = counts[:-1] if len(counts) == len(h.edges) + 2 else counts
+    total = sum(bins)
+    if not bins or total <= 0:
+        return None
+    reference = list(h.reference_proportions)[: len(bins)]
+    reference += [0.0] * (len(bins) - len(reference))
+    ref_total = sum(reference) or 1.0
+    shares = [c / total for c in bins]
+    ref_shares = [r / ref_total for r in reference]
+    top = max(max(shares), max(ref_shares)) or 1.0
+    step = width / len(bins)
+    edges = [f"{e:.3g}" for e in h.edges]
+    bars = []
+    for i, (share, ref) in enumerate(zip(shares, ref_shares, strict=True)):
+        lo = edges[i - 1] if 0 < i <= len(edges) else "-inf"
+        hi = edges[i] if i < len(edges) else "+inf"
+        bar_h = share / top * (height - 2)
+        bars.append(
+            Bar(
+                x=round(i * step + 1, 2),
+                y=round(height - bar_h, 2),
+                width=round(step - 2, 2),
+                height=round(bar_h, 2),
+                reference_y=round(height - ref / top * (height - 2), 2),
+                title=f"[{lo}, {hi}): {bins[i]} ({share:.1%}), reference {ref:.1%}",
+            )
+        )
+    return ScoreChart(counts, bars, width, height, missing=counts[-1] if len(counts) > len(bins) else 0)
+
+
+def summed_histogram(windows: Sequence[mpb.WindowStats]) -> mpb.ScoreHistogram | None:
+    """The score histogram of a whole range: the windows' counts summed (windows on other bins,
+    from another reference profile, are left out); None when no window has one."""
+    out: mpb.ScoreHistogram | None = None
+    for w in windows:
+        if not w.HasField("score_histogram"):
+            continue
+        h = w.score_histogram
+        if out is None:
+            out = mpb.ScoreHistogram()
+            out.CopyFrom(h)
+        elif list(h.edges) == list(out.edges) and len(h.counts) == len(out.counts):
+            out.counts[:] = [a + b for a, b in zip(out.counts, h.counts, strict=True)]
+    return out
 
 
 @dataclass(frozen=True)
@@ -478,7 +708,8 @@ def _feature_text(v: types_pb2.FeatureValue) -> str:
 
 
 def decision_rows(records: Iterable[mpb.PredictionRecord]) -> list[DecisionRow]:
-    """Logged predictions as decisions: declined at or above the version's threshold."""
+    """Logged predictions as decisions (:func:`finpredict.metrics.approved`: approved below the
+    version's threshold, declined at or above it)."""
     return [
         DecisionRow(
             request_id=r.request_id,
@@ -489,7 +720,7 @@ def decision_rows(records: Iterable[mpb.PredictionRecord]) -> list[DecisionRow]:
             variant=r.variant,
             score=r.score,
             threshold=r.threshold,
-            decision="decline" if r.score >= r.threshold else "approve",
+            decision="approve" if approved(r.score, r.threshold) else "decline",
             reason_codes=list(r.reason_codes),
             features=sorted((k, _feature_text(v)) for k, v in r.features.items()),
         )

@@ -34,6 +34,7 @@ import grpc
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.serving.v1 import model_server_pb2 as pb
 from finpredict.api.serving.v1 import model_server_pb2_grpc as pb_grpc
+from finpredict.common.interceptors import outgoing_metadata
 from finpredict.gateway import metrics
 
 log = logging.getLogger("finpredict.gateway.backend")
@@ -130,7 +131,9 @@ class _Pending:
 
 
 class ModelServerBackend:
-    """One channel to the Serve gRPC ingress, shared by every request of the gateway."""
+    """One channel to the Serve gRPC ingress, shared by every request of the gateway; each call
+    carries the trace context and request id of the request it serves (the channel has no client
+    interceptors: ``create_channel(propagate=False)``)."""
 
     def __init__(
         self,
@@ -265,7 +268,9 @@ class ModelServerBackend:
         request = pb.PredictRequest(
             model=types_pb2.ModelRef(name=model, version=version), rows=rows, explain=explain, top_k=top_k
         )
-        metadata = (("application", self._app), ("multiplexed_model_id", f"{model}:{version}"))
+        metadata = outgoing_metadata(
+            (("application", self._app), ("multiplexed_model_id", f"{model}:{version}"))
+        )
         metrics.BACKEND_BATCH_ROWS.observe(len(rows))
         retries = timeouts = 0
         while True:

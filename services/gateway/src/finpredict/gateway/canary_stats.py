@@ -1,5 +1,11 @@
 """The rollout's statistics: what each analysis adds to :func:`~finpredict.gateway.analysis.analyze`.
 
+Delayed labels reach the analysis through the gateway's ``RecordOutcomes``: the monitor answers
+with the predictions it matched (version, score, threshold), and the replica that forwarded them
+counts each into its open window of the variant that served that version
+(:meth:`~finpredict.gateway.live.LiveRollouts.record_outcomes`), published and merged like every
+other count; the default-rate and AUC tests and the calibration check judge them since the start.
+
 A rollout keeps its counts since it started (``Rollout.strata``, in the shared state, so a new
 leader carries on from them): one :class:`~finpredict.gateway.stats.Stratum` per canary weight,
 holding the closed analysis windows of that step. At each analysis the open window (every
@@ -40,12 +46,18 @@ from finpredict.gateway.stats.skew import SCORE_COLUMN
 
 
 def arm_counts(window: VariantWindow) -> ArmCounts:
-    """A variant's window as the statistics count it (the score grids are the same)."""
+    """A variant's window as the statistics count it (the score grids are the same), with the
+    delayed labels that arrived during the window (whenever their prediction was served)."""
+    labels = window.outcomes
     return ArmCounts(
         requests=window.requests,
         errors=window.errors,
         approved=window.approved,
         score_counts=window.score_counts.astype(np.int64),
+        defaulted=labels.defaulted.copy(),
+        repaid=labels.repaid.copy(),
+        labeled_approved=labels.labeled_approved,
+        labeled_approved_defaults=labels.labeled_approved_defaults,
     )
 
 

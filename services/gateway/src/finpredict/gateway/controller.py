@@ -49,6 +49,7 @@ from finpredict.gateway.canary_stats import (
     stat_limits,
 )
 from finpredict.gateway.catalog import Catalog, CatalogError
+from finpredict.gateway.experiment_stats import EXPERIMENT_WINDOW, merged_counts
 from finpredict.gateway.live import LiveRollouts
 from finpredict.gateway.periodic import Periodic
 from finpredict.gateway.rollout import (
@@ -67,7 +68,7 @@ from finpredict.gateway.state.db import StateUnavailableError, call
 from finpredict.gateway.state.lease import Fence, LeaseHolder, LeaseKeeper, LeaseLostError
 from finpredict.gateway.state.sync import Applied
 from finpredict.gateway.state.windows import StepWindow, WindowStore, merge_windows
-from finpredict.gateway.stats import CanaryEvidence, evaluate
+from finpredict.gateway.stats import ArmCounts, CanaryEvidence, evaluate
 
 log = logging.getLogger("finpredict.gateway.controller")
 CHANGE_ATTEMPTS = 5  # an operator change retried when a decision was written meanwhile
@@ -149,6 +150,13 @@ class RolloutController:
         await self.live.count_inputs()
         own = self.live.window(rollout.id)
         return merge_windows(rollout.window, published, own, self._windows.source, self.replica)
+
+    async def experiment_counts(self, experiment_id: str) -> tuple[dict[str, ArmCounts], int]:
+        """An experiment's per-arm counts since it started summed over every replica (this one live),
+        and how many replicas contributed."""
+        rows = await call("read", self._windows.read_rows, experiment_id, EXPERIMENT_WINDOW)
+        own = self.live.experiments.counts(experiment_id)
+        return merged_counts(rows, own, self._windows.source, self.replica)
 
     async def leader(self) -> LeaseHolder:
         return await call("read", self._lease.lease.current)

@@ -7,7 +7,11 @@ for its current window number: the requests this replica routed, published by th
 leader to merge. The inputs of the scored requests wait here (references, about
 ``MAX_PENDING_ROWS`` per variant between two countings) until :meth:`LiveRollouts.count_inputs`
 counts them on their version's reference profile (:mod:`finpredict.gateway.inputs`) in a worker
-thread, before each publication and analysis. Nothing here touches the database.
+thread, before each publication and analysis. Delayed labels come in through
+:meth:`LiveRollouts.record_outcomes` (the predictions the monitor matched to outcomes this replica
+forwarded) and go to the open window of the variant that served their version, or to a running
+experiment's arm (:mod:`finpredict.gateway.experiment_stats`, whose per-arm counts are published
+with the windows). Nothing here touches the database.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from finpredict.api.common.v1 import types_pb2
+from finpredict.api.monitor.v1 import monitor_pb2
 from finpredict.gateway import metrics
+from finpredict.gateway.experiment_stats import LiveExperiments
 from finpredict.gateway.inputs import PendingInputs, ProfileColumns, count_pending
+from finpredict.gateway.policies import Experiment
 from finpredict.gateway.rollout import ACTIVE, Rollout
 from finpredict.gateway.routing import Split
 from finpredict.gateway.state.windows import StepWindow
@@ -43,6 +50,7 @@ class LiveRollouts:
         self._splits: dict[str, tuple[tuple[Any, ...], Split]] = {}
         self._windows: dict[str, StepWindow] = {}  # by rollout id
         self._pending: dict[tuple[str, int, str], PendingInputs] = {}  # (rollout, window, variant)
+        self.experiments = LiveExperiments()  # this replica's per-arm counts of experiments
 
     # ----- the request path --------------------------------------------------------------------
 
@@ -91,6 +99,39 @@ class LiveRollouts:
             pending.scores.extend(scores)
         else:
             metrics.ROLLOUT_INPUTS_UNCOUNTED_TOTAL.labels(variant).inc(len(inputs))
+
+    def record_outcomes(
+        self,
+        labelled: Sequence[monitor_pb2.LabelledPrediction],
+        experiments: Mapping[str, Experiment],
+    ) -> None:
+        """Counts delayed labels (predictions the monitor just matched to outcomes): into the open
+        window of the model's active rollout, on the variant that served the version, and into
+        the model's running experiment (``experiments``: by model), on the arm of the version.
+        A label of another version, or of a model with neither, is not counted anywhere."""
+        groups: dict[tuple[str, int, float], tuple[list[float], list[bool]]] = {}
+        for row in labelled:
+            scores, defaulted = groups.setdefault(
+                (row.model.name, row.model.version, row.threshold), ([], [])
+            )
+            scores.append(row.score)
+            defaulted.append(row.defaulted)
+        for (model, version, threshold), (scores, defaulted) in groups.items():
+            counted = False
+            rollout = self._active.get(model)
+            window = self._windows.get(rollout.id) if rollout is not None else None
+            if rollout is not None and window is not None:
+                variant = {rollout.stable_version: "stable", rollout.candidate_version: "canary"}.get(version)
+                if variant is not None:
+                    window.side(variant).record_outcomes(scores, defaulted, threshold)
+                    window.changed = counted = True
+            experiment = experiments.get(model)
+            if experiment is not None:
+                counted = (
+                    self.experiments.record_outcomes(experiment, version, scores, defaulted, threshold)
+                    or counted
+                )
+            metrics.OUTCOMES_ANALYSED_TOTAL.labels("counted" if counted else "ignored").inc(len(scores))
 
     async def count_inputs(self) -> None:
         """Counts the inputs recorded since the last call into their windows (the conversion and the
@@ -151,13 +192,14 @@ class LiveRollouts:
             if window.changed:
                 out.append((rollout_id, window.window, window.to_json()))
                 window.changed = False
-        return out
+        return out + self.experiments.unpublished()
 
     def mark_unpublished(self, rollout_ids: Sequence[str]) -> None:
         """The publication of these failed: publish them again next time."""
         for rollout_id in rollout_ids:
             if (window := self._windows.get(rollout_id)) is not None:
                 window.changed = True
+        self.experiments.mark_unpublished(rollout_ids)
 
     @staticmethod
     def _export(rollout: Rollout) -> None:

@@ -43,6 +43,14 @@ OUTCOMES_TOTAL = Counter(
 )
 for _result in ("matched", "unmatched", "duplicate", "failed"):
     OUTCOMES_TOTAL.labels(_result)
+OUTCOMES_ANALYSED_TOTAL = Counter(
+    "finpredict_gateway_outcomes_analysed_total",
+    "Outcomes the monitor matched to their prediction, by whether this replica counted them into a "
+    "rollout's or an experiment's analysis (counted) or no running one served their version (ignored).",
+    ["result"],
+)
+for _result in ("counted", "ignored"):
+    OUTCOMES_ANALYSED_TOTAL.labels(_result)
 LOG_SENDER_RESTARTS_TOTAL = Counter(
     "finpredict_gateway_prediction_log_sender_restarts_total",
     "Times the prediction-log sender failed unexpectedly (its batch counted as dropped) and started again.",
@@ -125,4 +133,18 @@ CONTROLLER_LEADER = Gauge(
 FENCED_WRITES_TOTAL = Counter(
     "finpredict_gateway_fenced_writes_total",
     "Controller decisions refused because this replica no longer held the lease (nothing was written).",
+)
+FEEDBACK_TOTAL = Counter(
+    "finpredict_gateway_feedback_total",
+    "Analyst feedback clients recorded (RecordFeedback), by what the monitor made of it: recorded, "
+    "duplicate (an exact repeat of the request's latest); failed: the monitor did not record it.",
+    ["result"],
+)
+for _result in ("recorded", "duplicate", "failed"):
+    FEEDBACK_TOTAL.labels(_result)
+REVIEW_CASES_TOTAL = Counter(
+    "finpredict_gateway_review_cases_total",
+    "Edge cases offered to the prediction log for the monitor's review queue, by kind (refused: "
+    "validation refused the request; canary_fallback: stable answered for a failed canary).",
+    ["model", "kind"],
 )

@@ -8,11 +8,15 @@ in the request path: the client's answer is the monitor's (matched, waiting for 
 prediction, or duplicates of an outcome already recorded). The monitor keeps the first outcome
 of a request, so a retried call never counts twice. When the monitor cannot be reached the
 client gets ``UNAVAILABLE`` (retry with the same outcomes); nothing is buffered or dropped.
+
+The monitor's answer lists the outcomes it matched, with the version, score and threshold their
+prediction was served with; they go to ``on_labelled`` (the rollout and experiment analysis:
+:meth:`finpredict.gateway.live.LiveRollouts.record_outcomes`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -99,11 +103,13 @@ class OutcomeForwarder:
         *,
         max_outcomes: int = 1000,
         clock: Callable[[], datetime] = _now,
+        on_labelled: Callable[[Sequence[monitor_pb2.LabelledPrediction]], None] | None = None,
     ) -> None:
         self._stub = stub
         self._metadata = metadata
         self._limit = max_outcomes
         self._clock = clock
+        self._on_labelled = on_labelled
 
     async def record(
         self, request: pb.RecordOutcomesRequest, time_left_s: float | None
@@ -119,22 +125,25 @@ class OutcomeForwarder:
             )
         except grpc.aio.AioRpcError as exc:
             metrics.OUTCOMES_TOTAL.labels("failed").inc(len(outcomes))
-            raise _client_error(exc) from exc
+            raise client_error(exc) from exc
         metrics.OUTCOMES_TOTAL.labels("matched").inc(got.matched)
         metrics.OUTCOMES_TOTAL.labels("unmatched").inc(got.unmatched)
         metrics.OUTCOMES_TOTAL.labels("duplicate").inc(got.duplicates)
+        if self._on_labelled is not None and got.labelled:
+            self._on_labelled(got.labelled)
         return pb.RecordOutcomesResponse(
             matched=got.matched, unmatched=got.unmatched, duplicates=got.duplicates
         )
 
 
-def _client_error(exc: grpc.aio.AioRpcError) -> MonitorError:
+def client_error(exc: grpc.aio.AioRpcError, what: str = "outcomes") -> MonitorError:
+    """The status a client gets when the monitor did not record its ``what``."""
     code, details = exc.code(), exc.details() or ""
     if code in _TRANSIENT:
         # A timed-out call may have been recorded: retrying is safe (duplicates are not counted twice).
         return MonitorError(
             grpc.StatusCode.UNAVAILABLE,
-            f"monitor unavailable ({code.name}: {details}); nothing was lost: retry with the same outcomes",
+            f"monitor unavailable ({code.name}: {details}); nothing was lost: retry with the same {what}",
         )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return MonitorError(code, details)  # the monitor names the field, outcomes[i]...

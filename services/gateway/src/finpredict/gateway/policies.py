@@ -96,6 +96,17 @@ class PolicyStore:
         experiments = {x.model: x for x in map(Experiment.from_json, docs)}
         return experiments, {m: Shadow(m, int(v), float(p)) for m, v, p in rows}
 
+    async def find_experiment(self, *, model: str = "", experiment_id: str = "") -> Experiment | None:
+        """The experiment with ``experiment_id`` (running or stopped), else ``model``'s running one."""
+        return await call("read", self._find, model, experiment_id)
+
+    def _find(self, model: str, experiment_id: str) -> Experiment | None:
+        e = schema.experiments
+        where = e.c.id == experiment_id if experiment_id else e.c.running_model == model
+        with read_tx(self._engine) as conn:
+            doc = conn.execute(select(e.c.doc).where(where)).scalar_one_or_none()
+        return Experiment.from_json(doc) if doc is not None else None
+
     def apply(self, experiments: dict[str, Experiment], shadows: dict[str, Shadow]) -> None:
         self.experiments, self.shadows = experiments, shadows
 

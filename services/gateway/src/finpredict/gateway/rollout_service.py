@@ -10,6 +10,7 @@ Without the database, calls answer ``UNAVAILABLE`` and change nothing.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from finpredict.api.rollout.v1 import rollout_pb2_grpc as pb_grpc
 from finpredict.common.auth import ADMIN, READER, current_subject
 from finpredict.gateway.catalog import Catalog, CatalogError
 from finpredict.gateway.controller import RolloutController
+from finpredict.gateway.experiment_stats import experiment_statistics
 from finpredict.gateway.policies import Experiment, PolicyError, PolicyStore, Shadow
 from finpredict.gateway.rollout import (
     DEFAULT_ANALYSIS_INTERVAL_S,
@@ -52,6 +54,7 @@ METHOD_ROLES: dict[str, str] = {
         "SetShadow": ADMIN,
         "StartExperiment": ADMIN,
         "StopExperiment": ADMIN,
+        "GetExperiment": READER,
     }.items()
 }
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -272,3 +275,34 @@ class RolloutServicer(pb_grpc.RolloutServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise AssertionError("unreachable") from None
         return pb.StopExperimentResponse(experiment=experiment_to_proto(exp))
+
+    async def GetExperiment(
+        self, request: pb.GetExperimentRequest, context: Context
+    ) -> pb.GetExperimentResponse:
+        try:
+            if request.experiment_id:
+                check_id(request.experiment_id, "experiment_id")
+            elif request.model:
+                check_model(request.model)
+            else:
+                raise RolloutError("model or experiment_id: one is required")
+            exp = await self._policies.find_experiment(
+                model=request.model, experiment_id=request.experiment_id
+            )
+            if exp is None:
+                what = (
+                    f"experiment {request.experiment_id!r}"
+                    if request.experiment_id
+                    else (f"running experiment of {request.model!r}")
+                )
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no {what}")
+            assert exp is not None
+            arms, replicas = await self._controller.experiment_counts(exp.id)
+        except (RolloutError, StateUnavailableError) as exc:
+            await self._abort_for(context, exc)
+            raise AssertionError("unreachable") from exc
+        return pb.GetExperimentResponse(
+            experiment=experiment_to_proto(exp),
+            statistics=json.dumps(experiment_statistics(exp, arms)),
+            replicas=replicas,
+        )

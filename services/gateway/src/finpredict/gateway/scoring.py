@@ -4,11 +4,13 @@ One :class:`ScoringCore` serves the scoring API, the Open Inference Protocol and
 
 1. resolve `production` (cached) and route every application by its entity id: the running
    rollout's split (stable/canary), else the running experiment's arms, else stable;
-2. validate each application against the schema of the version it was routed to;
+2. validate each application against the schema of the version it was routed to (a refused one
+   is offered to the prediction log as a case for the monitor's review queue);
 3. score each version's group with one (coalesced) model-server call, concurrently; a failed
-   canary group is answered by stable (counted) and recorded as canary errors;
-4. record latency, outcome and score in the rollout window and Prometheus (and the inputs, counted
-   later on the version's reference profile); offer a record per
+   canary group is answered by stable (counted, and its records flagged for the review queue) and
+   recorded as canary errors;
+4. record latency, outcome and score in the rollout window (or the experiment arm's counts) and
+   Prometheus (and the inputs, counted later on the version's reference profile); offer a record per
    application to the prediction log; mirror to the shadow version after responding.
 """
 
@@ -19,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
 from opentelemetry import trace
@@ -34,7 +36,12 @@ from finpredict.gateway.catalog import Catalog, VersionInfo
 from finpredict.gateway.controller import RolloutController
 from finpredict.gateway.policies import PolicyStore
 from finpredict.gateway.prediction_log import PredictionLog
-from finpredict.gateway.validation import validate_application, validate_model_name
+from finpredict.gateway.validation import (
+    RequestError,
+    validate_application,
+    validate_attributes,
+    validate_model_name,
+)
 
 log = logging.getLogger("finpredict.gateway.scoring")
 # Shadow requests are batched over this window: nobody waits for them, and fewer model-server
@@ -49,6 +56,15 @@ class Application:
     entity_id: str
     features: Mapping[str, types_pb2.FeatureValue]
     request_id: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)  # logged, never sent to the model
+
+
+def logged_features(app: Application) -> Mapping[str, types_pb2.FeatureValue]:
+    """What the prediction log records of an application's inputs: its features and, as
+    categories, its attributes (which the model never sees)."""
+    if not app.attributes:
+        return app.features
+    return {**app.features, **{k: types_pb2.FeatureValue(category=v) for k, v in app.attributes.items()}}
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,8 @@ class Route:
     arm: str = ""
     rollout_id: str = ""
     step: int = -1
+    fallback: str = ""  # why stable answered for the canary (the review queue's detail)
+    experiment_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,19 @@ class Result:
     threshold: float
     version: int
     route: Route
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One route's group of a request, to record in the rollout window and Prometheus."""
+
+    route: Route
+    n: int
+    ok: bool
+    elapsed_ms: float
+    scored: Scored | None = None
+    apps: Sequence[Application] = ()
+    info: VersionInfo | None = None
 
 
 class ScoringCore:
@@ -101,7 +132,7 @@ class ScoringCore:
         experiment = self.policies.experiments.get(model)
         if experiment is not None:
             arm = experiment.split().assign(entity_id)
-            return Route(arm.version, "experiment", arm=arm.name)
+            return Route(arm.version, "experiment", arm=arm.name, experiment_id=experiment.id)
         return Route(stable_version, "stable")
 
     async def score(
@@ -122,7 +153,15 @@ class ScoringCore:
         for i, (app, route) in enumerate(zip(applications, routes, strict=True)):
             path = paths[i] if paths is not None else f"applications[{i}]"
             info = infos[route.version]
-            validate_application(info.schema, app.features, path, app.entity_id, app.request_id, info.specs)
+            try:
+                validate_application(
+                    info.schema, app.features, path, app.entity_id, app.request_id, info.specs
+                )
+                if app.attributes:
+                    validate_attributes(app.attributes, info.specs, path)
+            except RequestError as exc:
+                self._refused(model, app, route, str(exc))
+                raise
         groups: dict[Route, list[int]] = {}
         for i, route in enumerate(routes):
             groups.setdefault(route, []).append(i)
@@ -134,7 +173,11 @@ class ScoringCore:
             span.set_attribute("finpredict.variant", only.variant)
             if only.step >= 0:
                 span.set_attribute("finpredict.rollout_step", only.step)
-        outcomes = await asyncio.gather(
+        # Each group's measurement waits until every group has answered, then all are recorded
+        # together (no await between them): an analysis never sees half of one request, which
+        # would read as a split that does not match its weights.
+        measures: list[Measure] = []
+        gathered = await asyncio.gather(
             *(
                 self._score_group(
                     model,
@@ -144,10 +187,19 @@ class ScoringCore:
                     explain,
                     top_k,
                     started,
+                    measures,
                 )
                 for route, idx in groups.items()
-            )
+            ),
+            return_exceptions=True,
         )
+        for m in measures:
+            self._measure(model, m)
+        outcomes: list[list[Result]] = []
+        for outcome in gathered:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            outcomes.append(outcome)
         results: list[Result | None] = [None] * len(applications)
         for idx, group_results in zip(groups.values(), outcomes, strict=True):
             for i, result in zip(idx, group_results, strict=True):
@@ -166,14 +218,16 @@ class ScoringCore:
         explain: bool,
         top_k: int,
         started: float,
+        measures: list[Measure],
     ) -> list[Result]:
+        """Scores one route's group; its measurements go to ``measures`` (recorded by the caller)."""
         rows = [ms_pb.FeatureRow(features=a.features) for a in apps]
         served_route = route
         try:
             scored = await self.backend.predict(model, route.version, rows, explain=explain, top_k=top_k)
         except BackendError as exc:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            self._measure(model, route, len(apps), ok=False, elapsed_ms=elapsed_ms)
+            measures.append(Measure(route, len(apps), ok=False, elapsed_ms=elapsed_ms))
             rollout = self.controller.active(model) if route.variant == "canary" else None
             if rollout is None:
                 raise
@@ -183,30 +237,33 @@ class ScoringCore:
                 "canary failed, answered by stable", extra={"model": model, "grpc_code": exc.code.name}
             )
             served_route = Route(
-                rollout.stable_version, "stable", rollout_id=route.rollout_id, step=route.step
+                rollout.stable_version,
+                "stable",
+                rollout_id=route.rollout_id,
+                step=route.step,
+                fallback=f"canary v{route.version} failed ({exc.code.name}); answered by stable "
+                f"v{rollout.stable_version}",
             )
             scored = await self.backend.predict(
                 model, served_route.version, rows, explain=explain, top_k=top_k
             )
             return self._results(apps, scored, served_route)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self._measure(
-            model, route, len(apps), ok=True, elapsed_ms=elapsed_ms, scored=scored, apps=apps, info=info
+        measures.append(
+            Measure(route, len(apps), ok=True, elapsed_ms=elapsed_ms, scored=scored, apps=apps, info=info)
         )
         return self._results(apps, scored, served_route)
 
-    def _measure(
-        self,
-        model: str,
-        route: Route,
-        n: int,
-        *,
-        ok: bool,
-        elapsed_ms: float,
-        scored: Scored | None = None,
-        apps: Sequence[Application] = (),
-        info: VersionInfo | None = None,
-    ) -> None:
+    def _measure(self, model: str, m: Measure) -> None:
+        route, n, ok, elapsed_ms, scored, apps, info = (
+            m.route,
+            m.n,
+            m.ok,
+            m.elapsed_ms,
+            m.scored,
+            m.apps,
+            m.info,
+        )
         version = str(route.version)
         trace_id = current_trace_id()
         metrics.SCORE_SECONDS.labels(model, version, route.variant).observe(
@@ -227,6 +284,15 @@ class ScoringCore:
                 threshold=scored.threshold if scored is not None else None,
                 inputs=[a.features for a in apps] if columns is not None else (),
                 columns=columns,
+            )
+        elif route.experiment_id:
+            self.controller.live.experiments.record(
+                route.experiment_id,
+                route.arm,
+                n,
+                ok=ok,
+                scores=[p.score for p in scored.predictions] if scored is not None else (),
+                threshold=scored.threshold if scored is not None else None,
             )
 
     @staticmethod
@@ -249,7 +315,7 @@ class ScoringCore:
                     entity_id=res.entity_id,
                     model=types_pb2.ModelRef(name=model, version=res.version),
                     variant=res.route.arm or res.route.variant,
-                    features=app.features,
+                    features=logged_features(app),
                     score=res.prediction.score,
                     threshold=res.threshold,
                     latency_ms=latency_ms,
@@ -257,8 +323,38 @@ class ScoringCore:
                     time=now,
                     # what the client received (the model server gives reasons only when asked)
                     reason_codes=res.prediction.reason_codes,
+                    review=(
+                        monitor_pb2.REVIEW_KIND_CANARY_FALLBACK
+                        if res.route.fallback
+                        else monitor_pb2.REVIEW_KIND_UNSPECIFIED
+                    ),
+                    review_detail=res.route.fallback,
                 )
             )
+            if res.route.fallback:
+                metrics.REVIEW_CASES_TOTAL.labels(model, "canary_fallback").inc()
+
+    def _refused(self, model: str, app: Application, route: Route, message: str) -> None:
+        """Offers a request refused by validation to the prediction log, for the monitor's review
+        queue (never as a prediction: it was not scored)."""
+        if self.prediction_log is None:
+            return
+        now = timestamp_pb2.Timestamp()
+        now.FromNanoseconds(time.time_ns())
+        metrics.REVIEW_CASES_TOTAL.labels(model, "refused").inc()
+        self.prediction_log.offer(
+            monitor_pb2.PredictionRecord(
+                request_id=app.request_id or uuid.uuid4().hex,
+                entity_id=app.entity_id,
+                model=types_pb2.ModelRef(name=model, version=route.version),
+                variant=route.arm or route.variant,
+                features=app.features,
+                trace_id=current_trace_id(),
+                time=now,
+                review=monitor_pb2.REVIEW_KIND_REFUSED,
+                review_detail=message,
+            )
+        )
 
     # ----- shadow ------------------------------------------------------------------------------
 

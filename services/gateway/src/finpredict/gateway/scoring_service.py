@@ -1,6 +1,7 @@
 # ruff: noqa: N802  (gRPC method names are CamelCase)
 """``finpredict.scoring.v1.ScoringService``: Score and ScoreBatch on the shared request path, and
-RecordOutcomes forwarded to the monitor (:mod:`~finpredict.gateway.outcomes`)."""
+RecordOutcomes and RecordFeedback forwarded to the monitor (:mod:`~finpredict.gateway.outcomes`,
+:mod:`~finpredict.gateway.feedback`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from finpredict.api.scoring.v1 import scoring_pb2_grpc as pb_grpc
 from finpredict.common.telemetry import current_trace_id
 from finpredict.gateway.backend import BackendError, bound_by_client
 from finpredict.gateway.catalog import CatalogError
+from finpredict.gateway.feedback import FeedbackForwarder
 from finpredict.gateway.outcomes import MonitorError, OutcomeForwarder
 from finpredict.gateway.scoring import Application, Result, ScoringCore
 from finpredict.gateway.validation import RequestError, validate_batch_size
@@ -66,11 +68,16 @@ def to_score(model: str, result: Result, explain: bool) -> pb.Score:
 
 class ScoringServicer(pb_grpc.ScoringServiceServicer):
     def __init__(
-        self, core: ScoringCore, max_request_rows: int = 1000, outcomes: OutcomeForwarder | None = None
+        self,
+        core: ScoringCore,
+        max_request_rows: int = 1000,
+        outcomes: OutcomeForwarder | None = None,
+        feedback: FeedbackForwarder | None = None,
     ) -> None:
         self._core = core
         self._max_rows = max_request_rows
         self._outcomes = outcomes
+        self._feedback = feedback
 
     async def Score(self, request: pb.ScoreRequest, context: Context) -> pb.ScoreResponse:
         async def call() -> pb.ScoreResponse:
@@ -80,7 +87,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             a = request.application
             results = await self._core.score(
                 request.model,
-                [Application(a.entity_id, a.features, a.request_id)],
+                [Application(a.entity_id, a.features, a.request_id, a.attributes)],
                 explain=request.explain,
                 top_k=top_k,
                 paths=["application"],
@@ -96,7 +103,10 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             top_k = check_top_k(request.explain, request.top_k)
             results = await self._core.score(
                 request.model,
-                [Application(a.entity_id, a.features, a.request_id) for a in request.applications],
+                [
+                    Application(a.entity_id, a.features, a.request_id, a.attributes)
+                    for a in request.applications
+                ],
                 explain=request.explain,
                 top_k=top_k,
             )
@@ -116,3 +126,15 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             )
             raise AssertionError("unreachable")
         return await guarded(context, lambda: outcomes.record(request, context.time_remaining()))
+
+    async def RecordFeedback(
+        self, request: pb.RecordFeedbackRequest, context: Context
+    ) -> pb.RecordFeedbackResponse:
+        feedback = self._feedback
+        if feedback is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this gateway has no monitor (its monitor target is empty): feedback cannot be recorded",
+            )
+            raise AssertionError("unreachable")
+        return await guarded(context, lambda: feedback.record(request, context.time_remaining()))

@@ -42,6 +42,7 @@ from finpredict.gateway.backend import ModelServerBackend
 from finpredict.gateway.catalog import Catalog
 from finpredict.gateway.config import GatewaySettings
 from finpredict.gateway.controller import RolloutController
+from finpredict.gateway.feedback import FeedbackForwarder
 from finpredict.gateway.handoff import HandOffWatcher
 from finpredict.gateway.inference import InferenceServicer
 from finpredict.gateway.outcomes import OutcomeForwarder
@@ -70,6 +71,8 @@ METHOD_ROLES: dict[str, str] = {
     # Outcomes are ground truth that moves accuracy alerts (and retraining): a scoring client's reader
     # token cannot write them; the job that knows what became of the loans holds a writer token.
     f"/{SCORING_SERVICE}/RecordOutcomes": WRITER,
+    # Feedback overrides training labels: a writer too (an analyst's or the case tool's token).
+    f"/{SCORING_SERVICE}/RecordFeedback": WRITER,
     **{f"/{OIP_SERVICE}/{m}": READER for m in ("ModelReady", "ModelMetadata", "ModelInfer")},
 }
 # Liveness, readiness and server metadata are open, like gRPC health (probes carry no token).
@@ -106,7 +109,7 @@ class Gateway:
             BearerAuthInterceptor(tokens, METHOD_ROLES, open_prefixes=(*OPEN_SERVICE_PREFIXES, *OPEN_METHODS))
         ]
 
-    def _channel(self, target: str) -> grpc.aio.Channel:
+    def _channel(self, target: str, propagate: bool = True) -> grpc.aio.Channel:
         s = self.settings
         channel = create_channel(
             target,
@@ -114,6 +117,7 @@ class Gateway:
             tls_cert_file=s.tls_client_cert_file,
             tls_key_file=s.tls_client_key_file,
             max_message_bytes=s.max_message_bytes,
+            propagate=propagate,
         )
         self.channels.append(channel)
         return channel
@@ -126,7 +130,8 @@ class Gateway:
         registry = registry_pb2_grpc.RegistryServiceStub(self._channel(s.registry_target))
         catalog = Catalog(registry, lambda: registry_md, alias_ttl_s=s.alias_ttl_s)
         backend = ModelServerBackend(
-            self._channel(s.model_server_target),
+            # the backend adds the trace context itself (the request path's hottest call)
+            self._channel(s.model_server_target, propagate=False),
             s.model_server_application,
             timeout_s=s.backend_timeout_s,
             retries=s.backend_retries,
@@ -161,7 +166,7 @@ class Gateway:
         await self.sync.refresh()  # routes by the shared state from the first request
         await self.lease.step()
         log.info("gateway state opened", extra={"replica": replica, "dialect": engine.dialect.name})
-        outcomes = None
+        outcomes = feedback = None
         if s.monitor_target:
             monitor = monitor_pb2_grpc.MonitorServiceStub(self._channel(s.monitor_target))
             monitor_token = s.monitor_token.get_secret_value()
@@ -174,7 +179,14 @@ class Gateway:
                 metadata=monitor_md,
             )
             self.prediction_log.start()
-            outcomes = OutcomeForwarder(monitor, monitor_md, max_outcomes=s.max_request_rows)
+            live = self.controller.live
+            outcomes = OutcomeForwarder(
+                monitor,
+                monitor_md,
+                max_outcomes=s.max_request_rows,
+                on_labelled=lambda rows: live.record_outcomes(rows, policies.experiments),
+            )
+            feedback = FeedbackForwarder(monitor, monitor_md, max_feedback=s.max_request_rows)
         self.core = ScoringCore(
             catalog,
             backend,
@@ -183,7 +195,7 @@ class Gateway:
             self.prediction_log,
             shadow_concurrency=s.shadow_concurrency,
         )
-        self.scoring = ScoringServicer(self.core, s.max_request_rows, outcomes)
+        self.scoring = ScoringServicer(self.core, s.max_request_rows, outcomes, feedback)
         self.inference = InferenceServicer(self.core, s.max_request_rows)
         self.rollouts = RolloutServicer(self.controller, policies, catalog)
         self.controller.start_loop()

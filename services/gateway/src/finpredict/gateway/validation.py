@@ -14,6 +14,8 @@ from finpredict.api.common.v1 import types_pb2
 
 MAX_BATCH = 1000
 MAX_ID_LENGTH = 256
+MAX_ATTRIBUTES = 16
+MAX_ATTRIBUTE_NAME = 64
 
 
 class RequestError(ValueError):
@@ -70,6 +72,23 @@ def validate_application(
             raise RequestError(f"{field}: {number:g} is below the minimum {spec.min:g}")
         if spec.HasField("max") and number > spec.max:
             raise RequestError(f"{field}: {number:g} is above the maximum {spec.max:g}")
+
+
+def validate_attributes(
+    attributes: Mapping[str, str], specs: Mapping[str, types_pb2.FeatureSpec], path: str = "application"
+) -> None:
+    """Checks an application's attributes (logged with the prediction, never sent to the model):
+    at most :data:`MAX_ATTRIBUTES`, names not features of the model, values of bounded length."""
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise RequestError(f"{path}.attributes: {len(attributes)} attributes, at most {MAX_ATTRIBUTES}")
+    for name, value in attributes.items():
+        field = f'{path}.attributes["{name}"]'
+        if not name or len(name) > MAX_ATTRIBUTE_NAME:
+            raise RequestError(f"{field}: a name of 1 to {MAX_ATTRIBUTE_NAME} characters is required")
+        if name in specs:
+            raise RequestError(f"{field}: a feature of the model (send it in features)")
+        if len(value) > MAX_ID_LENGTH:
+            raise RequestError(f"{field}: longer than {MAX_ID_LENGTH} characters")
 
 
 def validate_batch_size(n: int, field: str = "applications", limit: int = MAX_BATCH) -> None:

@@ -53,7 +53,7 @@ log = logging.getLogger("ray.serve")
 tracer = trace.get_tracer("finpredict.model_server")
 
 DEFAULT_MAX_BATCH_SIZE = 32
-DEFAULT_BATCH_WAIT_S = 0.002
+DEFAULT_BATCH_WAIT_S = 0.0  # no wait: batches form from what arrives while one is scored
 # Replica spans leave in batches at most this long after they end (the OTLP default is 5 s).
 SPAN_EXPORT_DELAY_MS = 200
 SERVICE = "finpredict.serving.v1.ModelServerService"

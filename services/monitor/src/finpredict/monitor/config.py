@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import time
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from finpredict.common import addresses
 from finpredict.common.config import ServiceSettings
+from finpredict.monitor.schedule import parse_schedule
 
 DEFAULT_RULES_FILE = Path(__file__).with_name("rules.yaml")
 
@@ -75,9 +77,9 @@ class MonitorSettings(ServiceSettings):
     tokens: SecretStr = Field(
         default=SecretStr(""),
         description="Bearer tokens: 'token=subject:role[|role],...' or a JSON map (see "
-        "finpredict.common.auth). Ingest and outcomes need writer, reads need reader, EvaluateRules and "
-        "TriggerRetraining need admin. Empty refuses every RPC (a warning at start-up), like the "
-        "registry and the gateway.",
+        "finpredict.common.auth). Ingest, outcomes and feedback need writer, reads need reader, "
+        "EvaluateRules and TriggerRetraining need admin. Empty refuses every RPC (a warning at start-up), "
+        "like the registry and the gateway.",
     )
     retrain_workdir: Path | None = Field(
         default=None, description="Working directory of the retraining command (default: the monitor's)."
@@ -99,6 +101,17 @@ class MonitorSettings(ServiceSettings):
     )
     retrain_window_days: float = Field(
         default=30.0, gt=0, description="Length of the retraining snapshot's window, in days."
+    )
+    retrain_schedule: str = Field(
+        default="",
+        description="Daily retraining runs of the local stack: 'model=HH:MM,...' (time of day in UTC on "
+        "the monitor's clock). The run of day D (trigger schedule:<D>) trains on the matured, labelled "
+        "predictions of [D - label_maturity_days - retrain_schedule_window_days, D - "
+        "label_maturity_days) and needs retrain_command and retrain_snapshot. Empty (the default): no "
+        "scheduler; clusters run `finpredict retrain run --schedule` from a CronJob instead.",
+    )
+    retrain_schedule_window_days: float = Field(
+        default=1.0, gt=0, description="Days of matured predictions each scheduled run trains on."
     )
     retention_days: int = Field(
         default=30,
@@ -131,12 +144,31 @@ class MonitorSettings(ServiceSettings):
         ge=1,
         description="Most outcomes waiting for their prediction; beyond it the oldest is orphaned.",
     )
+    review_band: float = Field(
+        default=0.05,
+        ge=0,
+        le=0.5,
+        description="Half-width of the review band around the decision threshold: a served score at most "
+        "this far from its threshold is a case in the review queue (`finpredict review list`), beside "
+        "requests refused by validation and canary fallbacks; 0 lists no band cases.",
+    )
     watch_queue_size: int = Field(
         default=1000,
         ge=1,
         description="Alert changes queued per WatchAlerts subscriber; one that falls further behind is "
         "dropped with RESOURCE_EXHAUSTED (and counted).",
     )
+
+    @field_validator("retrain_schedule")
+    @classmethod
+    def _check_schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+    @property
+    def schedule(self) -> dict[str, time]:
+        """The local scheduler's time of day (UTC) by model; empty: off."""
+        return parse_schedule(self.retrain_schedule)
 
     @property
     def cache_dir(self) -> Path:

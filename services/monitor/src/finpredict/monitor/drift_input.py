@@ -5,6 +5,8 @@ The model's score is profiled like a feature, under the column name :data:`SCORE
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import polars as pl
 
@@ -36,13 +38,21 @@ def drift_frame(profile: drift_core.Profile, frame: pl.DataFrame) -> pl.DataFram
 def drift_matrix(profile: drift_core.Profile, frame: pl.DataFrame) -> np.ndarray:
     """The profile's columns as the float64 matrix drift_core reads, in one polars pass:
     numbers with missing as NaN, categories as codes in the profile's order (unseen -1)."""
+    exprs = _matrix_exprs(profile, frozenset(frame.columns))
+    return np.ascontiguousarray(frame.select(exprs).to_numpy(), dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _matrix_exprs(profile: drift_core.Profile, columns: frozenset[str]) -> list[pl.Expr]:
+    """:func:`drift_matrix`'s expressions for frames with ``columns`` (built once: ingest asks for
+    them on every batch)."""
     nan = float("nan")
     exprs = []
     for name in profile.feature_names:
         stored = FEATURE_PREFIX + name
         if name == SCORE_COLUMN:
             exprs.append(pl.col("score").cast(pl.Float64).alias(name))
-        elif stored not in frame.columns:
+        elif stored not in columns:
             exprs.append(pl.lit(nan, dtype=pl.Float64).alias(name))
         elif profile.is_categorical(name):
             labels = profile.categories(name) or []
@@ -52,4 +62,4 @@ def drift_matrix(profile: drift_core.Profile, frame: pl.DataFrame) -> np.ndarray
             exprs.append(pl.when(text.is_null()).then(nan).otherwise(coded).alias(name))
         else:
             exprs.append(pl.col(stored).cast(pl.Float64, strict=False).fill_null(nan).alias(name))
-    return np.ascontiguousarray(frame.select(exprs).to_numpy(), dtype=np.float64)
+    return exprs

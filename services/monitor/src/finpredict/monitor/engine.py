@@ -33,11 +33,14 @@ import polars as pl
 from finpredict.monitor import metrics as m
 from finpredict.monitor.drift_input import SCORE_COLUMN
 from finpredict.monitor.evaluation import AlertRecord, RuleEvaluator
-from finpredict.monitor.labels import LabelIndex
+from finpredict.monitor.labels import LabelIndex, digest
 from finpredict.monitor.profiles import ProfileCache, Reference
 from finpredict.monitor.records import (
     FULL_ERRNOS,
+    RID_COLUMN,
+    IngestBatch,
     InvalidInputError,
+    Labelled,
     OutcomeCounts,
     OutcomeIn,
     Prediction,
@@ -45,7 +48,9 @@ from finpredict.monitor.records import (
     check_outcomes,
     feature_kind_problem,
     hour_partitions,
+    model_name_problem,
     outcomes_frame,
+    prediction_from_row,
     prediction_problem,
     predictions_frame,
 )
@@ -53,6 +58,7 @@ from finpredict.monitor.recovery import recover
 from finpredict.monitor.rules import Rule
 from finpredict.monitor.state import SavedState, save_state
 from finpredict.monitor.store import (
+    FEATURE_PREFIX,
     RecordStore,
     day_key,
     hour_key,
@@ -208,49 +214,143 @@ class Engine:
         Returns (accepted, duplicates, rejected, first rejection), only after every accepted
         record is on disk.
         """
-        accepted: list[Prediction] = []
-        seen: set[str] = set()
-        duplicates = rejected = 0
-        first = ""
-        m.RECORDS_RECEIVED.inc(len(records))
-        known = self.labels.known([p.request_id for p in records])
-        for i, p in enumerate(records):
-            problem = self.validate(offset + i, p)
-            if problem is not None:
-                rejected += 1
-                first = first or problem
-                m.RECORDS_REJECTED.labels(problem.split(":")[0].split(".", 1)[1].split("[")[0]).inc()
-                continue
-            if known[i] or p.request_id in seen:
-                duplicates += 1
-                m.RECORDS_DUPLICATE.labels(p.model, str(p.version)).inc()
-                continue
-            seen.add(p.request_id)
-            accepted.append(p)
-        if not accepted:
-            return 0, duplicates, rejected, first
-        frame = predictions_frame(accepted)
-        written: list[pl.DataFrame] = []
+        return self.ingest_batches([IngestBatch(records=records, offset=offset)])[0]
+
+    def ingest_batches(self, batches: Sequence[IngestBatch]) -> list[tuple[int, int, int, str]]:
+        """:meth:`ingest` of several batches at once (a group commit): each is validated and
+        deduplicated in turn (against the index and the batches before it), then all that were
+        accepted are written with one file (one fsync) per partition and folded together.
+
+        Returns each batch's (accepted, duplicates, rejected, first rejection), only after every
+        accepted record is on disk; :class:`StorageError` (for all of them) when the write failed.
+        """
+        results: list[tuple[int, int, int, str]] = []
+        kept: list[pl.DataFrame] = []
+        seen: set[int] = set()
+        for batch in batches:
+            m.RECORDS_RECEIVED.inc(len(batch))
+            if batch.frame is None:
+                problems = [self.validate(batch.offset + i, p) for i, p in enumerate(batch.records)]
+                frame = predictions_frame(
+                    [p for p, q in zip(batch.records, problems, strict=True) if q is None]
+                )
+            else:
+                problems = self._problems(batch.frame, batch.offset)
+                frame = batch.frame
+                if any(q is not None for q in problems):
+                    frame = frame.filter(pl.Series([q is None for q in problems], dtype=pl.Boolean))
+            first = next((q for q in problems if q is not None), "")
+            rejected = sum(q is not None for q in problems)
+            for problem in problems:
+                if problem is not None:
+                    m.RECORDS_REJECTED.labels(problem.split(":")[0].split(".", 1)[1].split("[")[0]).inc()
+            rids = [digest(r) for r in frame["request_id"]]
+            known = self.labels.ids.contains_many(rids)
+            fresh: list[bool] = []
+            for k, r in zip(known.tolist(), rids, strict=True):
+                fresh.append(not k and r not in seen)
+                seen.add(r)
+            accepted = sum(fresh)
+            duplicates = frame.height - accepted
+            if duplicates:
+                mask = pl.Series(fresh, dtype=pl.Boolean)
+                for model, version, n in frame.filter(~mask).group_by("model", "version").len().iter_rows():
+                    m.RECORDS_DUPLICATE.labels(model, str(version)).inc(n)
+                frame = frame.filter(mask)
+                rids = [r for r, f in zip(rids, fresh, strict=True) if f]
+            if accepted:
+                kept.append(frame.with_columns(pl.Series(RID_COLUMN, rids, dtype=pl.UInt64)))
+            results.append((accepted, duplicates, rejected, first))
+        if kept:
+            self._store(kept)
+        return results
+
+    def _problems(self, frame: pl.DataFrame, offset: int) -> list[str | None]:
+        """Each stored record's problem (:meth:`validate`), found column by column: only the rows
+        that fail a check are looked at one by one, for their message."""
+        bad = self._bad_rows(frame)
+        problems: list[str | None] = [None] * frame.height
+        if bad.any():
+            for i in bad.arg_true().to_list():
+                problems[i] = self.validate(offset + i, prediction_from_row(frame.row(i, named=True)))
+        return problems
+
+    def _bad_rows(self, frame: pl.DataFrame) -> pl.Series:
+        """Rows :meth:`validate` refuses (a superset is fine: each is checked again one by one)."""
+        models = [v for v in frame["model"].unique().to_list() if model_name_problem("", v) is None]
+        limit = self.wall() + self.options.max_future_skew
+        horizon = self.horizon
+
+        def bounded(name: str) -> pl.Expr:
+            return ~(pl.col(name).is_finite() & pl.col(name).is_between(0.0, 1.0))
+
+        latency = pl.col("latency_ms").fill_null(0.0)
+        checks = [
+            pl.col("request_id").fill_null("") == "",
+            ~pl.col("model").is_in(models),
+            pl.col("version") < 1,
+            pl.col("time").dt.epoch("us") <= 0,
+            bounded("score"),
+            bounded("threshold"),
+            ~(latency.is_finite() & (latency >= 0)),
+            pl.col("time") > limit,
+        ]
+        if horizon is not None:
+            checks.append(pl.col("time") < horizon)
+        bad = frame.select(pl.any_horizontal(checks).fill_null(True).alias("bad"))["bad"]
+        if bad.all():
+            return bad
+        # feature kinds against each version's profile (a version is created on its first valid record)
+        schema = frame.schema
+        kinds = [c for c in schema if c.startswith(FEATURE_PREFIX)]
+        keys = frame.select("model", "version").filter(~bad).unique(maintain_order=True).iter_rows()
+        for model, version in keys:
+            state = self.windows.version((model, version))
+            wrong = [
+                pl.col(c).is_not_null()
+                for c in kinds
+                if c.removeprefix(FEATURE_PREFIX)
+                in (state.numeric if schema[c] == pl.String else state.categorical)
+            ]
+            if wrong:
+                of_key = (pl.col("model") == model) & (pl.col("version") == version)
+                bad = bad | frame.select((of_key & pl.any_horizontal(wrong)).fill_null(False).alias("k"))["k"]
+        return bad
+
+    def _store(self, frames: list[pl.DataFrame]) -> None:
+        """Durably appends the accepted records (one file per partition), then folds them."""
+        # a feature stored as numbers in one batch and categories in another (only one outside the
+        # profile: the kinds of its features are checked) is stored as text, as within one batch
+        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+        parts = hour_partitions(frame)
+        written: list[tuple[str, int, datetime, pl.DataFrame]] = []
         try:
-            for model, version, hour, part in hour_partitions(frame):
-                path = self.store.append_predictions(model, version, hour_key(hour), part)
+            for model, version, hour, part in parts:
+                path = self.store.append_predictions(model, version, hour_key(hour), part.drop(RID_COLUMN))
                 self.upkeep.dirty.add(path.parent)
-                written.append(part)
+                written.append((model, version, hour, part))
         except OSError as exc:
             # The partitions already written are durable: fold them, so that the client's retry of
             # the whole batch finds them as duplicates instead of storing them twice.
             if written:
-                self.fold(pl.concat(written), live=True)
+                self.fold(pl.concat([part for *_, part in written]), live=True, parts=written)
             m.STORE_WRITE_FAILURES.labels("full" if exc.errno in FULL_ERRNOS else "io").inc()
-            raise StorageError(f"{len(accepted)} prediction records", exc) from exc
-        self.fold(frame, live=True)
-        return len(accepted), duplicates, rejected, first
+            raise StorageError(f"{frame.height} prediction records", exc) from exc
+        self.fold(frame, live=True, parts=parts)
 
-    def fold(self, frame: pl.DataFrame, live: bool = False) -> None:
-        """Adds stored records to their hourly windows and the request-id / entity indexes."""
-        for model, version, hour, part in hour_partitions(frame):
+    def fold(
+        self,
+        frame: pl.DataFrame,
+        live: bool = False,
+        parts: list[tuple[str, int, datetime, pl.DataFrame]] | None = None,
+    ) -> None:
+        """Adds stored records to their hourly windows and the request-id / entity indexes (a
+        :data:`RID_COLUMN` column, when there, holds the request-id digests; ``parts``: the
+        frame's :func:`hour_partitions`, when known)."""
+        for model, version, hour, part in parts if parts is not None else hour_partitions(frame):
             self.windows.add((model, version), hour, part, live)
-            self.labels.add((model, version), hour, part)
+            rids = part[RID_COLUMN].to_list() if RID_COLUMN in part.columns else None
+            self.labels.add((model, version), hour, part, rids)
         touched = self.labels.resolve_waiting(frame)  # outcomes that arrived before their predictions
         if touched and live:
             last = frame["time"].max()
@@ -324,19 +424,25 @@ class Engine:
             m.STORE_WRITE_FAILURES.labels("full" if exc.errno in FULL_ERRNOS else "io").inc()
             raise StorageError(f"{len(fresh)} outcomes", exc) from exc
         results = []
+        labelled: list[Labelled] = []
         touched: set[tuple[VersionKey, datetime]] = set()
         for o in outcomes:
             result, hit = self.labels.match(o)
             results.append(result)
             if hit is not None:
                 touched.add(hit)
+            served = self.labels.served(o) if result == "matched" else None
+            if served is not None:
+                (model, version), score, threshold = served
+                labelled.append(Labelled(o.request_id, model, version, score, threshold, o.defaulted))
         counts: dict[str, int] = {r: results.count(r) for r in ("matched", "waiting", "duplicate")}
         for name, n in counts.items():
             m.OUTCOMES.labels(name).inc(n)
         changed = self.evaluator.labelled(touched, max(o.observed_at for o in outcomes))
         if changed:
             self.save()
-        return OutcomeCounts(counts["matched"], counts["waiting"], counts["duplicate"]), changed
+        counted = OutcomeCounts(counts["matched"], counts["waiting"], counts["duplicate"], labelled)
+        return counted, changed
 
     # ------------------------------------------------------------------ statistics and rules
 

@@ -13,9 +13,12 @@ as in the monitor's label matching (:mod:`finpredict.monitor.labels`).
 The snapshot's columns and metadata are the contract with ``finpredict.pipelines.production``
 (:mod:`finpredict.common.production_snapshot`).
 
-``feedback_label`` is an analyst's corrected label; the monitor records no feedback yet, so it
-is always null. The window, ``as_of``, the maturity and the counts (``ExportStats``) are the
-Parquet file's key-value metadata, as JSON.
+``feedback_label`` is an analyst's corrected label: that of the request's latest feedback recorded
+by ``as_of`` when it is an override with one (:func:`~finpredict.monitor.feedback.override_labels`),
+else null; ``label_overridden`` flags those rows. A corrected label makes a matured prediction
+labelled even without an outcome, and the training label is the corrected one where there is one
+(the pipeline's ``production`` source). The window, ``as_of``, the maturity and the counts
+(``ExportStats``) are the Parquet file's key-value metadata, as JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import polars as pl
 
 from finpredict.common.fsio import write_atomic
 from finpredict.common.production_snapshot import METADATA_KEY, SNAPSHOT_COLUMNS, ExportStats
+from finpredict.monitor.feedback import feedback_log, override_labels
 from finpredict.monitor.store import (
     FEATURE_PREFIX,
     OUTCOME_COLUMNS,
@@ -86,13 +90,18 @@ def export_window(
             pl.col("observed_at").alias("_o_ent"),
         )
     )
-    joined = preds.join(by_request, on="request_id", how="left").join(
-        by_entity, on=["entity_id", "time"], how="left"
+    overrides = override_labels(feedback_log(store.root, writer=False), start, as_of).rename(
+        {"corrected_label": "feedback_label"}
+    )
+    joined = (
+        preds.join(by_request, on="request_id", how="left")
+        .join(by_entity, on=["entity_id", "time"], how="left")
+        .join(overrides, on="request_id", how="left")
     )
     joined = joined.with_columns(
         pl.coalesce("_d_rid", "_d_ent").alias("defaulted"),
         pl.coalesce("_o_rid", "_o_ent").alias("observed_at"),
-        pl.lit(None, pl.Boolean).alias("feedback_label"),
+        pl.col("feedback_label").is_not_null().alias("label_overridden"),
     ).drop("_d_rid", "_d_ent", "_o_rid", "_o_ent")
     matured = joined.filter(pl.col("time") + maturity <= as_of)
     labelled = matured.filter(pl.col("defaulted").is_not_null() | pl.col("feedback_label").is_not_null())

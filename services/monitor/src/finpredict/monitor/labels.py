@@ -4,8 +4,9 @@ outcomes attached to the hour cell of their prediction, whichever of the two arr
 The index is also the request-id dedup set of ingest. It holds, per version and hour, the columns
 an outcome needs (score, threshold, time, whether it is labelled) in compact arrays, and two maps
 from a 64-bit digest of the request id (and of entity id + prediction time) to a row
-(:class:`~finpredict.monitor.digest_map.DigestMap`): about 75 bytes a prediction, dropped hour by
-hour with the retention period (:meth:`prune`).
+(:class:`~finpredict.monitor.digest_map.DigestMap`): about 57 bytes a prediction, dropped hour by
+hour with the retention period (:meth:`prune`). The digests themselves live only in the maps (the
+snapshot reads them back from there, :meth:`LabelIndex.predictions_frame`).
 
 An outcome whose prediction is not stored yet *waits* (the gateway's prediction log may still be
 on its way) for ``wait_s`` seconds of wall-clock time, then is *orphaned*: counted and dropped. A
@@ -47,16 +48,18 @@ def entity_digest(entity_id: str, t: datetime) -> int:
 
 @dataclass
 class Block:
-    """The predictions of one version and hour, column by column."""
+    """The predictions of one version and hour, column by column (row ``i`` of every column is one
+    prediction; its request-id and entity digests are the keys that map to it)."""
 
     key: VersionKey
     hour: datetime
-    rids: array[int] = field(default_factory=lambda: array("Q"))
-    entities: array[int] = field(default_factory=lambda: array("Q"))  # 0: no entity id
     times_us: array[int] = field(default_factory=lambda: array("q"))
     scores: array[float] = field(default_factory=lambda: array("d"))
     thresholds: array[float] = field(default_factory=lambda: array("d"))
     labelled: bytearray = field(default_factory=bytearray)
+
+    def __len__(self) -> int:
+        return len(self.labelled)
 
 
 @dataclass
@@ -113,30 +116,26 @@ class LabelIndex:
             self.blocks[bid] = Block(key, hour)
         return bid, self.blocks[bid]
 
-    def add(self, key: VersionKey, hour: datetime, part: pl.DataFrame) -> None:
-        """Indexes the stored predictions ``part`` of one version and hour."""
+    def add(self, key: VersionKey, hour: datetime, part: pl.DataFrame, rids: list[int] | None = None) -> None:
+        """Indexes the stored predictions ``part`` of one version and hour (``rids``: the digests of
+        its request ids, when the caller has them already)."""
         bid, b = self.block(key, hour)
-        times = part["time"].dt.epoch("us").to_list()
-        for rid, ent, t_us, score, thr in zip(
-            part["request_id"], part["entity_id"], times, part["score"], part["threshold"], strict=True
-        ):
-            self._append(
-                bid, b, digest(rid), digest(f"{ent}\x00{t_us}") if ent else 0, t_us, score, thr, False
-            )
-
-    def _append(
-        self, bid: int, b: Block, rid: int, ent: int, t_us: int, score: float, thr: float, labelled: bool
-    ) -> None:
-        code = bid << _ROW_BITS | len(b.rids)
-        b.rids.append(rid)
-        b.entities.append(ent)
-        b.times_us.append(t_us)
-        b.scores.append(score)
-        b.thresholds.append(thr)
-        b.labelled.append(1 if labelled else 0)
-        self.ids[rid] = code
-        if ent:
-            self.by_entity[ent] = code
+        times = part["time"].dt.epoch("us").to_numpy().astype(np.int64)
+        first = bid << _ROW_BITS | len(b)
+        codes = range(first, first + part.height)
+        b.times_us.frombytes(times.tobytes())
+        b.scores.frombytes(part["score"].to_numpy().astype(np.float64).tobytes())
+        b.thresholds.frombytes(part["threshold"].to_numpy().astype(np.float64).tobytes())
+        b.labelled.extend(bytes(part.height))
+        self.ids.set_many(rids if rids is not None else [digest(r) for r in part["request_id"]], codes)
+        entities = [
+            (digest(f"{ent}\x00{t_us}"), code)
+            for ent, t_us, code in zip(part["entity_id"], times.tolist(), codes, strict=True)
+            if ent
+        ]
+        if entities:
+            keys, entity_codes = zip(*entities, strict=True)
+            self.by_entity.set_many(keys, entity_codes)
 
     def resolve_waiting(self, frame: pl.DataFrame) -> set[tuple[VersionKey, datetime]]:
         """Attaches the outcomes that arrived before the predictions of ``frame`` (indexed already);
@@ -192,6 +191,14 @@ class LabelIndex:
         if not self._attach(code, o):
             return "duplicate", None
         return "matched", self._cell(code)
+
+    def served(self, o: OutcomeIn) -> tuple[VersionKey, float, float] | None:
+        """The version, score and threshold of the prediction ``o`` is matched to (None: none stored)."""
+        code = self._locate(o)[2]
+        if code is None:
+            return None
+        b, row = self.blocks[code >> _ROW_BITS], code & _ROW_MASK
+        return b.key, b.scores[row], b.thresholds[row]
 
     def _cell(self, code: int) -> tuple[VersionKey, datetime]:
         b = self.blocks[code >> _ROW_BITS]
@@ -249,7 +256,7 @@ class LabelIndex:
             b = self.blocks.pop(bid)
             del self.block_of[(key, hour)]
             dropped.add(bid)
-            gone += len(b.rids)
+            gone += len(b)
         self.ids.discard_blocks(dropped)
         self.by_entity.discard_blocks(dropped)
         return gone
@@ -257,23 +264,37 @@ class LabelIndex:
     # ------------------------------------------------------------------ snapshot
 
     def predictions_frame(self) -> pl.DataFrame:
-        """The index as a frame (for the snapshot)."""
-        blocks = list(self.blocks.values())
-        sizes = [len(b.rids) for b in blocks]
+        """The index as a frame (for the snapshot): a row per prediction, its digests read back
+        from the maps (0: none, e.g. no entity id)."""
+        blocks = list(self.blocks.items())
+        sizes = [len(b) for _, b in blocks]
 
         def column(get: Callable[[Block], array[int] | array[float] | bytearray], dtype: type) -> np.ndarray:
-            parts: list[np.ndarray] = [np.frombuffer(get(b), dtype=dtype) for b in blocks]
+            parts: list[np.ndarray] = [np.frombuffer(get(b), dtype=dtype) for _, b in blocks]
             return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+        bids = np.array([bid for bid, _ in blocks], dtype=np.uint64)  # ascending: created in order
+        starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.uint64)])[:-1].astype(np.uint64)
+
+        def keys_by_row(index: DigestMap) -> np.ndarray:
+            keys, codes = index.entries()
+            out = np.zeros(sum(sizes), dtype=np.uint64)
+            at = np.searchsorted(bids, codes >> np.uint64(_ROW_BITS))
+            at = np.minimum(at, max(len(bids) - 1, 0))
+            if len(bids):
+                ok = bids[at] == codes >> np.uint64(_ROW_BITS)
+                out[(starts[at] + (codes & np.uint64(_ROW_MASK)))[ok].astype(np.int64)] = keys[ok]
+            return out
 
         return pl.DataFrame(
             {
-                "model": pl.Series([b.key[0] for b in blocks], dtype=pl.String).gather(_repeat(sizes)),
-                "version": pl.Series([b.key[1] for b in blocks], dtype=pl.Int64).gather(_repeat(sizes)),
-                "hour": pl.Series([b.hour for b in blocks], dtype=pl.Datetime("us", "UTC")).gather(
+                "model": pl.Series([b.key[0] for _, b in blocks], dtype=pl.String).gather(_repeat(sizes)),
+                "version": pl.Series([b.key[1] for _, b in blocks], dtype=pl.Int64).gather(_repeat(sizes)),
+                "hour": pl.Series([b.hour for _, b in blocks], dtype=pl.Datetime("us", "UTC")).gather(
                     _repeat(sizes)
                 ),
-                "rid": column(lambda b: b.rids, np.uint64),
-                "entity": column(lambda b: b.entities, np.uint64),
+                "rid": keys_by_row(self.ids),
+                "entity": keys_by_row(self.by_entity),
                 "time_us": column(lambda b: b.times_us, np.int64),
                 "score": column(lambda b: b.scores, np.float64),
                 "threshold": column(lambda b: b.thresholds, np.float64),
@@ -288,15 +309,14 @@ class LabelIndex:
         ).items():
             assert isinstance(hour, datetime)
             bid, b = self.block((str(model), int(str(version))), hour.astimezone(UTC))
-            start = len(b.rids)
-            b.rids.frombytes(part["rid"].to_numpy().astype(np.uint64).tobytes())
-            b.entities.frombytes(part["entity"].to_numpy().astype(np.uint64).tobytes())
+            start = len(b)
             b.times_us.frombytes(part["time_us"].to_numpy().astype(np.int64).tobytes())
             b.scores.frombytes(part["score"].to_numpy().astype(np.float64).tobytes())
             b.thresholds.frombytes(part["threshold"].to_numpy().astype(np.float64).tobytes())
             b.labelled.extend(part["labelled"].to_numpy().astype(np.uint8).tobytes())
-            codes = np.arange(bid << _ROW_BITS | start, bid << _ROW_BITS | len(b.rids), dtype=np.uint64)
-            self.ids.update(part["rid"].to_numpy().astype(np.uint64), codes)
+            codes = np.arange(bid << _ROW_BITS | start, bid << _ROW_BITS | len(b), dtype=np.uint64)
+            rids = part["rid"].to_numpy().astype(np.uint64)
+            self.ids.update(rids[rids != 0], codes[rids != 0])
             entities = part["entity"].to_numpy().astype(np.uint64)
             self.by_entity.update(entities[entities != 0], codes[entities != 0])
 

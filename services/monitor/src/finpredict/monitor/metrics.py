@@ -158,6 +158,11 @@ RETRAINING_JOINED = Counter(
     "time), by trigger kind.",
     ["trigger"],
 )
+RETRAINING_FINISHED = Counter(
+    "finpredict_monitor_retraining_finished_total",
+    "Retraining runs ended, by result: registered (a new version) or failed (with a recorded reason).",
+    ["result"],
+)
 WATCHERS = Gauge("finpredict_monitor_watchers", "Open WatchAlerts streams.")
 WATCHERS_DROPPED = Counter(
     "finpredict_monitor_watchers_dropped_total",
@@ -179,3 +184,23 @@ FUTURE_REFUSED = Counter(
     "evaluation clock), by source: record, outcome, evaluate.",
     ["source"],
 )
+FEEDBACK = Counter(
+    "finpredict_monitor_feedback_total",
+    "Analyst feedback recorded on scored decisions, by verdict (confirmed, disputed, overridden): the "
+    "overridden share is the override rate (alert FinpredictOverrideRateHigh).",
+    ["verdict"],
+)
+for _verdict in ("confirmed", "disputed", "overridden"):
+    FEEDBACK.labels(_verdict)  # exported at 0, so the first override shows in rate()
+FEEDBACK_DUPLICATE = Counter(
+    "finpredict_monitor_feedback_duplicate_total",
+    "Feedback ignored as an exact repeat of its request's latest feedback (a retried call).",
+)
+REVIEW_CASES = Counter(
+    "finpredict_monitor_review_cases_total",
+    "Edge cases the gateway sent to the review queue, by kind (refused: validation refused the request; "
+    "canary_fallback: the canary failed and stable answered). Review-band scores are found when listed.",
+    ["kind"],
+)
+for _kind in ("refused", "canary_fallback"):
+    REVIEW_CASES.labels(_kind)

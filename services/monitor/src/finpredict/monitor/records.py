@@ -10,8 +10,9 @@ import os
 import re
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import polars as pl
 
@@ -23,6 +24,7 @@ MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # 9999) that window arithmetic (a day past the latest event) stays representable.
 MAX_EVENT_TIME = datetime(9000, 1, 1, tzinfo=UTC)
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+RID_COLUMN = "_rid"  # the request-id digests riding along records being ingested (never stored)
 
 
 class InvalidInputError(ValueError):
@@ -62,6 +64,20 @@ class Prediction:
 
 
 @dataclass
+class IngestBatch:
+    """One request's records: decoded column by column (``frame``, in :func:`predictions_frame`'s
+    layout) or record by record (``records``), and where they start in their stream (a rejection
+    names ``records[offset + i]``)."""
+
+    frame: pl.DataFrame | None = None
+    records: Sequence[Prediction] = ()
+    offset: int = 0
+
+    def __len__(self) -> int:
+        return self.frame.height if self.frame is not None else len(self.records)
+
+
+@dataclass
 class OutcomeIn:
     request_id: str
     entity_id: str
@@ -70,14 +86,28 @@ class OutcomeIn:
     prediction_time: datetime | None
 
 
+@dataclass(frozen=True)
+class Labelled:
+    """An outcome matched to its prediction, with what the prediction served."""
+
+    request_id: str
+    model: str
+    version: int
+    score: float
+    threshold: float
+    defaulted: bool
+
+
 @dataclass
 class OutcomeCounts:
     """What became of a batch of outcomes: matched to a prediction, waiting for one, or ignored
-    as a repeat of an outcome already recorded for the same request."""
+    as a repeat of an outcome already recorded for the same request; ``labelled``: the matched
+    ones (by request id or entity) with their prediction's version, score and threshold."""
 
     matched: int = 0
     unmatched: int = 0
     duplicates: int = 0
+    labelled: list[Labelled] = field(default_factory=list)
 
 
 def model_name_problem(field: str, name: str) -> str | None:
@@ -167,6 +197,24 @@ def predictions_frame(preds: Sequence[Prediction]) -> pl.DataFrame:
     return pl.DataFrame(series)
 
 
+def prediction_from_row(row: dict[str, Any]) -> Prediction:
+    """A stored record (a row of :func:`predictions_frame`) as received (a missing feature: None)."""
+    return Prediction(
+        request_id=row["request_id"] or "",
+        entity_id=row["entity_id"] or "",
+        model=row["model"] or "",
+        version=row["version"],
+        variant=row["variant"] or "",
+        score=row["score"],
+        threshold=row["threshold"],
+        latency_ms=row["latency_ms"],
+        trace_id=row["trace_id"] or "",
+        time=row["time"],
+        features={k.removeprefix(FEATURE_PREFIX): v for k, v in row.items() if k.startswith(FEATURE_PREFIX)},
+        reason_codes=tuple(reason_codes_from_json(row.get("reason_codes"))),
+    )
+
+
 def reason_codes_json(codes: Sequence[tuple[str, str, float, str]]) -> str | None:
     """Reason codes as stored: a JSON list of ``[code, feature, contribution, description]``
     (null when there are none)."""
@@ -202,7 +250,11 @@ def outcomes_frame(outcomes: Sequence[OutcomeIn]) -> pl.DataFrame:
 
 def hour_partitions(frame: pl.DataFrame) -> list[tuple[str, int, datetime, pl.DataFrame]]:
     """Stored predictions split by (model, version, event-time hour), in order of appearance."""
-    frame = frame.with_columns(pl.col("time").dt.truncate("1h").alias("_hour"))
+    keys = frame.select("model", "version", pl.col("time").dt.truncate("1h").alias("_hour"))
+    if frame.height and keys.n_unique() == 1:  # the usual batch: one partition, not copied
+        mo, ve, ho = keys.row(0)
+        return [(str(mo), int(ve), _dt(ho), frame)]
+    frame = frame.with_columns(keys["_hour"])
     parts = frame.partition_by(["model", "version", "_hour"], as_dict=True, maintain_order=True)
     return [(str(mo), int(ve), _dt(ho), part.drop("_hour")) for (mo, ve, ho), part in parts.items()]
 

@@ -13,6 +13,7 @@ from finpredict.common.auth import ADMIN, READER, WRITER, BearerAuthInterceptor,
 from finpredict.common.config import ConfigError, env_var_name
 from finpredict.common.server import ServiceBinding
 from finpredict.monitor.config import MonitorSettings
+from finpredict.monitor.ingest import ColumnarIngestInterceptor
 from finpredict.monitor.service import MonitorService
 
 log = logging.getLogger("finpredict.monitor")
@@ -43,15 +44,20 @@ METHOD_ROLES: dict[str, str] = {
         "ListAlerts": READER,
         "WatchAlerts": READER,
         "TriggerRetraining": ADMIN,
+        "ScheduleRetraining": ADMIN,
+        "ListRetrainingJobs": READER,
         "EvaluateRules": ADMIN,
         "LookupPredictions": READER,
+        "RecordFeedback": WRITER,
+        "ListReviewCases": READER,
     }.items()
 }
 
 
 def interceptors(settings: MonitorSettings) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
     """Bearer-token auth, always (like the registry and the gateway): with no tokens configured every
-    RPC is refused. Raises :class:`ConfigError` naming the variable when ``tokens`` is malformed."""
+    RPC is refused; then ``IngestPredictions`` gets its requests decoded column by column. Raises
+    :class:`ConfigError` naming the variable when ``tokens`` is malformed."""
     try:
         tokens = parse_tokens(settings.tokens.get_secret_value())
     except TokenSpecError as exc:
@@ -61,7 +67,7 @@ def interceptors(settings: MonitorSettings) -> list[grpc.aio.ServerInterceptor[A
             "no tokens configured: every monitor RPC will be refused (set %s)",
             env_var_name(MonitorSettings, "tokens"),
         )
-    return [BearerAuthInterceptor(tokens, METHOD_ROLES)]
+    return [BearerAuthInterceptor(tokens, METHOD_ROLES), ColumnarIngestInterceptor()]
 
 
 _background: set[asyncio.Task[None]] = set()

@@ -6,27 +6,32 @@ import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
+import polars as pl
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc as pb_grpc
+from finpredict.common.config import ConfigError, env_var_name
 from finpredict.monitor.alerting import AlertmanagerClient, Watchers
+from finpredict.monitor.analyst import Analyst
 from finpredict.monitor.config import MonitorSettings
 from finpredict.monitor.engine import Engine, EngineOptions
 from finpredict.monitor.evaluation import AlertRecord
 from finpredict.monitor.export import export_window, write_snapshot
 from finpredict.monitor.fetch import ProfileFetcher
+from finpredict.monitor.ingest import GroupCommit
 from finpredict.monitor.lookup import Query, check_query, lookup
 from finpredict.monitor.metrics import HOUSEKEEPING_ERRORS
 from finpredict.monitor.profiles import ProfileCache, Reference
 from finpredict.monitor.records import (
     MAX_EVENT_TIME,
+    IngestBatch,
     InvalidInputError,
     OutcomeIn,
     Prediction,
@@ -36,6 +41,7 @@ from finpredict.monitor.records import (
 )
 from finpredict.monitor.retrain import Job, Retrainer
 from finpredict.monitor.rules import Rule, load_rules
+from finpredict.monitor.schedule import Scheduler
 from finpredict.monitor.store import FEATURE_PREFIX
 from finpredict.monitor.windows import VersionKey, WindowStats
 
@@ -135,6 +141,34 @@ def row_to_record(row: dict[str, Any]) -> pb.PredictionRecord:
     )
 
 
+def job_to_proto(job: Job) -> pb.RetrainingJob:
+    if job.returncode is None:
+        state = pb.RETRAINING_STATE_RUNNING
+    else:
+        state = pb.RETRAINING_STATE_FAILED if job.failed else pb.RETRAINING_STATE_SUCCEEDED
+    msg = pb.RetrainingJob(
+        id=job.id,
+        model=job.model,
+        trigger=job.trigger,
+        state=state,
+        version=job.version,
+        error=job.error,
+        rows=int((job.prepared or {}).get("rows", 0)),
+    )
+    prepared = job.prepared or {}
+    if prepared.get("window_start") and prepared.get("window_end"):
+        msg.window_start.CopyFrom(dt_to_ts(datetime.fromisoformat(prepared["window_start"])))
+        msg.window_end.CopyFrom(dt_to_ts(datetime.fromisoformat(prepared["window_end"])))
+    elif job.window is not None:
+        msg.window_start.CopyFrom(dt_to_ts(job.window[0]))
+        msg.window_end.CopyFrom(dt_to_ts(job.window[1]))
+    if job.started_at is not None:
+        msg.started_at.CopyFrom(dt_to_ts(job.started_at))
+    if job.finished_at is not None:
+        msg.finished_at.CopyFrom(dt_to_ts(job.finished_at))
+    return msg
+
+
 def alert_to_proto(a: AlertRecord) -> pb.Alert:
     msg = pb.Alert(
         id=a.id,
@@ -179,6 +213,11 @@ def stats_to_proto(w: WindowStats) -> pb.WindowStats:
         label_delay_hours=w.label_delay_hours,
         approval_rate=w.approval_rate,
         approval_rate_by_variant=w.approval_rate_by_variant,
+        score_histogram=(
+            pb.ScoreHistogram(edges=h.edges, counts=h.counts, reference_proportions=h.reference)
+            if (h := w.score_histogram) is not None
+            else None
+        ),
     )
 
 
@@ -228,9 +267,24 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
             settings.retrain_workdir,
             self._prepare_retraining if settings.retrain_snapshot is not None else None,
         )
+        self.scheduler = Scheduler(
+            self.retrainer,
+            settings.schedule,
+            timedelta(days=settings.retrain_schedule_window_days),
+            timedelta(days=settings.label_maturity_days),
+        )
+        if self.scheduler.times and (not self.retrainer.enabled or settings.retrain_snapshot is None):
+            raise ConfigError(
+                f"{env_var_name(MonitorSettings, 'retrain_schedule')} needs "
+                f"{env_var_name(MonitorSettings, 'retrain_command')} and "
+                f"{env_var_name(MonitorSettings, 'retrain_snapshot')} (each run trains on its day's snapshot)"
+            )
+        self.analyst = Analyst(settings, self.engine, self.lock, self.files_lock)  # feedback, review queue
         self._pending_fired: list[tuple[AlertRecord, Rule]] = []
+        self._scheduling: set[asyncio.Task[None]] = set()
         self.engine.listeners.append(self._on_transition)
         self._ticker: asyncio.Task[None] | None = None
+        self.ingester = GroupCommit(self._commit)  # concurrent IngestPredictions streams share commits
         self._housekeeper: asyncio.Task[None] | None = None
 
     # lifecycle ---------------------------------------------------------------
@@ -273,6 +327,7 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
             try:
                 async with self.files_lock, self.lock:  # it compacts and deletes log files
                     await asyncio.to_thread(self.engine.housekeeping)
+                    await asyncio.to_thread(self.analyst.prune)
             except Exception:  # one failed round must not end the upkeep for good
                 HOUSEKEEPING_ERRORS.inc()
                 log.exception("housekeeping failed; retrying at the next round")
@@ -300,6 +355,7 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
         fired, self._pending_fired = self._pending_fired, []
         for alert, _rule in fired:
             self._maybe_retrain(alert)
+        self._schedule_due()
         if changed:
             if self.alertmanager is not None:
                 self.alertmanager.changed(changed)
@@ -322,25 +378,46 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
         job, _ = self.retrainer.start(alert.model, f"alert:{alert.id}", alert.summary, alert.started_at)
         alert.retrain_job = job.id
 
+    def _schedule_due(self) -> None:
+        """Starts the scheduled runs the monitor's clock has made due (the local scheduler)."""
+        clock = self.engine.event_clock() if self.scheduler.times else None
+        if clock is not None:
+            self.scheduler.due(clock)
+
     async def _prepare_retraining(self, job: Job) -> dict[str, str]:
-        """Writes the production snapshot of the job's model for the window ending at its trigger's
-        time (a manual trigger: the monitor's clock), before its command starts."""
+        """Writes the production snapshot of the job's model before its command starts: a scheduled
+        run's window, else the window ending at its trigger's time (a manual trigger: the monitor's
+        clock). A window without a matured, labelled prediction fails the run, naming the counts."""
         snapshot = self.settings.retrain_snapshot
         assert snapshot is not None  # only installed when set
         if not snapshot.is_absolute():
             snapshot = (self.settings.retrain_workdir or Path.cwd()) / snapshot
-        end = job.at or self.engine.event_clock() or datetime.now(UTC)
-        start = end - timedelta(days=self.settings.retrain_window_days)
+        if job.window is not None:
+            (start, end), as_of = job.window, job.at or job.window[1]
+        else:
+            end = as_of = job.at or self.engine.event_clock() or datetime.now(UTC)
+            start = end - timedelta(days=self.settings.retrain_window_days)
         maturity = timedelta(days=self.settings.label_maturity_days)
         async with self.files_lock:  # the logs hold still (no compaction or pruning) while read
             rows, stats = await asyncio.to_thread(
-                export_window, self.engine.store, start, end, end, maturity, job.model
+                export_window, self.engine.store, start, end, as_of, maturity, job.model
+            )
+        if not stats.rows:
+            raise RuntimeError(
+                f"no matured, labelled prediction of {job.model} in [{stats.window_start}, "
+                f"{stats.window_end}) as of {stats.as_of} ({stats.excluded_unmatured} not matured, "
+                f"{stats.excluded_unlabelled} without an outcome): nothing new to train on"
             )
         await asyncio.to_thread(write_snapshot, snapshot, rows, stats)
         log.info(
             "retraining snapshot written", extra={"job": job.id, "path": str(snapshot), **stats.to_json()}
         )
-        return {"window_start": stats.window_start, "window_end": stats.window_end, "snapshot": str(snapshot)}
+        return {
+            "window_start": stats.window_start,
+            "window_end": stats.window_end,
+            "snapshot": str(snapshot),
+            "rows": str(stats.rows),
+        }
 
     def _retrain_done(self, job: Job) -> None:
         updated = [a for a in self.engine.alerts.values() if a.retrain_job == job.id]
@@ -348,6 +425,14 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
             a.retrained_version = job.version
         self.engine.save()
         self.watchers.publish(updated)
+        if self.scheduler.times:  # a day that waited for this run starts now
+            task = asyncio.create_task(self._schedule_after_run())
+            self._scheduling.add(task)
+            task.add_done_callback(self._scheduling.discard)
+
+    async def _schedule_after_run(self) -> None:
+        async with self.lock:  # the clock is the engine's state
+            self._schedule_due()
 
     # RPCs --------------------------------------------------------------------
 
@@ -359,25 +444,41 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
         accepted = duplicates = rejected = 0
         first = ""
         offset = 0
-        async for batch in request_iterator:
-            records = [record_from_proto(r) for r in batch.records]
-            async with self.lock:
-                try:
-                    a, d, r, f = await asyncio.to_thread(self.engine.ingest, records, offset)
-                except StorageError as exc:
-                    log.error("ingest refused: %s", exc, extra={"full": exc.full})
-                    await context.abort(_status(exc), str(exc))
-                changed = await asyncio.to_thread(self.engine.evaluate)
-                self._deliver(changed)
-            self.fetcher.want(self.engine.take_wanted())  # never waits for the registry
+        # each request decoded column by column (ingest.ColumnarIngestInterceptor), or as a message
+        request: pl.DataFrame | pb.IngestPredictionsRequest
+        async for request in request_iterator:  # type: ignore[assignment]
+            if isinstance(request, pl.DataFrame):  # no edge cases (those are left to protobuf)
+                batch = IngestBatch(frame=request, offset=offset)
+            else:
+                predictions = await self.analyst.take(request.records, context)  # edge cases to review
+                batch = IngestBatch(records=[record_from_proto(r) for r in predictions], offset=offset)
+            try:
+                a, d, r, f = await self.ingester.submit(batch)
+            except StorageError as exc:
+                log.error("ingest refused: %s", exc, extra={"full": exc.full})
+                await context.abort(_status(exc), str(exc))
             accepted += a
             duplicates += d
             rejected += r
             first = first or f
-            offset += len(records)
+            offset += len(batch)
         return pb.IngestPredictionsResponse(
             accepted=accepted, duplicates=duplicates, rejected=rejected, first_rejection=first
         )
+
+    async def _commit(self, batches: list[IngestBatch]) -> list[tuple[int, int, int, str]]:
+        """One group of ingested batches stored and folded, then the windows that closed evaluated."""
+        async with self.lock:
+            results, changed = await asyncio.to_thread(self._ingest_and_evaluate, batches)
+            self._deliver(changed)
+        self.fetcher.want(self.engine.take_wanted())  # never waits for the registry
+        return results
+
+    def _ingest_and_evaluate(
+        self, batches: list[IngestBatch]
+    ) -> tuple[list[tuple[int, int, int, str]], list[AlertRecord]]:
+        results = self.engine.ingest_batches(batches)
+        return results, self.engine.evaluate()
 
     async def RecordOutcomes(  # noqa: N802 (gRPC method name)
         self, request: pb.RecordOutcomesRequest, context: grpc.aio.ServicerContext[object, object]
@@ -411,6 +512,16 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
             unmatched=counts.unmatched,
             duplicates=counts.duplicates,
             changed=[alert_to_proto(a) for a in changed],
+            labelled=[
+                pb.LabelledPrediction(
+                    request_id=x.request_id,
+                    model=types_pb2.ModelRef(name=x.model, version=x.version),
+                    score=x.score,
+                    threshold=x.threshold,
+                    defaulted=x.defaulted,
+                )
+                for x in counts.labelled
+            ],
         )
 
     async def GetDriftReport(  # noqa: N802 (gRPC method name)
@@ -491,6 +602,35 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
         )
         return pb.TriggerRetrainingResponse(job_id=job.id)
 
+    async def ScheduleRetraining(  # noqa: N802 (gRPC method name)
+        self, request: pb.ScheduleRetrainingRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ScheduleRetrainingResponse:
+        problem = model_name_problem("model", request.model)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        try:
+            day = date.fromisoformat(request.date) if request.date else None
+        except ValueError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"date: {request.date!r} is not YYYY-MM-DD")
+            raise AssertionError from None  # unreachable; abort raises
+        if not self.retrainer.enabled or self.settings.retrain_snapshot is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "scheduled retraining needs FINPREDICT_MONITOR_RETRAIN_COMMAND and "
+                "FINPREDICT_MONITOR_RETRAIN_SNAPSHOT (each run trains on its day's snapshot)",
+            )
+        if day is None:
+            day = (self.engine.event_clock() or datetime.now(UTC)).date()
+        job, started = self.scheduler.start(request.model, day)
+        return pb.ScheduleRetrainingResponse(job=job_to_proto(job), started=started, date=day.isoformat())
+
+    async def ListRetrainingJobs(  # noqa: N802 (gRPC method name)
+        self, request: pb.ListRetrainingJobsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ListRetrainingJobsResponse:
+        jobs = [j for j in self.retrainer.jobs.values() if not request.model or j.model == request.model]
+        jobs.sort(key=lambda j: (j.started_at or _EPOCH, j.id), reverse=True)
+        return pb.ListRetrainingJobsResponse(jobs=[job_to_proto(j) for j in jobs])
+
     async def EvaluateRules(  # noqa: N802 (gRPC method name)
         self, request: pb.EvaluateRulesRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.EvaluateRulesResponse:
@@ -530,3 +670,13 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
             frame, truncated = await asyncio.to_thread(lookup, self.engine.store, query)
         records = [row_to_record(row) for row in frame.iter_rows(named=True)]
         return pb.LookupPredictionsResponse(records=records, truncated=truncated)
+
+    async def RecordFeedback(  # noqa: N802 (gRPC method name)
+        self, request: pb.RecordFeedbackRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.RecordFeedbackResponse:
+        return await self.analyst.record_feedback(request, context)
+
+    async def ListReviewCases(  # noqa: N802 (gRPC method name)
+        self, request: pb.ListReviewCasesRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ListReviewCasesResponse:
+        return await self.analyst.list_review_cases(request, context)

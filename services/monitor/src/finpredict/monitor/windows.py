@@ -116,6 +116,16 @@ class FeatureStats:
     reference_missing: float
 
 
+@dataclass(frozen=True)
+class ScoreHistogram:
+    """A window's scores on the reference profile's score bins: ``edges`` are the interior edges,
+    ``counts`` and ``reference`` (the reference's shares) have ``len(edges) + 1`` bins then missing."""
+
+    edges: list[float]
+    counts: list[int]
+    reference: list[float]
+
+
 @dataclass
 class WindowStats:
     start: datetime
@@ -131,6 +141,7 @@ class WindowStats:
     label_delay_hours: float
     approval_rate: float
     approval_rate_by_variant: dict[str, float]
+    score_histogram: ScoreHistogram | None = None  # None without a score profile or rows
 
 
 def _merged(
@@ -152,6 +163,7 @@ def window_stats(state: VersionState, start: datetime, size: str) -> WindowStats
     count = sum(c.count for c in cells)
     features: list[FeatureStats] = []
     score_kl = score_js = NAN
+    histogram: ScoreHistogram | None = None
     profile = state.profile
     if window is not None and profile is not None and window.n_rows > 0:
         report = window.report()
@@ -168,6 +180,12 @@ def window_stats(state: VersionState, start: datetime, size: str) -> WindowStats
             cur = window.proportions(SCORE_COLUMN)
             score_kl = float(drift_core.kl(ref, cur))
             score_js = float(drift_core.js(ref, cur))
+            edges = profile.edges(SCORE_COLUMN)
+            histogram = ScoreHistogram(
+                [float(e) for e in edges] if edges is not None else [],
+                [int(c) for c in window.counts(SCORE_COLUMN)],
+                [float(r) for r in ref],
+            )
     scores = np.concatenate(
         [np.frombuffer(c.labels.scores, dtype=np.float64) for c in cells] or [np.empty(0)]
     )
@@ -201,6 +219,7 @@ def window_stats(state: VersionState, start: datetime, size: str) -> WindowStats
         label_delay_hours=float(np.median(delays)) if delays.size else NAN,
         approval_rate=n_approved / count if count else NAN,
         approval_rate_by_variant={k: a / t for k, (a, t) in by_variant.items() if t},
+        score_histogram=histogram,
     )
 
 

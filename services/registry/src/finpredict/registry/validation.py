@@ -21,6 +21,8 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 GATE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 TAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+# what may start a training run, as the lineage's trigger names it (the monitor's retraining jobs)
+TRIGGER_KINDS = ("manual:", "schedule:", "alert:")
 EXTERNAL_SCHEMES = ("s3://", "gs://", "https://", "wandb-artifact://")
 MAX_TEXT = 10_000
 MAX_REASON = 2_000
@@ -200,8 +202,15 @@ def header(h: registry_pb2.VersionHeader) -> list[GateRow]:
         raise InvalidArgumentError(
             "header.lineage.wandb_link_status", "is set by the registry, leave it empty"
         )
-    if lin.trigger and lin.trigger not in ("manual", "schedule") and not lin.trigger.startswith("alert:"):
-        raise InvalidArgumentError("header.lineage.trigger", "must be 'manual', 'schedule' or 'alert:<id>'")
+    if (
+        lin.trigger
+        and lin.trigger not in ("manual", "schedule")
+        and not lin.trigger.startswith(TRIGGER_KINDS)
+    ):
+        raise InvalidArgumentError(
+            "header.lineage.trigger",
+            "must be 'manual', 'manual:<reason>', 'schedule', 'schedule:<date>' or 'alert:<id>'",
+        )
     struct("header.lineage.params", lin.params)
     if lin.dvc_lock_sha256 and not SHA_RE.match(lin.dvc_lock_sha256):
         raise InvalidArgumentError("header.lineage.dvc_lock_sha256", "must be 64 lower-case hex digits")

@@ -273,32 +273,37 @@ def rollout_broken(story: Story) -> None:
 
 
 def canary_v3(story: Story) -> None:
+    """Follows the retrained version's canary, which the platform started by policy, to its end
+    (promoted, or rolled back with the statistics that drove it) while recession-era applications
+    and their delayed labels flow; the demo takes no platform step and overrides no limit."""
     cfg = story.cfg
     v2, v3 = story.result.versions["v2"], story.result.versions["v3"]
     story.warm_up(v3, story.pools["recession"])
     rollout = wait_for_policy_rollout(story, v3, cfg.rollout_timeout_s)
     story.say(
         f"v{v3} entered a canary at {cfg.steps[0]:g}% by itself: {rollout.decisions[0].reason}; "
-        "recession-era applications flow"
+        "recession-era applications flow, their outcomes follow through the gateway, and the "
+        "controller takes it through its steps (the demo only watches)"
     )
     traffic = start_traffic(story, story.pools["recession"], "v3 canary", "biz-r")
+    traffic.rate = None  # as fast as the senders go: each step needs its requests per variant
     try:
-        target = traffic.snapshot().rows + cfg.v3_canary_rows
-        final = watch_rollout(
-            story,
-            rollout,
-            lambda r: r.state in ENDED or traffic.snapshot().rows >= target,
-            cfg.rollout_timeout_s,
-        )
+        final = watch_rollout(story, rollout, lambda r: r.state in ENDED, cfg.rollout_timeout_s)
     finally:
         traffic.stop()
-    final = get_rollout(story, final.id)
     story.result.rollouts["v3"] = final
+    story.result.production["v3"] = story.p.production()
     state = ROLLOUT_STATE.get(final.state, "?")
-    follow = (
-        "it goes on with traffic (`finpredict rollout status --model credit-default --watch`)"
-        if final.state not in ENDED
-        else ""
-    )
-    story.say(f"v{v3}'s rollout is {state} at {final.weight:g}% (v{v2} stable); {follow}")
-    story.add(f"canary of retrained v{v3}", f"{state} at {final.weight:g}%", "")
+    took = (final.ended_at.ToDatetime() - final.started_at.ToDatetime()).total_seconds()
+    reason = final.decisions[-1].reason if final.decisions else ""
+    if final.state == rollout_pb2.ROLLOUT_STATE_PROMOTED:
+        advances = sum(1 for d in final.decisions if d.verdict == "advance")
+        story.say(
+            f"[green]promoted[/] by the controller after {advances} analyses, {took:.0f} s after it "
+            f"started: production v{v2} -> v{story.result.production['v3']}"
+        )
+        outcome = f"promoted ({' -> '.join(f'{s:g}%' for s in final.steps)}); production = v{v3}"
+    else:
+        story.say(f"[red]v{v3}'s rollout ended {state}[/] after {took:.0f} s: {reason}")
+        outcome = f"{state} at step {final.steps[min(final.step_index, len(final.steps) - 1)]:g}%: {reason}"
+    story.add(f"canary of retrained v{v3} (started by the platform)", outcome, f"{took:.0f} s")

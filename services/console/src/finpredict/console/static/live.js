@@ -1,5 +1,5 @@
-// Live rollout page: swaps the server-rendered fragment in as the gateway reports changes
-// (server-sent events from /rollouts/<id>/events; the stream ends when the rollout does).
+// Live rollout and experiment pages: swap the server-rendered fragment in as the gateway reports changes
+// (server-sent events from /rollouts/<id>/events or /experiments/<id>/events; the stream ends when the rollout does).
 "use strict";
 (function () {
   const live = document.getElementById("live");
@@ -10,11 +10,13 @@
   source.addEventListener("open", function () {
     live.dataset.liveStatus = "open";
   });
-  source.addEventListener("rollout", function (event) {
+  function swap(event) {
     const update = JSON.parse(event.data);
     live.innerHTML = update.html; // rendered and escaped by the server's templates
     live.dataset.updates = String(Number(live.dataset.updates || "0") + 1);
-  });
+  }
+  source.addEventListener("rollout", swap);
+  source.addEventListener("experiment", swap);
   source.addEventListener("problem", function (event) {
     live.dataset.problem = JSON.parse(event.data).message;
   });

@@ -1,10 +1,10 @@
-"""``finpredict rollout ...``, ``finpredict score`` and ``finpredict outcomes record``: the gateway
-from the command line.
+"""``finpredict rollout ...``, ``finpredict score``, ``finpredict outcomes record`` and
+``finpredict feedback record``: the gateway from the command line.
 
 The gateway address comes from ``--target`` or ``FINPREDICT_GATEWAY_TARGET`` (default
 ``127.0.0.1:50051``), the bearer token from ``--token`` or ``FINPREDICT_TOKEN`` (the client
 settings every command line shares, :class:`~finpredict.common.config.ClientSettings`). Reads and
-scoring need a ``reader`` token, recording outcomes a ``writer`` one, every rollout, shadow and
+scoring need a ``reader`` token, recording outcomes and feedback a ``writer`` one, every rollout, shadow and
 experiment change an ``admin`` one.
 
 Exit codes: 0 done; 1 the gateway refused or failed the call (``error: CODE: details`` and a
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import typer
 
-from finpredict.gateway.cli import experiment, outcomes, rollout, shadow, status
+from finpredict.gateway.cli import experiment, feedback, outcomes, rollout, shadow, status
 from finpredict.gateway.cli.applications import InputError, read_applications, read_csv, read_jsonl
 from finpredict.gateway.cli.render import render_rollout
 from finpredict.gateway.cli.score import BATCH_ROWS, score
@@ -28,6 +28,7 @@ __all__ = [
     "BATCH_ROWS",
     "InputError",
     "experiment_app",
+    "feedback_app",
     "outcomes_app",
     "parse_arm",
     "parse_duration",
@@ -58,6 +59,7 @@ rollout_app.command()(shadow.shadow)
 experiment_app = typer.Typer(help="A/B experiments with fixed-weight arms.", no_args_is_help=True)
 experiment_app.command("start")(experiment.experiment_start)
 experiment_app.command("stop")(experiment.experiment_stop)
+experiment_app.command("status")(experiment.experiment_status)
 rollout_app.add_typer(experiment_app, name="experiment")
 
 score_app = typer.Typer(
@@ -72,3 +74,11 @@ outcomes_app = typer.Typer(
 )
 outcomes_app.callback()(outcomes.group)  # a group, so that `record` stays a sub-command
 outcomes_app.command("record")(outcomes.record)
+
+feedback_app = typer.Typer(
+    help="Analyst feedback on scored decisions (overrides with a corrected label train the next model).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+feedback_app.callback()(feedback.group)  # a group, so that `record` stays a sub-command
+feedback_app.command("record")(feedback.record)

@@ -69,7 +69,11 @@ def start(
         float | None, typer.Option(help="Largest KL of canary against stable scores.", show_default=False)
     ] = None,
     max_auc_drop: Annotated[
-        float | None, typer.Option(help="Largest AUC drop when labels exist.", show_default=False)
+        float | None,
+        typer.Option(
+            help="AUC drop each window is reported against (the always-valid AUC test decides).",
+            show_default=False,
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the started rollout as JSON.")] = False,
 ) -> None:

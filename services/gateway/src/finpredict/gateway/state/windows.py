@@ -98,14 +98,20 @@ class WindowStore:
 
     def read(self, rollout_id: str, window: int) -> list[Published]:
         """Every source's published measurements of one window."""
+        return [
+            Published(replica, source, StepWindow.from_json(window, text))
+            for replica, source, text in self.read_rows(rollout_id, window)
+        ]
+
+    def read_rows(self, key: str, window: int) -> list[tuple[str, str, str]]:
+        """``(replica, source, JSON)`` of every source's row of ``key`` (a rollout's id, or an
+        experiment's: :mod:`finpredict.gateway.experiment_stats`) and ``window``."""
         t = window_stats
         with read_tx(self._engine) as conn:
             rows = conn.execute(
-                select(t.c.replica, t.c.source, t.c.stats).where(
-                    t.c.rollout_id == rollout_id, t.c.window == window
-                )
+                select(t.c.replica, t.c.source, t.c.stats).where(t.c.rollout_id == key, t.c.window == window)
             ).all()
-        return [Published(r[0], r[1], StepWindow.from_json(window, r[2])) for r in rows]
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     def prune(self) -> int:
         """Deletes the rows of past windows and of ended rollouts."""

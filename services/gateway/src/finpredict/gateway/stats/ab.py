@@ -13,6 +13,10 @@ The same machinery as a canary (:mod:`.comparisons`, :mod:`.sequential`), betwee
   ``[-equivalence, equivalence]``, ``continue`` otherwise; ``halt`` on a sample-ratio mismatch.
   Because the sequences are valid at every look, stopping at the first look that allows it keeps
   the stated error rates (that is the point of them).
+
+The gateway judges each running experiment with it on every replica's counts since the start
+(:mod:`finpredict.gateway.experiment_stats`: ``GetExperiment``, ``finpredict rollout experiment
+status``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,11 @@ about 10 % default, AUC 0.79). Stable scores ``sigmoid(eta)`` (calibrated). A ca
 * ``halved_odds``: ``sigmoid(eta - log 2)``, miscalibrated in training too (its own profile
   agrees with it; ECE about 0.043 passes the registry's 0.05 gate);
 * ``auc_loss``: for a random share of rows it scores another applicant's risk, which keeps the
-  score distribution and nearly the calibration but costs about 2 AUC points.
+  score distribution and nearly the calibration but costs about 2 AUC points;
+* ``miscalibrated``: scores pushed toward 0.5, ``sigmoid(eta / MISCALIBRATION_TEMPERATURE)``: the
+  same ranking (the same AUC), a validation profile that agrees with it, but a default rate
+  claimed far above the truth: the label-free estimate (its expected AUC, if the scores were
+  calibrated, is well below stable's) and, once labels arrive, the calibration check object.
 
 Each analysis interval ("look") draws ``requests_per_look`` applicants per rollout, splits them
 by the look's canary weight, fails 0.2 % of requests on both arms, approves scores below
@@ -39,11 +43,12 @@ from finpredict.gateway.stats.evaluate import CanaryEvidence, evaluate
 from finpredict.gateway.stats.limits import StatLimits
 from finpredict.gateway.stats.skew import SCORE_COLUMN
 
-Kind = Literal["identical", "unit_shift", "halved_odds", "auc_loss"]
-KINDS: tuple[Kind, ...] = ("identical", "unit_shift", "halved_odds", "auc_loss")
+Kind = Literal["identical", "unit_shift", "halved_odds", "auc_loss", "miscalibrated"]
+KINDS: tuple[Kind, ...] = ("identical", "unit_shift", "halved_odds", "auc_loss", "miscalibrated")
 FEATURES = ("debt_service_coverage", "utilization", "income")
 ERROR_RATE = 0.002
 AUC_LOSS_SHARE = 0.07  # share of rows scored on another applicant's risk (-0.020 AUC)
+MISCALIBRATION_TEMPERATURE = 2.0  # the miscalibrated candidate's log-odds are divided by this
 F64 = npt.NDArray[np.float64]
 
 
@@ -108,6 +113,8 @@ def candidate_scores(kind: Kind, x: F64, eta: F64, rng: np.random.Generator) -> 
         return _sigmoid(_eta(served))
     if kind == "halved_odds":
         return _sigmoid(eta - math.log(2.0))
+    if kind == "miscalibrated":
+        return _sigmoid(eta / MISCALIBRATION_TEMPERATURE)
     if kind == "auc_loss":
         other = rng.random(eta.size) < AUC_LOSS_SHARE
         mixed = eta.copy()

@@ -23,29 +23,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n finpredict/common/v1/types.proto\x12\x14\x66inpredict.common.v1\"<\n\x0c\x46\x65\x61tureValue\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x12\n\x08\x63\x61tegory\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"\xbb\x01\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x04type\x18\x02 \x01(\x0e\x32!.finpredict.common.v1.FeatureType\x12\x10\n\x08nullable\x18\x03 \x01(\x08\x12\x10\n\x03min\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\ncategories\x18\x06 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\tB\x06\n\x04_minB\x06\n\x04_max\"D\n\rFeatureSchema\x12\x33\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32!.finpredict.common.v1.FeatureSpec\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"V\n\nReasonCode\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\x92\x01\n\nGateResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x34\n\ncomparator\x18\x04 \x01(\x0e\x32 .finpredict.common.v1.Comparator\x12\x0e\n\x06passed\x18\x05 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t*}\n\x0b\x46\x65\x61tureType\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46\x45\x41TURE_TYPE_NUMERIC\x10\x01\x12\x18\n\x14\x46\x45\x41TURE_TYPE_INTEGER\x10\x02\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_CATEGORICAL\x10\x03*g\n\nComparator\x12\x1a\n\x16\x43OMPARATOR_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43OMPARATOR_GREATER_OR_EQUAL\x10\x01\x12\x1c\n\x18\x43OMPARATOR_LESS_OR_EQUAL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n finpredict/common/v1/types.proto\x12\x14\x66inpredict.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x0c\x46\x65\x61tureValue\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x12\n\x08\x63\x61tegory\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"\xbb\x01\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x04type\x18\x02 \x01(\x0e\x32!.finpredict.common.v1.FeatureType\x12\x10\n\x08nullable\x18\x03 \x01(\x08\x12\x10\n\x03min\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\ncategories\x18\x06 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\tB\x06\n\x04_minB\x06\n\x04_max\"D\n\rFeatureSchema\x12\x33\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32!.finpredict.common.v1.FeatureSpec\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"V\n\nReasonCode\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\x92\x01\n\nGateResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x34\n\ncomparator\x18\x04 \x01(\x0e\x32 .finpredict.common.v1.Comparator\x12\x0e\n\x06passed\x18\x05 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\xd8\x01\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x36\n\x07verdict\x18\x02 \x01(\x0e\x32%.finpredict.common.v1.FeedbackVerdict\x12\x1c\n\x0f\x63orrected_label\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x12\n\x10_corrected_label*}\n\x0b\x46\x65\x61tureType\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46\x45\x41TURE_TYPE_NUMERIC\x10\x01\x12\x18\n\x14\x46\x45\x41TURE_TYPE_INTEGER\x10\x02\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_CATEGORICAL\x10\x03*g\n\nComparator\x12\x1a\n\x16\x43OMPARATOR_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43OMPARATOR_GREATER_OR_EQUAL\x10\x01\x12\x1c\n\x18\x43OMPARATOR_LESS_OR_EQUAL\x10\x02*\x93\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kVerdict\x12 \n\x1c\x46\x45\x45\x44\x42\x41\x43K_VERDICT_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x46\x45\x45\x44\x42\x41\x43K_VERDICT_CONFIRMED\x10\x01\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_VERDICT_DISPUTED\x10\x02\x12\x1f\n\x1b\x46\x45\x45\x44\x42\x41\x43K_VERDICT_OVERRIDDEN\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'finpredict.api.common.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEATURETYPE']._serialized_start=660
-  _globals['_FEATURETYPE']._serialized_end=785
-  _globals['_COMPARATOR']._serialized_start=787
-  _globals['_COMPARATOR']._serialized_end=890
-  _globals['_FEATUREVALUE']._serialized_start=58
-  _globals['_FEATUREVALUE']._serialized_end=118
-  _globals['_FEATURESPEC']._serialized_start=121
-  _globals['_FEATURESPEC']._serialized_end=308
-  _globals['_FEATURESCHEMA']._serialized_start=310
-  _globals['_FEATURESCHEMA']._serialized_end=378
-  _globals['_MODELREF']._serialized_start=380
-  _globals['_MODELREF']._serialized_end=421
-  _globals['_REASONCODE']._serialized_start=423
-  _globals['_REASONCODE']._serialized_end=509
-  _globals['_GATERESULT']._serialized_start=512
-  _globals['_GATERESULT']._serialized_end=658
+  _globals['_FEATURETYPE']._serialized_start=912
+  _globals['_FEATURETYPE']._serialized_end=1037
+  _globals['_COMPARATOR']._serialized_start=1039
+  _globals['_COMPARATOR']._serialized_end=1142
+  _globals['_FEEDBACKVERDICT']._serialized_start=1145
+  _globals['_FEEDBACKVERDICT']._serialized_end=1292
+  _globals['_FEATUREVALUE']._serialized_start=91
+  _globals['_FEATUREVALUE']._serialized_end=151
+  _globals['_FEATURESPEC']._serialized_start=154
+  _globals['_FEATURESPEC']._serialized_end=341
+  _globals['_FEATURESCHEMA']._serialized_start=343
+  _globals['_FEATURESCHEMA']._serialized_end=411
+  _globals['_MODELREF']._serialized_start=413
+  _globals['_MODELREF']._serialized_end=454
+  _globals['_REASONCODE']._serialized_start=456
+  _globals['_REASONCODE']._serialized_end=542
+  _globals['_GATERESULT']._serialized_start=545
+  _globals['_GATERESULT']._serialized_end=691
+  _globals['_FEEDBACK']._serialized_start=694
+  _globals['_FEEDBACK']._serialized_end=910
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ reason codes and gate results.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -73,6 +74,38 @@ COMPARATOR_GREATER_OR_EQUAL: Comparator.ValueType  # 1
 COMPARATOR_LESS_OR_EQUAL: Comparator.ValueType  # 2
 """value <= threshold passes."""
 Global___Comparator: _TypeAlias = Comparator  # noqa: Y015
+
+class _FeedbackVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeedbackVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeedbackVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEEDBACK_VERDICT_UNSPECIFIED: _FeedbackVerdict.ValueType  # 0
+    """Not set: refused."""
+    FEEDBACK_VERDICT_CONFIRMED: _FeedbackVerdict.ValueType  # 1
+    """The decision was right."""
+    FEEDBACK_VERDICT_DISPUTED: _FeedbackVerdict.ValueType  # 2
+    """The decision looks wrong and is being looked into (the label stays the outcome's)."""
+    FEEDBACK_VERDICT_OVERRIDDEN: _FeedbackVerdict.ValueType  # 3
+    """An analyst overrode the decision; with a corrected label, that label is the truth the next
+    training snapshot uses instead of the outcome.
+    """
+
+class FeedbackVerdict(_FeedbackVerdict, metaclass=_FeedbackVerdictEnumTypeWrapper):
+    """An analyst's verdict on a scored decision."""
+
+FEEDBACK_VERDICT_UNSPECIFIED: FeedbackVerdict.ValueType  # 0
+"""Not set: refused."""
+FEEDBACK_VERDICT_CONFIRMED: FeedbackVerdict.ValueType  # 1
+"""The decision was right."""
+FEEDBACK_VERDICT_DISPUTED: FeedbackVerdict.ValueType  # 2
+"""The decision looks wrong and is being looked into (the label stays the outcome's)."""
+FEEDBACK_VERDICT_OVERRIDDEN: FeedbackVerdict.ValueType  # 3
+"""An analyst overrode the decision; with a corrected label, that label is the truth the next
+training snapshot uses instead of the outcome.
+"""
+Global___FeedbackVerdict: _TypeAlias = FeedbackVerdict  # noqa: Y015
 
 @_typing.final
 class FeatureValue(_message.Message):
@@ -282,3 +315,53 @@ class GateResult(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GateResult: _TypeAlias = GateResult  # noqa: Y015
+
+@_typing.final
+class Feedback(_message.Message):
+    """Analyst feedback on one scored decision, by the request id it was answered with. The latest
+    feedback recorded for a request is its verdict; an exact repeat is a duplicate.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    CORRECTED_LABEL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Request id of the scored application (Score.request_id). Required."""
+    verdict: Global___FeedbackVerdict.ValueType
+    """The verdict. Required."""
+    corrected_label: _builtins.bool
+    """The corrected label (true: the customer defaulted); only with FEEDBACK_VERDICT_OVERRIDDEN."""
+    reason: _builtins.str
+    """Why (free text, at most 2000 characters)."""
+    actor: _builtins.str
+    """Who decided: the caller's token subject where the call has one (the gateway sets it), else
+    this field as given.
+    """
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """When the feedback was recorded (set by the gateway; never in the future)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        verdict: Global___FeedbackVerdict.ValueType = ...,
+        corrected_label: _builtins.bool | None = ...,
+        reason: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_corrected_label", b"_corrected_label", "corrected_label", b"corrected_label", "recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_corrected_label", b"_corrected_label", "actor", b"actor", "corrected_label", b"corrected_label", "reason", b"reason", "recorded_at", b"recorded_at", "request_id", b"request_id", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__corrected_label: _TypeAlias = _typing.Literal["corrected_label"]  # noqa: Y015
+    _WhichOneofArgType__corrected_label: _TypeAlias = _typing.Literal["_corrected_label", b"_corrected_label"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__corrected_label) -> _WhichOneofReturnType__corrected_label | None: ...
+
+Global___Feedback: _TypeAlias = Feedback  # noqa: Y015

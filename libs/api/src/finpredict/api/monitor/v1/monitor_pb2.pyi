@@ -24,6 +24,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ReviewKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReviewKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReviewKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVIEW_KIND_UNSPECIFIED: _ReviewKind.ValueType  # 0
+    """Not an edge case."""
+    REVIEW_KIND_REFUSED: _ReviewKind.ValueType  # 1
+    """Validation refused the request (INVALID_ARGUMENT naming the field)."""
+    REVIEW_KIND_CANARY_FALLBACK: _ReviewKind.ValueType  # 2
+    """Routed to the canary, which failed: answered by stable."""
+    REVIEW_KIND_REVIEW_BAND: _ReviewKind.ValueType  # 3
+    """The score is inside the monitor's review band around the decision threshold."""
+
+class ReviewKind(_ReviewKind, metaclass=_ReviewKindEnumTypeWrapper):
+    """Why a request is in the review queue."""
+
+REVIEW_KIND_UNSPECIFIED: ReviewKind.ValueType  # 0
+"""Not an edge case."""
+REVIEW_KIND_REFUSED: ReviewKind.ValueType  # 1
+"""Validation refused the request (INVALID_ARGUMENT naming the field)."""
+REVIEW_KIND_CANARY_FALLBACK: ReviewKind.ValueType  # 2
+"""Routed to the canary, which failed: answered by stable."""
+REVIEW_KIND_REVIEW_BAND: ReviewKind.ValueType  # 3
+"""The score is inside the monitor's review band around the decision threshold."""
+Global___ReviewKind: _TypeAlias = ReviewKind  # noqa: Y015
+
 class _WindowSize:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -72,6 +100,34 @@ ALERT_STATE_RESOLVED: AlertState.ValueType  # 2
 """Resolved."""
 Global___AlertState: _TypeAlias = AlertState  # noqa: Y015
 
+class _RetrainingState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RetrainingStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RetrainingState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RETRAINING_STATE_UNSPECIFIED: _RetrainingState.ValueType  # 0
+    """Not set."""
+    RETRAINING_STATE_RUNNING: _RetrainingState.ValueType  # 1
+    """Preparing its snapshot or training."""
+    RETRAINING_STATE_SUCCEEDED: _RetrainingState.ValueType  # 2
+    """Registered a version."""
+    RETRAINING_STATE_FAILED: _RetrainingState.ValueType  # 3
+    """Ended without a registered version; `error` says why."""
+
+class RetrainingState(_RetrainingState, metaclass=_RetrainingStateEnumTypeWrapper):
+    """State of a retraining run."""
+
+RETRAINING_STATE_UNSPECIFIED: RetrainingState.ValueType  # 0
+"""Not set."""
+RETRAINING_STATE_RUNNING: RetrainingState.ValueType  # 1
+"""Preparing its snapshot or training."""
+RETRAINING_STATE_SUCCEEDED: RetrainingState.ValueType  # 2
+"""Registered a version."""
+RETRAINING_STATE_FAILED: RetrainingState.ValueType  # 3
+"""Ended without a registered version; `error` says why."""
+Global___RetrainingState: _TypeAlias = RetrainingState  # noqa: Y015
+
 @_typing.final
 class PredictionRecord(_message.Message):
     """One scored request, as logged by the gateway."""
@@ -110,6 +166,8 @@ class PredictionRecord(_message.Message):
     TRACE_ID_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     REASON_CODES_FIELD_NUMBER: _builtins.int
+    REVIEW_FIELD_NUMBER: _builtins.int
+    REVIEW_DETAIL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Request id (duplicates are ignored)."""
     entity_id: _builtins.str
@@ -124,13 +182,26 @@ class PredictionRecord(_message.Message):
     """Server-side latency in milliseconds."""
     trace_id: _builtins.str
     """Trace id."""
+    review: Global___ReviewKind.ValueType
+    """An edge case for the review queue: REVIEW_KIND_REFUSED (validation refused the request: it
+    was not scored, score and threshold are unset, and the monitor keeps it only in the review
+    queue, never as a prediction) or REVIEW_KIND_CANARY_FALLBACK (routed to the canary, which
+    failed; answered by stable: an ordinary prediction as well). Unset for ordinary predictions.
+    """
+    review_detail: _builtins.str
+    """What happened, for the review queue (the validation error naming the field; the canary's
+    failure).
+    """
     @_builtins.property
     def model(self) -> _types_pb2.ModelRef:
         """The answering model version."""
 
     @_builtins.property
     def features(self) -> _containers.MessageMap[_builtins.str, _types_pb2.FeatureValue]:
-        """Input features."""
+        """Input features, and the application's attributes that the model does not use (the scoring
+        API's Application.attributes, e.g. the protected attribute for the fairness gate) as
+        categories.
+        """
 
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
@@ -154,10 +225,12 @@ class PredictionRecord(_message.Message):
         trace_id: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         reason_codes: _abc.Iterable[_types_pb2.ReasonCode] | None = ...,
+        review: Global___ReviewKind.ValueType = ...,
+        review_detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_id", b"entity_id", "features", b"features", "latency_ms", b"latency_ms", "model", b"model", "reason_codes", b"reason_codes", "request_id", b"request_id", "score", b"score", "threshold", b"threshold", "time", b"time", "trace_id", b"trace_id", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_id", b"entity_id", "features", b"features", "latency_ms", b"latency_ms", "model", b"model", "reason_codes", b"reason_codes", "request_id", b"request_id", "review", b"review", "review_detail", b"review_detail", "score", b"score", "threshold", b"threshold", "time", b"time", "trace_id", b"trace_id", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -289,6 +362,7 @@ class RecordOutcomesResponse(_message.Message):
     UNMATCHED_FIELD_NUMBER: _builtins.int
     CHANGED_FIELD_NUMBER: _builtins.int
     DUPLICATES_FIELD_NUMBER: _builtins.int
+    LABELLED_FIELD_NUMBER: _builtins.int
     matched: _builtins.int
     """Outcomes matched to a prediction."""
     unmatched: _builtins.int
@@ -301,6 +375,13 @@ class RecordOutcomesResponse(_message.Message):
     def changed(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]:
         """Alerts whose state changed with these labels (accuracy rules)."""
 
+    @_builtins.property
+    def labelled(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelledPrediction]:
+        """The outcomes this call matched to their prediction, each with what the prediction served
+        (the gateway counts them into its rollout and experiment analysis by version). Outcomes
+        matched later, when their prediction arrives, are not listed.
+        """
+
     def __init__(
         self,
         *,
@@ -308,14 +389,55 @@ class RecordOutcomesResponse(_message.Message):
         unmatched: _builtins.int = ...,
         changed: _abc.Iterable[Global___Alert] | None = ...,
         duplicates: _builtins.int = ...,
+        labelled: _abc.Iterable[Global___LabelledPrediction] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "duplicates", b"duplicates", "matched", b"matched", "unmatched", b"unmatched"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "duplicates", b"duplicates", "labelled", b"labelled", "matched", b"matched", "unmatched", b"unmatched"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordOutcomesResponse: _TypeAlias = RecordOutcomesResponse  # noqa: Y015
+
+@_typing.final
+class LabelledPrediction(_message.Message):
+    """A prediction and the outcome just matched to it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    DEFAULTED_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request id the score was answered with."""
+    score: _builtins.float
+    """The score served."""
+    threshold: _builtins.float
+    """The decision threshold served with it."""
+    defaulted: _builtins.bool
+    """Whether the applicant defaulted."""
+    @_builtins.property
+    def model(self) -> _types_pb2.ModelRef:
+        """The model version that served it."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        model: _types_pb2.ModelRef | None = ...,
+        score: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        defaulted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["defaulted", b"defaulted", "model", b"model", "request_id", b"request_id", "score", b"score", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LabelledPrediction: _TypeAlias = LabelledPrediction  # noqa: Y015
 
 @_typing.final
 class FeatureDrift(_message.Message):
@@ -400,6 +522,7 @@ class WindowStats(_message.Message):
     LABEL_DELAY_HOURS_FIELD_NUMBER: _builtins.int
     APPROVAL_RATE_FIELD_NUMBER: _builtins.int
     APPROVAL_RATE_BY_VARIANT_FIELD_NUMBER: _builtins.int
+    SCORE_HISTOGRAM_FIELD_NUMBER: _builtins.int
     size: Global___WindowSize.ValueType
     """Window size."""
     count: _builtins.int
@@ -432,6 +555,12 @@ class WindowStats(_message.Message):
     def approval_rate_by_variant(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Approval rate per routing variant."""
 
+    @_builtins.property
+    def score_histogram(self) -> Global___ScoreHistogram:
+        """The window's score histogram on the reference profile's score bins (unset without a score
+        profile or without rows).
+        """
+
     def __init__(
         self,
         *,
@@ -448,14 +577,53 @@ class WindowStats(_message.Message):
         label_delay_hours: _builtins.float = ...,
         approval_rate: _builtins.float = ...,
         approval_rate_by_variant: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        score_histogram: Global___ScoreHistogram | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["score_histogram", b"score_histogram", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "approval_rate", b"approval_rate", "approval_rate_by_variant", b"approval_rate_by_variant", "auc", b"auc", "count", b"count", "ece", b"ece", "features", b"features", "label_delay_hours", b"label_delay_hours", "labeled", b"labeled", "score_js", b"score_js", "score_kl", b"score_kl", "size", b"size", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "approval_rate", b"approval_rate", "approval_rate_by_variant", b"approval_rate_by_variant", "auc", b"auc", "count", b"count", "ece", b"ece", "features", b"features", "label_delay_hours", b"label_delay_hours", "labeled", b"labeled", "score_histogram", b"score_histogram", "score_js", b"score_js", "score_kl", b"score_kl", "size", b"size", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WindowStats: _TypeAlias = WindowStats  # noqa: Y015
+
+@_typing.final
+class ScoreHistogram(_message.Message):
+    """Scores on the bins of a version's reference profile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EDGES_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    REFERENCE_PROPORTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def edges(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Interior bin edges, ascending: bin 0 is below edges[0], bin i is [edges[i-1], edges[i]), the
+        last bin is from the last edge up.
+        """
+
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Scores per bin (len(edges) + 1 bins), then the scores that were missing."""
+
+    @_builtins.property
+    def reference_proportions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The reference's share per bin, in the same layout as counts."""
+
+    def __init__(
+        self,
+        *,
+        edges: _abc.Iterable[_builtins.float] | None = ...,
+        counts: _abc.Iterable[_builtins.int] | None = ...,
+        reference_proportions: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "edges", b"edges", "reference_proportions", b"reference_proportions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScoreHistogram: _TypeAlias = ScoreHistogram  # noqa: Y015
 
 @_typing.final
 class GetDriftReportRequest(_message.Message):
@@ -724,6 +892,170 @@ class TriggerRetrainingResponse(_message.Message):
 Global___TriggerRetrainingResponse: _TypeAlias = TriggerRetrainingResponse  # noqa: Y015
 
 @_typing.final
+class ScheduleRetrainingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    DATE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model name."""
+    date: _builtins.str
+    """The run's day, YYYY-MM-DD (UTC); empty: the day of the monitor's clock."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        date: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleRetrainingRequest: _TypeAlias = ScheduleRetrainingRequest  # noqa: Y015
+
+@_typing.final
+class ScheduleRetrainingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    DATE_FIELD_NUMBER: _builtins.int
+    started: _builtins.bool
+    """False when the day's run had already succeeded or was running (or another run of the model
+    is running: then `job` is that run and the day's run was not started).
+    """
+    date: _builtins.str
+    """The run's day (YYYY-MM-DD)."""
+    @_builtins.property
+    def job(self) -> Global___RetrainingJob:
+        """The day's run."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___RetrainingJob | None = ...,
+        started: _builtins.bool = ...,
+        date: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "job", b"job", "started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleRetrainingResponse: _TypeAlias = ScheduleRetrainingResponse  # noqa: Y015
+
+@_typing.final
+class ListRetrainingJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model name filter."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRetrainingJobsRequest: _TypeAlias = ListRetrainingJobsRequest  # noqa: Y015
+
+@_typing.final
+class ListRetrainingJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RetrainingJob]:
+        """Runs, newest first (the monitor keeps the latest 100 finished ones)."""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___RetrainingJob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRetrainingJobsResponse: _TypeAlias = ListRetrainingJobsResponse  # noqa: Y015
+
+@_typing.final
+class RetrainingJob(_message.Message):
+    """One retraining run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Job id."""
+    model: _builtins.str
+    """Model name."""
+    trigger: _builtins.str
+    """`schedule:<date>`, `alert:<id>` or `manual:<reason>`."""
+    state: Global___RetrainingState.ValueType
+    """Running, succeeded or failed."""
+    version: _builtins.int
+    """The version it registered (0: none)."""
+    error: _builtins.str
+    """Why it failed (empty unless failed)."""
+    rows: _builtins.int
+    """The snapshot's rows (matured, labelled predictions of the window)."""
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp:
+        """Its production snapshot's window [start, end) (unset without a snapshot)."""
+
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """Wall-clock start and end of the run (end unset while running)."""
+
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        trigger: _builtins.str = ...,
+        state: Global___RetrainingState.ValueType = ...,
+        version: _builtins.int = ...,
+        error: _builtins.str = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        rows: _builtins.int = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "finished_at", b"finished_at", "id", b"id", "model", b"model", "rows", b"rows", "started_at", b"started_at", "state", b"state", "trigger", b"trigger", "version", b"version", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrainingJob: _TypeAlias = RetrainingJob  # noqa: Y015
+
+@_typing.final
 class EvaluateRulesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -836,3 +1168,183 @@ class LookupPredictionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LookupPredictionsResponse: _TypeAlias = LookupPredictionsResponse  # noqa: Y015
+
+@_typing.final
+class RecordFeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEEDBACK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def feedback(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Feedback]:
+        """Feedback on scored decisions."""
+
+    def __init__(
+        self,
+        *,
+        feedback: _abc.Iterable[_types_pb2.Feedback] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feedback", b"feedback"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordFeedbackRequest: _TypeAlias = RecordFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class RecordFeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    UNKNOWN_FIELD_NUMBER: _builtins.int
+    recorded: _builtins.int
+    """Feedback recorded."""
+    duplicates: _builtins.int
+    """Feedback ignored as an exact repeat of its request's latest feedback."""
+    unknown: _builtins.int
+    """Of the recorded feedback, how much names a request the monitor has not logged (yet)."""
+    def __init__(
+        self,
+        *,
+        recorded: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+        unknown: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "recorded", b"recorded", "unknown", b"unknown"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordFeedbackResponse: _TypeAlias = RecordFeedbackResponse  # noqa: Y015
+
+@_typing.final
+class ReviewCase(_message.Message):
+    """One case of the review queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ENTITY_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    kind: Global___ReviewKind.ValueType
+    """Why it is in the queue."""
+    request_id: _builtins.str
+    """Request id."""
+    entity_id: _builtins.str
+    """Entity id."""
+    variant: _builtins.str
+    """Routing variant."""
+    score: _builtins.float
+    """Probability of default (unset for refused requests)."""
+    threshold: _builtins.float
+    """Decision threshold (unset for refused requests)."""
+    detail: _builtins.str
+    """What happened: the validation error, the canary's failure, or how near the threshold."""
+    @_builtins.property
+    def model(self) -> _types_pb2.ModelRef:
+        """The model version routed to (refused, fallback) or that answered (review band)."""
+
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the request was made."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___ReviewKind.ValueType = ...,
+        request_id: _builtins.str = ...,
+        entity_id: _builtins.str = ...,
+        model: _types_pb2.ModelRef | None = ...,
+        variant: _builtins.str = ...,
+        score: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "entity_id", b"entity_id", "kind", b"kind", "model", b"model", "request_id", b"request_id", "score", b"score", "threshold", b"threshold", "time", b"time", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewCase: _TypeAlias = ReviewCase  # noqa: Y015
+
+@_typing.final
+class ListReviewCasesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Only this model's cases (optional)."""
+    limit: _builtins.int
+    """Most cases returned (default 100, at most 10000)."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Range start (default: a day before the end)."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Range end (default: the monitor's clock; at most 31 days after start)."""
+
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___ReviewKind.ValueType]:
+        """Only these kinds (default: every kind)."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        kinds: _abc.Iterable[Global___ReviewKind.ValueType] | None = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "kinds", b"kinds", "limit", b"limit", "model", b"model", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReviewCasesRequest: _TypeAlias = ListReviewCasesRequest  # noqa: Y015
+
+@_typing.final
+class ListReviewCasesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASES_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    REVIEW_BAND_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """True when more cases matched than the limit."""
+    review_band: _builtins.float
+    """The review band: scores at most this far from the threshold are cases."""
+    @_builtins.property
+    def cases(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewCase]:
+        """The cases, newest first."""
+
+    def __init__(
+        self,
+        *,
+        cases: _abc.Iterable[Global___ReviewCase] | None = ...,
+        truncated: _builtins.bool = ...,
+        review_band: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cases", b"cases", "review_band", b"review_band", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReviewCasesResponse: _TypeAlias = ListReviewCasesResponse  # noqa: Y015

@@ -66,6 +66,16 @@ class MonitorServiceStub:
                 request_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.TriggerRetrainingRequest.SerializeToString,
                 response_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.TriggerRetrainingResponse.FromString,
                 _registered_method=True)
+        self.ScheduleRetraining = channel.unary_unary(
+                '/finpredict.monitor.v1.MonitorService/ScheduleRetraining',
+                request_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ScheduleRetrainingRequest.SerializeToString,
+                response_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ScheduleRetrainingResponse.FromString,
+                _registered_method=True)
+        self.ListRetrainingJobs = channel.unary_unary(
+                '/finpredict.monitor.v1.MonitorService/ListRetrainingJobs',
+                request_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ListRetrainingJobsRequest.SerializeToString,
+                response_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ListRetrainingJobsResponse.FromString,
+                _registered_method=True)
         self.EvaluateRules = channel.unary_unary(
                 '/finpredict.monitor.v1.MonitorService/EvaluateRules',
                 request_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.EvaluateRulesRequest.SerializeToString,
@@ -75,6 +85,16 @@ class MonitorServiceStub:
                 '/finpredict.monitor.v1.MonitorService/LookupPredictions',
                 request_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.LookupPredictionsRequest.SerializeToString,
                 response_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.LookupPredictionsResponse.FromString,
+                _registered_method=True)
+        self.RecordFeedback = channel.unary_unary(
+                '/finpredict.monitor.v1.MonitorService/RecordFeedback',
+                request_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.RecordFeedbackRequest.SerializeToString,
+                response_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.RecordFeedbackResponse.FromString,
+                _registered_method=True)
+        self.ListReviewCases = channel.unary_unary(
+                '/finpredict.monitor.v1.MonitorService/ListReviewCases',
+                request_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ListReviewCasesRequest.SerializeToString,
+                response_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ListReviewCasesResponse.FromString,
                 _registered_method=True)
 
 
@@ -125,6 +145,24 @@ class MonitorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScheduleRetraining(self, request, context):
+        """Starts a model's scheduled retraining run of a day (trigger `schedule:<date>`): it trains on
+        the matured, labelled predictions of the days before, or fails with its reason. Called by the
+        monitor's own scheduler and by `finpredict retrain run --schedule` (the cluster's CronJob).
+        A date whose run succeeded or is running is answered with that run. Admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRetrainingJobs(self, request, context):
+        """Lists retraining runs (running and finished), newest first: trigger, window, rows, and the
+        registered version or the failure's reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EvaluateRules(self, request, context):
         """Advances the event-time clock (closing every window that ends at or before `now`) and
         evaluates the alert rules on the windows it closed. Replays drive the simulated clock
@@ -137,6 +175,22 @@ class MonitorServiceServicer:
     def LookupPredictions(self, request, context):
         """Looks logged predictions up: one request by its id, or an entity's requests in a time range
         (which version and variant answered a customer, with what score, threshold and reasons).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordFeedback(self, request, context):
+        """Records analyst feedback on scored decisions (durably, kept for the retention period); an
+        override's corrected label is the training label of production snapshots. Writer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReviewCases(self, request, context):
+        """Lists the review queue of a time range: requests refused by validation, canary fallbacks,
+        and scores inside the review band around the decision threshold. Reader.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +229,16 @@ def add_MonitorServiceServicer_to_server(servicer, server):
                     request_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.TriggerRetrainingRequest.FromString,
                     response_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.TriggerRetrainingResponse.SerializeToString,
             ),
+            'ScheduleRetraining': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleRetraining,
+                    request_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ScheduleRetrainingRequest.FromString,
+                    response_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ScheduleRetrainingResponse.SerializeToString,
+            ),
+            'ListRetrainingJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRetrainingJobs,
+                    request_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ListRetrainingJobsRequest.FromString,
+                    response_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ListRetrainingJobsResponse.SerializeToString,
+            ),
             'EvaluateRules': grpc.unary_unary_rpc_method_handler(
                     servicer.EvaluateRules,
                     request_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.EvaluateRulesRequest.FromString,
@@ -184,6 +248,16 @@ def add_MonitorServiceServicer_to_server(servicer, server):
                     servicer.LookupPredictions,
                     request_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.LookupPredictionsRequest.FromString,
                     response_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.LookupPredictionsResponse.SerializeToString,
+            ),
+            'RecordFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedback,
+                    request_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.RecordFeedbackRequest.FromString,
+                    response_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.RecordFeedbackResponse.SerializeToString,
+            ),
+            'ListReviewCases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReviewCases,
+                    request_deserializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ListReviewCasesRequest.FromString,
+                    response_serializer=finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ListReviewCasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +434,60 @@ class MonitorService:
             _registered_method=True)
 
     @staticmethod
+    def ScheduleRetraining(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finpredict.monitor.v1.MonitorService/ScheduleRetraining',
+            finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ScheduleRetrainingRequest.SerializeToString,
+            finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ScheduleRetrainingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRetrainingJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finpredict.monitor.v1.MonitorService/ListRetrainingJobs',
+            finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ListRetrainingJobsRequest.SerializeToString,
+            finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ListRetrainingJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def EvaluateRules(request,
             target,
             options=(),
@@ -403,6 +531,60 @@ class MonitorService:
             '/finpredict.monitor.v1.MonitorService/LookupPredictions',
             finpredict_dot_monitor_dot_v1_dot_monitor__pb2.LookupPredictionsRequest.SerializeToString,
             finpredict_dot_monitor_dot_v1_dot_monitor__pb2.LookupPredictionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finpredict.monitor.v1.MonitorService/RecordFeedback',
+            finpredict_dot_monitor_dot_v1_dot_monitor__pb2.RecordFeedbackRequest.SerializeToString,
+            finpredict_dot_monitor_dot_v1_dot_monitor__pb2.RecordFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReviewCases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finpredict.monitor.v1.MonitorService/ListReviewCases',
+            finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ListReviewCasesRequest.SerializeToString,
+            finpredict_dot_monitor_dot_v1_dot_monitor__pb2.ListReviewCasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

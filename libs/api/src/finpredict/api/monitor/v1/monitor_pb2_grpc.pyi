@@ -50,6 +50,16 @@ class MonitorServiceStub:
     """Streams alert state changes as they happen."""
     TriggerRetraining: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.TriggerRetrainingRequest, _monitor_pb2.TriggerRetrainingResponse]
     """Starts a retraining run by hand. Admin."""
+    ScheduleRetraining: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.ScheduleRetrainingRequest, _monitor_pb2.ScheduleRetrainingResponse]
+    """Starts a model's scheduled retraining run of a day (trigger `schedule:<date>`): it trains on
+    the matured, labelled predictions of the days before, or fails with its reason. Called by the
+    monitor's own scheduler and by `finpredict retrain run --schedule` (the cluster's CronJob).
+    A date whose run succeeded or is running is answered with that run. Admin.
+    """
+    ListRetrainingJobs: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.ListRetrainingJobsRequest, _monitor_pb2.ListRetrainingJobsResponse]
+    """Lists retraining runs (running and finished), newest first: trigger, window, rows, and the
+    registered version or the failure's reason.
+    """
     EvaluateRules: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.EvaluateRulesRequest, _monitor_pb2.EvaluateRulesResponse]
     """Advances the event-time clock (closing every window that ends at or before `now`) and
     evaluates the alert rules on the windows it closed. Replays drive the simulated clock
@@ -58,6 +68,14 @@ class MonitorServiceStub:
     LookupPredictions: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.LookupPredictionsRequest, _monitor_pb2.LookupPredictionsResponse]
     """Looks logged predictions up: one request by its id, or an entity's requests in a time range
     (which version and variant answered a customer, with what score, threshold and reasons).
+    """
+    RecordFeedback: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.RecordFeedbackRequest, _monitor_pb2.RecordFeedbackResponse]
+    """Records analyst feedback on scored decisions (durably, kept for the retention period); an
+    override's corrected label is the training label of production snapshots. Writer.
+    """
+    ListReviewCases: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.ListReviewCasesRequest, _monitor_pb2.ListReviewCasesResponse]
+    """Lists the review queue of a time range: requests refused by validation, canary fallbacks,
+    and scores inside the review band around the decision threshold. Reader.
     """
 
 @_typing.type_check_only
@@ -79,6 +97,16 @@ class MonitorServiceAsyncStub(MonitorServiceStub):
     """Streams alert state changes as they happen."""
     TriggerRetraining: _aio.UnaryUnaryMultiCallable[_monitor_pb2.TriggerRetrainingRequest, _monitor_pb2.TriggerRetrainingResponse]  # type: ignore[assignment]
     """Starts a retraining run by hand. Admin."""
+    ScheduleRetraining: _aio.UnaryUnaryMultiCallable[_monitor_pb2.ScheduleRetrainingRequest, _monitor_pb2.ScheduleRetrainingResponse]  # type: ignore[assignment]
+    """Starts a model's scheduled retraining run of a day (trigger `schedule:<date>`): it trains on
+    the matured, labelled predictions of the days before, or fails with its reason. Called by the
+    monitor's own scheduler and by `finpredict retrain run --schedule` (the cluster's CronJob).
+    A date whose run succeeded or is running is answered with that run. Admin.
+    """
+    ListRetrainingJobs: _aio.UnaryUnaryMultiCallable[_monitor_pb2.ListRetrainingJobsRequest, _monitor_pb2.ListRetrainingJobsResponse]  # type: ignore[assignment]
+    """Lists retraining runs (running and finished), newest first: trigger, window, rows, and the
+    registered version or the failure's reason.
+    """
     EvaluateRules: _aio.UnaryUnaryMultiCallable[_monitor_pb2.EvaluateRulesRequest, _monitor_pb2.EvaluateRulesResponse]  # type: ignore[assignment]
     """Advances the event-time clock (closing every window that ends at or before `now`) and
     evaluates the alert rules on the windows it closed. Replays drive the simulated clock
@@ -87,6 +115,14 @@ class MonitorServiceAsyncStub(MonitorServiceStub):
     LookupPredictions: _aio.UnaryUnaryMultiCallable[_monitor_pb2.LookupPredictionsRequest, _monitor_pb2.LookupPredictionsResponse]  # type: ignore[assignment]
     """Looks logged predictions up: one request by its id, or an entity's requests in a time range
     (which version and variant answered a customer, with what score, threshold and reasons).
+    """
+    RecordFeedback: _aio.UnaryUnaryMultiCallable[_monitor_pb2.RecordFeedbackRequest, _monitor_pb2.RecordFeedbackResponse]  # type: ignore[assignment]
+    """Records analyst feedback on scored decisions (durably, kept for the retention period); an
+    override's corrected label is the training label of production snapshots. Writer.
+    """
+    ListReviewCases: _aio.UnaryUnaryMultiCallable[_monitor_pb2.ListReviewCasesRequest, _monitor_pb2.ListReviewCasesResponse]  # type: ignore[assignment]
+    """Lists the review queue of a time range: requests refused by validation, canary fallbacks,
+    and scores inside the review band around the decision threshold. Reader.
     """
 
 class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -143,6 +179,28 @@ class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Starts a retraining run by hand. Admin."""
 
     @_abc_1.abstractmethod
+    def ScheduleRetraining(
+        self,
+        request: _monitor_pb2.ScheduleRetrainingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitor_pb2.ScheduleRetrainingResponse, _abc.Awaitable[_monitor_pb2.ScheduleRetrainingResponse]]:
+        """Starts a model's scheduled retraining run of a day (trigger `schedule:<date>`): it trains on
+        the matured, labelled predictions of the days before, or fails with its reason. Called by the
+        monitor's own scheduler and by `finpredict retrain run --schedule` (the cluster's CronJob).
+        A date whose run succeeded or is running is answered with that run. Admin.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRetrainingJobs(
+        self,
+        request: _monitor_pb2.ListRetrainingJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitor_pb2.ListRetrainingJobsResponse, _abc.Awaitable[_monitor_pb2.ListRetrainingJobsResponse]]:
+        """Lists retraining runs (running and finished), newest first: trigger, window, rows, and the
+        registered version or the failure's reason.
+        """
+
+    @_abc_1.abstractmethod
     def EvaluateRules(
         self,
         request: _monitor_pb2.EvaluateRulesRequest,
@@ -161,6 +219,26 @@ class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_monitor_pb2.LookupPredictionsResponse, _abc.Awaitable[_monitor_pb2.LookupPredictionsResponse]]:
         """Looks logged predictions up: one request by its id, or an entity's requests in a time range
         (which version and variant answered a customer, with what score, threshold and reasons).
+        """
+
+    @_abc_1.abstractmethod
+    def RecordFeedback(
+        self,
+        request: _monitor_pb2.RecordFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitor_pb2.RecordFeedbackResponse, _abc.Awaitable[_monitor_pb2.RecordFeedbackResponse]]:
+        """Records analyst feedback on scored decisions (durably, kept for the retention period); an
+        override's corrected label is the training label of production snapshots. Writer.
+        """
+
+    @_abc_1.abstractmethod
+    def ListReviewCases(
+        self,
+        request: _monitor_pb2.ListReviewCasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitor_pb2.ListReviewCasesResponse, _abc.Awaitable[_monitor_pb2.ListReviewCasesResponse]]:
+        """Lists the review queue of a time range: requests refused by validation, canary fallbacks,
+        and scores inside the review band around the decision threshold. Reader.
         """
 
 def add_MonitorServiceServicer_to_server(servicer: MonitorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -313,7 +313,9 @@ class Lineage(_message.Message):
     wandb_link_status: _builtins.str
     """W&B registry link state: "linked", "pending" (offline), or empty."""
     trigger: _builtins.str
-    """What started the training: "manual", "schedule", or "alert:<id>"."""
+    """What started the training: "manual" (or "manual:<reason>"), "schedule" (or "schedule:<date>",
+    the monitor's daily run), or "alert:<id>".
+    """
     fingerprint: _builtins.str
     """The training run's fingerprint: sha256 of its params, input data md5s and code version.
     A run with the same fingerprint reuses this version instead of registering another one

@@ -83,7 +83,9 @@ class AnalysisThresholds(_message.Message):
     max_score_kl: _builtins.float
     """Largest allowed KL of canary scores against stable scores."""
     max_auc_drop: _builtins.float
-    """Largest allowed AUC drop when delayed labels exist."""
+    """AUC drop against which each window's AUCs are reported when delayed labels exist. It decides
+    nothing: the always-valid AUC and default-rate tests over every label since the start decide.
+    """
     def __init__(
         self,
         *,
@@ -898,3 +900,62 @@ class StopExperimentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StopExperimentResponse: _TypeAlias = StopExperimentResponse  # noqa: Y015
+
+@_typing.final
+class GetExperimentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model name (its running experiment), or"""
+    experiment_id: _builtins.str
+    """an experiment id (running or stopped)."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        experiment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExperimentRequest: _TypeAlias = GetExperimentRequest  # noqa: Y015
+
+@_typing.final
+class GetExperimentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_FIELD_NUMBER: _builtins.int
+    STATISTICS_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    statistics: _builtins.str
+    """Its statistics since the start, summed over every gateway replica, as JSON: per arm the
+    requests, error, approval and default rates (defaults among approved, from delayed labels
+    joined by request id) and AUC, each with an always-valid confidence interval, and the
+    label-free expectations; each arm's effects over the first arm with always-valid confidence
+    intervals, the sample-ratio check and a stopping recommendation.
+    """
+    replicas: _builtins.int
+    """How many gateway replicas' counts it sums."""
+    @_builtins.property
+    def experiment(self) -> Global___Experiment:
+        """The experiment."""
+
+    def __init__(
+        self,
+        *,
+        experiment: Global___Experiment | None = ...,
+        statistics: _builtins.str = ...,
+        replicas: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "replicas", b"replicas", "statistics", b"statistics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExperimentResponse: _TypeAlias = GetExperimentResponse  # noqa: Y015

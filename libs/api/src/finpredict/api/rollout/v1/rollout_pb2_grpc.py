@@ -86,6 +86,11 @@ class RolloutServiceStub:
                 request_serializer=finpredict_dot_rollout_dot_v1_dot_rollout__pb2.StopExperimentRequest.SerializeToString,
                 response_deserializer=finpredict_dot_rollout_dot_v1_dot_rollout__pb2.StopExperimentResponse.FromString,
                 _registered_method=True)
+        self.GetExperiment = channel.unary_unary(
+                '/finpredict.rollout.v1.RolloutService/GetExperiment',
+                request_serializer=finpredict_dot_rollout_dot_v1_dot_rollout__pb2.GetExperimentRequest.SerializeToString,
+                response_deserializer=finpredict_dot_rollout_dot_v1_dot_rollout__pb2.GetExperimentResponse.FromString,
+                _registered_method=True)
 
 
 class RolloutServiceServicer:
@@ -162,6 +167,13 @@ class RolloutServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetExperiment(self, request, context):
+        """Returns an experiment with its per-arm statistics since it started.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -214,6 +226,11 @@ def add_RolloutServiceServicer_to_server(servicer, server):
                     servicer.StopExperiment,
                     request_deserializer=finpredict_dot_rollout_dot_v1_dot_rollout__pb2.StopExperimentRequest.FromString,
                     response_serializer=finpredict_dot_rollout_dot_v1_dot_rollout__pb2.StopExperimentResponse.SerializeToString,
+            ),
+            'GetExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExperiment,
+                    request_deserializer=finpredict_dot_rollout_dot_v1_dot_rollout__pb2.GetExperimentRequest.FromString,
+                    response_serializer=finpredict_dot_rollout_dot_v1_dot_rollout__pb2.GetExperimentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -487,6 +504,33 @@ class RolloutService:
             '/finpredict.rollout.v1.RolloutService/StopExperiment',
             finpredict_dot_rollout_dot_v1_dot_rollout__pb2.StopExperimentRequest.SerializeToString,
             finpredict_dot_rollout_dot_v1_dot_rollout__pb2.StopExperimentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finpredict.rollout.v1.RolloutService/GetExperiment',
+            finpredict_dot_rollout_dot_v1_dot_rollout__pb2.GetExperimentRequest.SerializeToString,
+            finpredict_dot_rollout_dot_v1_dot_rollout__pb2.GetExperimentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,8 @@ class RolloutServiceStub:
     """Starts an A/B experiment with fixed-weight arms. Admin."""
     StopExperiment: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.StopExperimentRequest, _rollout_pb2.StopExperimentResponse]
     """Stops an experiment. Admin."""
+    GetExperiment: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.GetExperimentRequest, _rollout_pb2.GetExperimentResponse]
+    """Returns an experiment with its per-arm statistics since it started."""
 
 @_typing.type_check_only
 class RolloutServiceAsyncStub(RolloutServiceStub):
@@ -82,6 +84,8 @@ class RolloutServiceAsyncStub(RolloutServiceStub):
     """Starts an A/B experiment with fixed-weight arms. Admin."""
     StopExperiment: _aio.UnaryUnaryMultiCallable[_rollout_pb2.StopExperimentRequest, _rollout_pb2.StopExperimentResponse]  # type: ignore[assignment]
     """Stops an experiment. Admin."""
+    GetExperiment: _aio.UnaryUnaryMultiCallable[_rollout_pb2.GetExperimentRequest, _rollout_pb2.GetExperimentResponse]  # type: ignore[assignment]
+    """Returns an experiment with its per-arm statistics since it started."""
 
 class RolloutServiceServicer(metaclass=_abc_1.ABCMeta):
     """Controls how traffic reaches model versions. Every RPC but the reads is admin."""
@@ -165,5 +169,13 @@ class RolloutServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_rollout_pb2.StopExperimentResponse, _abc.Awaitable[_rollout_pb2.StopExperimentResponse]]:
         """Stops an experiment. Admin."""
+
+    @_abc_1.abstractmethod
+    def GetExperiment(
+        self,
+        request: _rollout_pb2.GetExperimentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rollout_pb2.GetExperimentResponse, _abc.Awaitable[_rollout_pb2.GetExperimentResponse]]:
+        """Returns an experiment with its per-arm statistics since it started."""
 
 def add_RolloutServiceServicer_to_server(servicer: RolloutServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -27,7 +27,7 @@ from finpredict.api.common.v1 import types_pb2 as finpredict_dot_common_dot_v1_d
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#finpredict/scoring/v1/scoring.proto\x12\x15\x66inpredict.scoring.v1\x1a finpredict/common/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x01\n\x0b\x41pplication\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x42\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x30.finpredict.scoring.v1.Application.FeaturesEntry\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x1aS\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".finpredict.common.v1.FeatureValue:\x02\x38\x01\"v\n\x0cScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x37\n\x0b\x61pplication\x18\x02 \x01(\x0b\x32\".finpredict.scoring.v1.Application\x12\x0f\n\x07\x65xplain\x18\x03 \x01(\x08\x12\r\n\x05top_k\x18\x04 \x01(\x05\"\xa8\x02\n\x05Score\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x31\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0e\x32\x1f.finpredict.scoring.v1.Decision\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12-\n\x05model\x18\x06 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\x12/\n\x07variant\x18\x07 \x01(\x0e\x32\x1e.finpredict.scoring.v1.Variant\x12\x0b\n\x03\x61rm\x18\x08 \x01(\t\x12\x36\n\x0creason_codes\x18\t \x03(\x0b\x32 .finpredict.common.v1.ReasonCode\"O\n\rScoreResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.finpredict.scoring.v1.Score\x12\x10\n\x08trace_id\x18\x02 \x01(\t\"|\n\x11ScoreBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x38\n\x0c\x61pplications\x18\x02 \x03(\x0b\x32\".finpredict.scoring.v1.Application\x12\x0f\n\x07\x65xplain\x18\x03 \x01(\x08\x12\r\n\x05top_k\x18\x04 \x01(\x05\"U\n\x12ScoreBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.finpredict.scoring.v1.Score\x12\x10\n\x08trace_id\x18\x02 \x01(\t\"t\n\x07Outcome\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12\x11\n\tdefaulted\x18\x03 \x01(\x08\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x15RecordOutcomesRequest\x12\x30\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1e.finpredict.scoring.v1.Outcome\"P\n\x16RecordOutcomesResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x03\x12\x11\n\tunmatched\x18\x02 \x01(\x03\x12\x12\n\nduplicates\x18\x03 \x01(\x03*P\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x14\n\x10\x44\x45\x43ISION_DECLINE\x10\x02*b\n\x07Variant\x12\x17\n\x13VARIANT_UNSPECIFIED\x10\x00\x12\x12\n\x0eVARIANT_STABLE\x10\x01\x12\x12\n\x0eVARIANT_CANARY\x10\x02\x12\x16\n\x12VARIANT_EXPERIMENT\x10\x03\x32\xb6\x02\n\x0eScoringService\x12R\n\x05Score\x12#.finpredict.scoring.v1.ScoreRequest\x1a$.finpredict.scoring.v1.ScoreResponse\x12\x61\n\nScoreBatch\x12(.finpredict.scoring.v1.ScoreBatchRequest\x1a).finpredict.scoring.v1.ScoreBatchResponse\x12m\n\x0eRecordOutcomes\x12,.finpredict.scoring.v1.RecordOutcomesRequest\x1a-.finpredict.scoring.v1.RecordOutcomesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#finpredict/scoring/v1/scoring.proto\x12\x15\x66inpredict.scoring.v1\x1a finpredict/common/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x02\n\x0b\x41pplication\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x42\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x30.finpredict.scoring.v1.Application.FeaturesEntry\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x46\n\nattributes\x18\x04 \x03(\x0b\x32\x32.finpredict.scoring.v1.Application.AttributesEntry\x1aS\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".finpredict.common.v1.FeatureValue:\x02\x38\x01\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"v\n\x0cScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x37\n\x0b\x61pplication\x18\x02 \x01(\x0b\x32\".finpredict.scoring.v1.Application\x12\x0f\n\x07\x65xplain\x18\x03 \x01(\x08\x12\r\n\x05top_k\x18\x04 \x01(\x05\"\xa8\x02\n\x05Score\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x31\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0e\x32\x1f.finpredict.scoring.v1.Decision\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12-\n\x05model\x18\x06 \x01(\x0b\x32\x1e.finpredict.common.v1.ModelRef\x12/\n\x07variant\x18\x07 \x01(\x0e\x32\x1e.finpredict.scoring.v1.Variant\x12\x0b\n\x03\x61rm\x18\x08 \x01(\t\x12\x36\n\x0creason_codes\x18\t \x03(\x0b\x32 .finpredict.common.v1.ReasonCode\"O\n\rScoreResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.finpredict.scoring.v1.Score\x12\x10\n\x08trace_id\x18\x02 \x01(\t\"|\n\x11ScoreBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x38\n\x0c\x61pplications\x18\x02 \x03(\x0b\x32\".finpredict.scoring.v1.Application\x12\x0f\n\x07\x65xplain\x18\x03 \x01(\x08\x12\r\n\x05top_k\x18\x04 \x01(\x05\"U\n\x12ScoreBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.finpredict.scoring.v1.Score\x12\x10\n\x08trace_id\x18\x02 \x01(\t\"t\n\x07Outcome\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12\x11\n\tdefaulted\x18\x03 \x01(\x08\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x15RecordOutcomesRequest\x12\x30\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1e.finpredict.scoring.v1.Outcome\"P\n\x16RecordOutcomesResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x03\x12\x11\n\tunmatched\x18\x02 \x01(\x03\x12\x12\n\nduplicates\x18\x03 \x01(\x03\"I\n\x15RecordFeedbackRequest\x12\x30\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x01 \x03(\x0b\x32\x1e.finpredict.common.v1.Feedback\"O\n\x16RecordFeedbackResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\x0f\n\x07unknown\x18\x03 \x01(\x03*P\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x14\n\x10\x44\x45\x43ISION_DECLINE\x10\x02*b\n\x07Variant\x12\x17\n\x13VARIANT_UNSPECIFIED\x10\x00\x12\x12\n\x0eVARIANT_STABLE\x10\x01\x12\x12\n\x0eVARIANT_CANARY\x10\x02\x12\x16\n\x12VARIANT_EXPERIMENT\x10\x03\x32\xa5\x03\n\x0eScoringService\x12R\n\x05Score\x12#.finpredict.scoring.v1.ScoreRequest\x1a$.finpredict.scoring.v1.ScoreResponse\x12\x61\n\nScoreBatch\x12(.finpredict.scoring.v1.ScoreBatchRequest\x1a).finpredict.scoring.v1.ScoreBatchResponse\x12m\n\x0eRecordOutcomes\x12,.finpredict.scoring.v1.RecordOutcomesRequest\x1a-.finpredict.scoring.v1.RecordOutcomesResponse\x12m\n\x0eRecordFeedback\x12,.finpredict.scoring.v1.RecordFeedbackRequest\x1a-.finpredict.scoring.v1.RecordFeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,30 +36,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_APPLICATION_FEATURESENTRY']._loaded_options = None
   _globals['_APPLICATION_FEATURESENTRY']._serialized_options = b'8\001'
-  _globals['_DECISION']._serialized_start=1325
-  _globals['_DECISION']._serialized_end=1405
-  _globals['_VARIANT']._serialized_start=1407
-  _globals['_VARIANT']._serialized_end=1505
+  _globals['_APPLICATION_ATTRIBUTESENTRY']._loaded_options = None
+  _globals['_APPLICATION_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_DECISION']._serialized_start=1604
+  _globals['_DECISION']._serialized_end=1684
+  _globals['_VARIANT']._serialized_start=1686
+  _globals['_VARIANT']._serialized_end=1784
   _globals['_APPLICATION']._serialized_start=130
-  _globals['_APPLICATION']._serialized_end=335
-  _globals['_APPLICATION_FEATURESENTRY']._serialized_start=252
-  _globals['_APPLICATION_FEATURESENTRY']._serialized_end=335
-  _globals['_SCOREREQUEST']._serialized_start=337
-  _globals['_SCOREREQUEST']._serialized_end=455
-  _globals['_SCORE']._serialized_start=458
-  _globals['_SCORE']._serialized_end=754
-  _globals['_SCORERESPONSE']._serialized_start=756
-  _globals['_SCORERESPONSE']._serialized_end=835
-  _globals['_SCOREBATCHREQUEST']._serialized_start=837
-  _globals['_SCOREBATCHREQUEST']._serialized_end=961
-  _globals['_SCOREBATCHRESPONSE']._serialized_start=963
-  _globals['_SCOREBATCHRESPONSE']._serialized_end=1048
-  _globals['_OUTCOME']._serialized_start=1050
-  _globals['_OUTCOME']._serialized_end=1166
-  _globals['_RECORDOUTCOMESREQUEST']._serialized_start=1168
-  _globals['_RECORDOUTCOMESREQUEST']._serialized_end=1241
-  _globals['_RECORDOUTCOMESRESPONSE']._serialized_start=1243
-  _globals['_RECORDOUTCOMESRESPONSE']._serialized_end=1323
-  _globals['_SCORINGSERVICE']._serialized_start=1508
-  _globals['_SCORINGSERVICE']._serialized_end=1818
+  _globals['_APPLICATION']._serialized_end=458
+  _globals['_APPLICATION_FEATURESENTRY']._serialized_start=324
+  _globals['_APPLICATION_FEATURESENTRY']._serialized_end=407
+  _globals['_APPLICATION_ATTRIBUTESENTRY']._serialized_start=409
+  _globals['_APPLICATION_ATTRIBUTESENTRY']._serialized_end=458
+  _globals['_SCOREREQUEST']._serialized_start=460
+  _globals['_SCOREREQUEST']._serialized_end=578
+  _globals['_SCORE']._serialized_start=581
+  _globals['_SCORE']._serialized_end=877
+  _globals['_SCORERESPONSE']._serialized_start=879
+  _globals['_SCORERESPONSE']._serialized_end=958
+  _globals['_SCOREBATCHREQUEST']._serialized_start=960
+  _globals['_SCOREBATCHREQUEST']._serialized_end=1084
+  _globals['_SCOREBATCHRESPONSE']._serialized_start=1086
+  _globals['_SCOREBATCHRESPONSE']._serialized_end=1171
+  _globals['_OUTCOME']._serialized_start=1173
+  _globals['_OUTCOME']._serialized_end=1289
+  _globals['_RECORDOUTCOMESREQUEST']._serialized_start=1291
+  _globals['_RECORDOUTCOMESREQUEST']._serialized_end=1364
+  _globals['_RECORDOUTCOMESRESPONSE']._serialized_start=1366
+  _globals['_RECORDOUTCOMESRESPONSE']._serialized_end=1446
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_start=1448
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_end=1521
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_start=1523
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_end=1602
+  _globals['_SCORINGSERVICE']._serialized_start=1787
+  _globals['_SCORINGSERVICE']._serialized_end=2208
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,11 @@ class ScoringServiceStub:
                 request_serializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordOutcomesRequest.SerializeToString,
                 response_deserializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordOutcomesResponse.FromString,
                 _registered_method=True)
+        self.RecordFeedback = channel.unary_unary(
+                '/finpredict.scoring.v1.ScoringService/RecordFeedback',
+                request_serializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordFeedbackRequest.SerializeToString,
+                response_deserializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class ScoringServiceServicer:
@@ -83,6 +88,18 @@ class ScoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordFeedback(self, request, context):
+        """Records analyst feedback on scored decisions (confirmed, disputed, overridden with an
+        optional corrected label), by request id; the gateway stamps the caller's token subject as
+        the actor and forwards them to the monitor, where an override's corrected label becomes the
+        training label of the next production snapshot. Idempotent: an exact repeat of a request's
+        latest feedback is a duplicate. Needs the 'writer' role. UNAVAILABLE when the monitor cannot
+        be reached: nothing is dropped silently.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScoringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +117,11 @@ def add_ScoringServiceServicer_to_server(servicer, server):
                     servicer.RecordOutcomes,
                     request_deserializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordOutcomesRequest.FromString,
                     response_serializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordOutcomesResponse.SerializeToString,
+            ),
+            'RecordFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedback,
+                    request_deserializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordFeedbackRequest.FromString,
+                    response_serializer=finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -184,6 +206,33 @@ class ScoringService:
             '/finpredict.scoring.v1.ScoringService/RecordOutcomes',
             finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordOutcomesRequest.SerializeToString,
             finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordOutcomesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finpredict.scoring.v1.ScoringService/RecordFeedback',
+            finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordFeedbackRequest.SerializeToString,
+            finpredict_dot_scoring_dot_v1_dot_scoring__pb2.RecordFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,14 @@ class ScoringServiceStub:
     accuracy alerts and retraining; a scoring client's 'reader' token cannot write them).
     UNAVAILABLE when the monitor cannot be reached: nothing is dropped silently.
     """
+    RecordFeedback: _grpc.UnaryUnaryMultiCallable[_scoring_pb2.RecordFeedbackRequest, _scoring_pb2.RecordFeedbackResponse]
+    """Records analyst feedback on scored decisions (confirmed, disputed, overridden with an
+    optional corrected label), by request id; the gateway stamps the caller's token subject as
+    the actor and forwards them to the monitor, where an override's corrected label becomes the
+    training label of the next production snapshot. Idempotent: an exact repeat of a request's
+    latest feedback is a duplicate. Needs the 'writer' role. UNAVAILABLE when the monitor cannot
+    be reached: nothing is dropped silently.
+    """
 
 @_typing.type_check_only
 class ScoringServiceAsyncStub(ScoringServiceStub):
@@ -66,6 +74,14 @@ class ScoringServiceAsyncStub(ScoringServiceStub):
     retried call is harmless. Needs the 'writer' role (outcomes are ground truth that moves
     accuracy alerts and retraining; a scoring client's 'reader' token cannot write them).
     UNAVAILABLE when the monitor cannot be reached: nothing is dropped silently.
+    """
+    RecordFeedback: _aio.UnaryUnaryMultiCallable[_scoring_pb2.RecordFeedbackRequest, _scoring_pb2.RecordFeedbackResponse]  # type: ignore[assignment]
+    """Records analyst feedback on scored decisions (confirmed, disputed, overridden with an
+    optional corrected label), by request id; the gateway stamps the caller's token subject as
+    the actor and forwards them to the monitor, where an override's corrected label becomes the
+    training label of the next production snapshot. Idempotent: an exact repeat of a request's
+    latest feedback is a duplicate. Needs the 'writer' role. UNAVAILABLE when the monitor cannot
+    be reached: nothing is dropped silently.
     """
 
 class ScoringServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -99,6 +115,20 @@ class ScoringServiceServicer(metaclass=_abc_1.ABCMeta):
         retried call is harmless. Needs the 'writer' role (outcomes are ground truth that moves
         accuracy alerts and retraining; a scoring client's 'reader' token cannot write them).
         UNAVAILABLE when the monitor cannot be reached: nothing is dropped silently.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordFeedback(
+        self,
+        request: _scoring_pb2.RecordFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scoring_pb2.RecordFeedbackResponse, _abc.Awaitable[_scoring_pb2.RecordFeedbackResponse]]:
+        """Records analyst feedback on scored decisions (confirmed, disputed, overridden with an
+        optional corrected label), by request id; the gateway stamps the caller's token subject as
+        the actor and forwards them to the monitor, where an override's corrected label becomes the
+        training label of the next production snapshot. Idempotent: an exact repeat of a request's
+        latest feedback is a duplicate. Needs the 'writer' role. UNAVAILABLE when the monitor cannot
+        be reached: nothing is dropped silently.
         """
 
 def add_ScoringServiceServicer_to_server(servicer: ScoringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
