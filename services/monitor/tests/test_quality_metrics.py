@@ -93,8 +93,22 @@ def test_quality_gauges_equal_the_drift_report_and_ingest_is_counted(
     assert _get(after, "finpredict_monitor_records_received_total") == total + 1
     assert _get(after, "finpredict_monitor_records_rejected_total", field="score") == 1
 
-    # labels are bounded: model, version, window, feature, field, rule, state, result, trigger
-    allowed = {"model", "version", "window", "feature", "field", "rule", "state", "result", "trigger"}
+    # labels are bounded: model, version, window, feature, field, rule, state, result, trigger, and
+    # the fixed enumerations kind (expired / review cases), verdict (feedback) and source (profiles)
+    allowed = {
+        "model",
+        "version",
+        "window",
+        "feature",
+        "field",
+        "rule",
+        "state",
+        "result",
+        "trigger",
+        "kind",
+        "verdict",
+        "source",
+    }
     for name, labels in after:
         if name.startswith("finpredict_monitor_"):
             assert {k for k, _ in labels} <= allowed, (name, labels)
