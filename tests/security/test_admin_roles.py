@@ -182,6 +182,7 @@ def test_monitor_admin_rpcs_refused_without_admin_and_start_nothing(monitor: Ser
     now.now.FromSeconds(1_740_000_000)
     admin_calls = {
         "TriggerRetraining": mpb.TriggerRetrainingRequest(model="credit-default", reason="intruder"),
+        "ScheduleRetraining": mpb.ScheduleRetrainingRequest(model="credit-default"),
         "EvaluateRules": now,
     }
     assert set(admin_calls) == {
