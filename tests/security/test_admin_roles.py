@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 
 from finpredict.api.monitor.v1 import monitor_pb2 as mpb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc
@@ -180,8 +181,9 @@ def monitor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
 def test_monitor_admin_rpcs_refused_without_admin_and_start_nothing(monitor: ServiceProcess) -> None:
     now = mpb.EvaluateRulesRequest()
     now.now.FromSeconds(1_740_000_000)
-    admin_calls = {
-        "TriggerRetraining": mpb.TriggerRetrainingRequest(model="credit-default", reason="intruder"),
+    trigger = mpb.TriggerRetrainingRequest(model="credit-default", reason="intruder")
+    admin_calls: dict[str, Message] = {
+        "TriggerRetraining": trigger,
         "ScheduleRetraining": mpb.ScheduleRetrainingRequest(model="credit-default"),
         "EvaluateRules": now,
     }
@@ -216,8 +218,6 @@ def test_monitor_admin_rpcs_refused_without_admin_and_start_nothing(monitor: Ser
             == grpc.StatusCode.PERMISSION_DENIED
         )
         # and the admin gets through
-        resp = stub.TriggerRetraining(
-            admin_calls["TriggerRetraining"], metadata=bearer_metadata(ADMIN_TOKEN), timeout=10
-        )
+        resp = stub.TriggerRetraining(trigger, metadata=bearer_metadata(ADMIN_TOKEN), timeout=10)
         assert resp.job_id
     assert metric_value(monitor, "finpredict_monitor_retraining_runs_total", trigger="manual") == runs + 1
