@@ -143,6 +143,7 @@ def test_the_schedule_runs_each_day_once_and_records_every_failure(
     out = json.loads(_cli(proc, "run", "--model", MODEL, "--schedule", "--date", str(day1)))
     assert (out["started"], out["id"], out["version"]) == (False, job.id, 3)
     _clock(ch, 1.9)
+    assert len([j for j in _jobs(ch) if j.trigger == f"schedule:{day1}"]) == 2  # set when a run starts
     assert len(calls.read_text().splitlines()) == 2
 
     # the clock jumps to day 4: days 2 and 3 are recorded as missed; day 4's window is empty

@@ -71,6 +71,12 @@ class FeedbackStore:
         self._load()
 
     def _load(self) -> None:
+        latest = self._read_latest()
+        with self._lock:
+            self._latest = latest
+
+    def _read_latest(self) -> dict[str, bytes]:
+        """Each request's latest feedback fingerprint, from the log."""
         frame = self.log.read()
         latest = {
             row["request_id"]: _fingerprint(
@@ -78,8 +84,7 @@ class FeedbackStore:
             )
             for row in frame.iter_rows(named=True)
         }
-        with self._lock:
-            self._latest = latest
+        return latest
 
     def record(
         self, items: Sequence[types_pb2.Feedback], known: Sequence[bool], now: datetime
@@ -125,8 +130,13 @@ class FeedbackStore:
 
     def prune(self, horizon: datetime | None) -> None:
         """Drops the days of feedback older than the retention ``horizon`` (and forgets them)."""
-        if horizon is not None and self.log.prune(horizon):
-            self._load()
+        if horizon is None:
+            return
+        # one step under the lock: a record() between the removal and the reload would compare
+        # against fingerprints of feedback that is gone
+        with self._lock:
+            if self.log.prune(horizon):
+                self._latest = self._read_latest()
 
 
 def override_labels(log: DayLog, since: datetime, as_of: datetime) -> pl.DataFrame:

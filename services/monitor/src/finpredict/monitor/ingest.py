@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -111,7 +112,7 @@ class GroupCommit(Generic[R]):
 
     def __init__(self, commit: Callable[[list[IngestBatch]], Awaitable[list[R]]]) -> None:
         self._commit = commit
-        self._queue: list[tuple[IngestBatch, asyncio.Future[R]]] = []
+        self._queue: deque[tuple[IngestBatch, asyncio.Future[R]]] = deque()
         self._worker: asyncio.Task[None] | None = None
 
     async def submit(self, batch: IngestBatch) -> R:
@@ -128,7 +129,7 @@ class GroupCommit(Generic[R]):
             group: list[tuple[IngestBatch, asyncio.Future[R]]] = []
             size = 0
             while self._queue and (not group or size + len(self._queue[0][0]) <= MAX_GROUP_RECORDS):
-                item = self._queue.pop(0)
+                item = self._queue.popleft()
                 group.append(item)
                 size += len(item[0])
             try:

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from finpredict.common.fsio import write_atomic
 from finpredict.monitor import metrics as m
 
 log = logging.getLogger("finpredict.monitor.retrain")
@@ -144,7 +145,7 @@ class Retrainer:
                 )
         if len(lines) > 2 * MAX_FINISHED_JOBS:  # keep the file short
             text = "".join(json.dumps(j.to_json()) + "\n" for j in jobs[-MAX_FINISHED_JOBS:])
-            path.write_text(text)
+            write_atomic(path, text.encode())
         return jobs[-MAX_FINISHED_JOBS:]
 
     def _finish(self, job: Job, error: str = "", notify: bool = True) -> None:
