@@ -48,17 +48,14 @@ from finpredict.gateway.stats.skew import SCORE_COLUMN
 def arm_counts(window: VariantWindow) -> ArmCounts:
     """A variant's window as the statistics count it (the score grids are the same), with the
     delayed labels that arrived during the window (whenever their prediction was served)."""
-    labels = window.outcomes
-    return ArmCounts(
+    counts = ArmCounts(
         requests=window.requests,
         errors=window.errors,
         approved=window.approved,
         score_counts=window.score_counts.astype(np.int64),
-        defaulted=labels.defaulted.copy(),
-        repaid=labels.repaid.copy(),
-        labeled_approved=labels.labeled_approved,
-        labeled_approved_defaults=labels.labeled_approved_defaults,
     )
+    counts.merge(window.outcomes)
+    return counts
 
 
 def cumulative_strata(

@@ -255,41 +255,33 @@ class ScoringCore:
         return self._results(apps, scored, served_route)
 
     def _measure(self, model: str, m: Measure) -> None:
-        route, n, ok, elapsed_ms, scored, apps, info = (
-            m.route,
-            m.n,
-            m.ok,
-            m.elapsed_ms,
-            m.scored,
-            m.apps,
-            m.info,
-        )
+        route, ok, scored = m.route, m.ok, m.scored
         version = str(route.version)
         trace_id = current_trace_id()
         metrics.SCORE_SECONDS.labels(model, version, route.variant).observe(
-            elapsed_ms / 1000, exemplar={"trace_id": trace_id} if trace_id else None
+            m.elapsed_ms / 1000, exemplar={"trace_id": trace_id} if trace_id else None
         )
         # Both outcome series exist from the first request, so rate() sees the first error.
-        metrics.SCORED_TOTAL.labels(model, version, route.variant, "ok" if ok else "error").inc(n)
+        metrics.SCORED_TOTAL.labels(model, version, route.variant, "ok" if ok else "error").inc(m.n)
         metrics.SCORED_TOTAL.labels(model, version, route.variant, "error" if ok else "ok")
         if route.rollout_id:
-            columns = info.columns if info is not None else None
+            columns = m.info.columns if m.info is not None else None
             self.controller.live.record_batch(
                 route.rollout_id,
                 route.variant,
-                n,
+                m.n,
                 ok=ok,
-                latency_ms=elapsed_ms,
+                latency_ms=m.elapsed_ms,
                 scores=[p.score for p in scored.predictions] if scored is not None else (),
                 threshold=scored.threshold if scored is not None else None,
-                inputs=[a.features for a in apps] if columns is not None else (),
+                inputs=[a.features for a in m.apps] if columns is not None else (),
                 columns=columns,
             )
         elif route.experiment_id:
             self.controller.live.experiments.record(
                 route.experiment_id,
                 route.arm,
-                n,
+                m.n,
                 ok=ok,
                 scores=[p.score for p in scored.predictions] if scored is not None else (),
                 threshold=scored.threshold if scored is not None else None,

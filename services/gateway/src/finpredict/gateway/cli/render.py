@@ -47,7 +47,7 @@ def thresholds_line(t: pb.AnalysisThresholds) -> str:
     return (
         f"error rate increase ≤ {t.max_error_rate_increase:g}, p99 ≤ {t.max_p99_latency_ms:g} ms, "
         f"p99 ratio ≤ {t.max_p99_latency_ratio:g}, score PSI ≤ {t.max_score_psi:g}, "
-        f"score KL ≤ {t.max_score_kl:g}, AUC drop ≤ {t.max_auc_drop:g}"
+        f"score KL ≤ {t.max_score_kl:g}, AUC drop reported against {t.max_auc_drop:g}"
     )
 
 
