@@ -36,7 +36,15 @@ from typing import Any
 
 import grpc
 
-from benchmarks.benchkit import REPO, load_average, machine_info, median, percentile
+from benchmarks.benchkit import (
+    REPO,
+    cpu_seconds,
+    load_average,
+    machine_busy_seconds,
+    machine_info,
+    median,
+    percentile,
+)
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.common.auth import bearer_metadata
@@ -75,19 +83,6 @@ def probe(i: int, now: datetime) -> bytes:
     )
     record.time.FromDatetime(now)
     return pb.IngestPredictionsRequest(records=[record]).SerializeToString()
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0  # utime + stime, clock ticks of 1/100 s
-
-
-def _busy_s() -> float:
-    """CPU seconds the whole machine spent busy (all cores, all processes) since boot."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
-    )
-    return (user + nice + system + irq + softirq + steal) / 100.0
 
 
 async def _run(target: str, streams: int, records: int, blob: bytes, pid: int) -> dict[str, Any]:
@@ -153,14 +148,14 @@ async def _run(target: str, streams: int, records: int, blob: bytes, pid: int) -
                 await asyncio.sleep(POLL_S)
             await asyncio.sleep(max(0.0, PROBE_EVERY_S - (loop.time() - t0)))
 
-    cpu0, busy0, client0 = _cpu_s(pid), _busy_s(), time.process_time()
+    cpu0, busy0, client0 = cpu_seconds(pid), machine_busy_seconds(), time.process_time()
     start = loop.time()
     prober = asyncio.create_task(probes())
     await asyncio.gather(*(stream(k) for k in range(streams)))
     elapsed = loop.time() - start
     done.set()
     await prober
-    cpu, busy, client = _cpu_s(pid) - cpu0, _busy_s() - busy0, time.process_time() - client0
+    cpu, busy, client = cpu_seconds(pid) - cpu0, machine_busy_seconds() - busy0, time.process_time() - client0
     for ch in channels:
         await ch.close()
     acks.sort()
