@@ -327,10 +327,12 @@ def replay_days(world: World, days: int) -> None:
         rollout = wait_for(partial(_rollout_of, world, job.version), 30, f"the canary of v{job.version}")
         assert rollout.started_by == "registry-policy"
         assert f"trigger schedule:{day}" in rollout.decisions[0].reason, rollout.decisions[0].reason
-        # every version scores alike on the stand-in model server: anything but a promotion is
-        # the gateway's fault
+        # the analysis ends it (never an abort): the stand-in model server scores every version
+        # alike, so the candidate's served scores need not match its own validation profile and the
+        # consistency check may roll it back; this test checks the hand-off, not the model
         final = _until_decided(world, rollout.id, rng)
-        assert final.state == rpb.ROLLOUT_STATE_PROMOTED, [(d.verdict, d.reason) for d in final.decisions]
+        assert final.state in (rpb.ROLLOUT_STATE_PROMOTED, rpb.ROLLOUT_STATE_ROLLED_BACK), final.state
+        assert final.decisions[-1].verdict in ("promoted", "rollback"), final.decisions[-1]
 
 
 @pytest.mark.slow
