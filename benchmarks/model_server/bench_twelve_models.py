@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import itertools
 import json
 import statistics
@@ -42,7 +41,7 @@ from typing import Any
 import grpc
 import yaml  # type: ignore[import-untyped]
 
-from benchmarks.benchkit import error_kind, load_average, machine_info
+from benchmarks.benchkit import error_kind, load_average, machine_info, utc_now
 from finpredict.api.scoring.v1 import scoring_pb2 as spb
 from finpredict.api.scoring.v1 import scoring_pb2_grpc as spb_grpc
 from finpredict.model_server.config import DEFAULT_SERVE_CONFIG
@@ -193,7 +192,7 @@ def main() -> int:
         results = asyncio.run(run(args, Path(tmp)))
     out = {
         "benchmark": "twelve_models",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "machine": machine_info(),
         "load_average_before": load_before,
         "settings": {

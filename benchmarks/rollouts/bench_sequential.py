@@ -8,8 +8,9 @@ interval (see ``finpredict.gateway.stats.simulate`` for the population and the c
   Bin(rollouts, alpha).
 * ``unit_shift`` (debt_service_coverage in percent in training), ``halved_odds`` (calibration
   off by a factor 2 in odds, in training too), ``auc_loss`` (about 2 AUC points lost, same
-  score distribution), ``miscalibrated`` (scores pushed toward 0.5, same ranking): the detection
-  rate and the median canary requests (and look) to detection.
+  score distribution), ``miscalibrated`` (scores pushed toward 0.5, same ranking), ``slow`` (the
+  same model 3x slower: its single-application calls against the 50 ms SLO and 1.5x stable's
+  p99): the detection rate and the median canary requests (and look) to detection.
 * The naive baseline: the same checks with each sequential test replaced by the fixed-sample
   z-test at the same alpha share, re-run at every look (``StatLimits(boundary="fixed")``).
 

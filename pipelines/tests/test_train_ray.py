@@ -83,7 +83,7 @@ def test_distributed_training_registers_with_the_lineage_of_a_local_run(
     params["train"]["backend"] = "ray"
     repo.set_params(params)
     # The cluster is up for the train stage only: its idle processes would weigh on the
-    # latency gate of the evaluate stage on a small machine.
+    # compute gate of the evaluate stage on a small machine.
     with ray_cluster({}, num_cpus=1, workers=1, worker_cpus=1) as cluster:
         repo.env["FINPREDICT_TRAIN_RAY_ADDRESS"] = cluster.address
         repro(repo, ["train"], "train")

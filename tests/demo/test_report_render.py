@@ -39,7 +39,7 @@ def synthetic_report(seed: int = 7) -> Any:
     gates = [
         ("auc_roc", 0.861, 0.82, ">="),
         ("ece", 0.021, 0.05, "<="),
-        ("latency_p99_ms", 9.4, 50.0, "<="),
+        ("compute_p99_ms", 9.4, 50.0, "<="),
         ("demographic_parity_diff", 0.031, 0.05, "<="),
     ]
     v1 = dr.VersionRow(

@@ -1,5 +1,6 @@
 """The inhibition rules of infra/alertmanager on a real Alertmanager: an alert the monitor posts
-itself silences the Prometheus early warning for the same model version (and feature) only."""
+itself silences the Prometheus early warning for the same model version (and feature) only; a
+variant's 100 ms p99 page silences its 50 ms p99 SLO ticket only."""
 
 from __future__ import annotations
 
@@ -18,13 +19,12 @@ from finpredict.testkit.process import wait_for
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 
 
-@pytest.fixture(scope="module")
-def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[Daemon]:
+    """One Alertmanager per test: each test sees only the alerts it posted."""
     receiver = WebhookReceiver().start()
     config = (INFRA / "alertmanager" / "alertmanager.dev.yml").read_text()
-    daemon = start_alertmanager(
-        tmp_path_factory.mktemp("am-inhibit"), config.replace("http://127.0.0.1:9095/alerts", receiver.url)
-    )
+    daemon = start_alertmanager(tmp_path / "am", config.replace("http://127.0.0.1:9095/alerts", receiver.url))
     yield daemon
     daemon.stop()
     receiver.stop()
@@ -92,3 +92,34 @@ def test_the_monitors_own_alert_inhibits_the_prometheus_backstop_of_the_same_ver
     assert not inhibited("FinpredictAccuracyDrop", "credit-default", "2", "")
     assert not inhibited("FinpredictScoreDrift", "credit-default", "3", "")
     assert not inhibited("FinpredictModelFeaturePsi3d", "credit-default", "3", "debt")
+
+
+def test_a_variants_p99_page_inhibits_its_slo_ticket_only(alertmanager: Daemon) -> None:
+    serving = {"severity": "warning", "slo": "latency", "team": "serving"}
+    page = {**serving, "alertname": "FinpredictVariantP99LatencyHigh", "severity": "critical"}
+    ticket = {**serving, "alertname": "FinpredictVariantP99AboveSlo"}
+    _post(
+        alertmanager,
+        [
+            {**page, "model": "credit-default", "variant": "canary"},
+            {**ticket, "model": "credit-default", "variant": "canary"},
+            {**ticket, "model": "credit-default", "variant": "stable"},
+            {**ticket, "model": "fraud", "variant": "canary"},
+        ],
+    )
+    expected = {
+        ("FinpredictVariantP99LatencyHigh", "credit-default", "canary"): False,
+        ("FinpredictVariantP99AboveSlo", "credit-default", "canary"): True,
+        # another variant of the model, the same variant of another model: notified
+        ("FinpredictVariantP99AboveSlo", "credit-default", "stable"): False,
+        ("FinpredictVariantP99AboveSlo", "fraud", "canary"): False,
+    }
+
+    def inhibited() -> dict[tuple[str, ...], bool] | None:
+        got = {
+            tuple(a["labels"][k] for k in ("alertname", "model", "variant")): bool(a["status"]["inhibitedBy"])
+            for a in alertmanager.get_json("/api/v2/alerts")
+        }
+        return got if got == expected else None
+
+    wait_for(inhibited, 30, f"Alertmanager to list and inhibit the alerts as {expected}")

@@ -1,7 +1,8 @@
 """Delayed labels in the live analysis, without servers: the predictions the monitor matched to
-outcomes go to the open window of the rollout variant that served their version, or to the
-experiment arm of their version; every replica publishes its experiment counts to the shared
-state and any replica sums them into per-arm statistics that cover the simulation's truth."""
+outcomes go to the arm that served them, by the rollout or experiment id they were logged with (the
+open window of that rollout's variant, or that experiment's arm; a prediction served before or
+outside them counts in none); every replica publishes its experiment counts to the shared state and
+any replica sums them into per-arm statistics that cover the simulation's truth."""
 
 from __future__ import annotations
 
@@ -24,13 +25,25 @@ from finpredict.gateway.state.windows import WindowStore
 THRESHOLD = 0.3
 
 
-def labelled(model: str, version: int, score: float, defaulted: bool) -> monitor_pb2.LabelledPrediction:
+def labelled(
+    model: str,
+    version: int,
+    score: float,
+    defaulted: bool,
+    *,
+    variant: str,
+    rollout_id: str = "",
+    experiment_id: str = "",
+) -> monitor_pb2.LabelledPrediction:
     return monitor_pb2.LabelledPrediction(
         request_id=f"r-{version}-{score}",
         model=types_pb2.ModelRef(name=model, version=version),
         score=score,
         threshold=THRESHOLD,
         defaulted=defaulted,
+        variant=variant,
+        rollout_id=rollout_id,
+        experiment_id=experiment_id,
     )
 
 
@@ -40,18 +53,22 @@ def _ignored() -> float:
     return value
 
 
-def test_labels_go_to_the_variant_that_served_their_version() -> None:
+def test_labels_go_to_the_rollout_arm_that_served_them() -> None:
     live = LiveRollouts()
+    earlier = Rollout("credit", 1, 2, steps=[5.0, 100.0])  # ended, then restarted for the same version
     rollout = Rollout("credit", 1, 2, steps=[5.0, 100.0])
     live.apply([rollout])
     ignored = _ignored()
     live.record_outcomes(
         [
-            labelled("credit", 2, 0.1, True),  # canary, approved, defaulted
-            labelled("credit", 2, 0.8, False),  # canary, declined
-            labelled("credit", 1, 0.2, False),  # stable, approved
-            labelled("credit", 7, 0.2, True),  # a version the rollout does not serve
-            labelled("other", 2, 0.2, True),  # a model without a rollout or an experiment
+            labelled("credit", 2, 0.1, True, variant="canary", rollout_id=rollout.id),  # approved, defaulted
+            labelled("credit", 2, 0.8, False, variant="canary", rollout_id=rollout.id),  # declined
+            labelled("credit", 1, 0.2, False, variant="stable", rollout_id=rollout.id),  # approved
+            # served by the same versions before this rollout: by stable alone, by the earlier rollout
+            labelled("credit", 1, 0.1, True, variant="stable"),
+            labelled("credit", 2, 0.1, True, variant="canary", rollout_id=earlier.id),
+            labelled("credit", 1, 0.1, True, variant="stable", rollout_id=earlier.id),
+            labelled("other", 2, 0.2, True, variant="stable"),  # a model without a rollout or an experiment
         ],
         {},
     )
@@ -61,7 +78,7 @@ def test_labels_go_to_the_variant_that_served_their_version() -> None:
     canary, stable = arm_counts(window.canary), arm_counts(window.stable)
     assert (canary.labeled, canary.labeled_approved, canary.labeled_approved_defaults) == (2, 1, 1)
     assert (stable.labeled, stable.labeled_approved, stable.labeled_approved_defaults) == (1, 1, 0)
-    assert _ignored() == ignored + 2
+    assert _ignored() == ignored + 4
     # published with the window: the leader reads the labels back from the shared state
     (_, _, text), *_ = live.unpublished()
     assert '"outcomes"' in text
@@ -83,7 +100,8 @@ def test_every_replicas_experiment_counts_add_up_to_intervals_that_cover_the_tru
             score = float(rng.beta(2, 5))
             live.experiments.record(exp.id, arm.name, 1, ok=True, scores=[score], threshold=THRESHOLD)
             served[arm.name] += 1
-            row = labelled("credit", arm.version, score, bool(rng.random() < truth[arm.name]))
+            defaulted = bool(rng.random() < truth[arm.name])
+            row = labelled("credit", arm.version, score, defaulted, variant=arm.name, experiment_id=exp.id)
             live.record_outcomes([row], {"credit": exp})
         store.publish(live.unpublished())
     live_a, store_a = replicas["a"]
@@ -99,6 +117,32 @@ def test_every_replicas_experiment_counts_add_up_to_intervals_that_cover_the_tru
     effect = next(e for e in comparison["effects"] if e["metric"] == "default_rate")
     assert effect["lower"] <= truth["treatment"] - truth["control"] <= effect["upper"], effect
     assert comparison["recommendation"] == "stop_a_better"
-    # the labels of an arm whose version another arm shares could be either's: none are counted
-    shared = Experiment("credit", [Arm("a", 1, 50.0), Arm("b", 1, 50.0)])
-    assert not LiveRollouts().experiments.record_outcomes(shared, 1, [0.1], [True], THRESHOLD)
+
+
+def test_a_version_serving_in_several_arms_gets_each_arms_labels_to_that_arm() -> None:
+    """One version in two arms of an experiment, and as the canary of a rollout of the same model:
+    each label counts for the arm that served its prediction, and only there."""
+    live = LiveRollouts()
+    exp = Experiment("credit", [Arm("a", 2, 50.0), Arm("b", 2, 50.0)])
+    rollout = Rollout("credit", 1, 2, steps=[5.0, 100.0])
+    live.apply([rollout])
+    ignored = _ignored()
+    live.record_outcomes(
+        [
+            labelled("credit", 2, 0.1, True, variant="a", experiment_id=exp.id),
+            labelled("credit", 2, 0.1, False, variant="b", experiment_id=exp.id),
+            labelled("credit", 2, 0.8, True, variant="b", experiment_id=exp.id),
+            labelled("credit", 2, 0.1, False, variant="canary", rollout_id=rollout.id),
+            labelled("credit", 2, 0.1, True, variant="c", experiment_id=exp.id),  # no such arm
+            labelled("credit", 2, 0.1, True, variant="a", experiment_id="stopped0000"),  # not running
+        ],
+        {"credit": exp},
+    )
+    arms = live.experiments.counts(exp.id)
+    assert (arms["a"].labeled, arms["a"].labeled_approved_defaults) == (1, 1)
+    assert (arms["b"].labeled, arms["b"].labeled_approved, arms["b"].labeled_approved_defaults) == (2, 1, 0)
+    window = live.window(rollout.id)
+    assert window is not None
+    canary, stable = arm_counts(window.canary), arm_counts(window.stable)
+    assert (canary.labeled, canary.labeled_approved_defaults, stable.labeled) == (1, 0, 0)
+    assert _ignored() == ignored + 2

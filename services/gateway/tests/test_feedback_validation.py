@@ -108,7 +108,8 @@ def test_the_sdk_refuses_bad_feedback_before_sending() -> None:
     [
         (["--verdict", "maybe"], "--verdict: one of confirmed, disputed, overridden"),
         (["--verdict", "overridden", "--label", "late"], "--label: defaulted or repaid"),
-        (["--verdict", "confirmed", "--label", "repaid"], "--label: only with --verdict overridden"),
+        (["--verdict", "confirmed", "--label", "repaid"], "--label: only with the verdict overridden"),
+        (["--verdict", "disputed", "--reason", "x" * 2001], "--reason: at most 2000 characters"),
     ],
 )
 def test_the_cli_refuses_bad_usage(args: list[str], message: str) -> None:

@@ -219,8 +219,13 @@ def test_the_leaders_window_is_the_exact_sum_of_every_replicas_traffic(fleet: Fl
         decision = wait_for(leaders_sum, 10, f"the leader to analyse {dict(sent)} from three replicas")
         assert decision.replica == leader
         for replica in fleet.all():
-            got = replica.client.rollout(rollout.id)
-            assert {m.variant: m.requests for m in got.metrics} == sent
+            # each replica reads the decision from the shared state when it next polls it
+
+            def synced(replica: Replica = replica) -> rpb.Rollout | None:
+                got = replica.client.rollout(rollout.id)
+                return got if {m.variant: m.requests for m in got.metrics} == sent else None
+
+            got = wait_for(synced, 10, f"{replica.name} to show the leader's window {dict(sent)}")
             assert (got.window_replicas, got.leader) == (3, leader)
     finally:
         a.client.abort(rollout.id)

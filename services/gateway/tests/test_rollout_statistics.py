@@ -176,8 +176,11 @@ async def test_counts_since_the_start_survive_a_change_of_leader_and_decisions_r
         "1 replica merged",
         "window n canary/stable",
         "error_rate ",
+        "margin ",
         "stat ",
         "SRM ok p ",
+        "latency_slo ",
+        "stable over the latency SLO",
         "alpha 0.05",
     ):
         assert needle in drove, drove

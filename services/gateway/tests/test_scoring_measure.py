@@ -5,7 +5,8 @@ model-server calls. If each group were recorded when its own call returned, an a
 between the two would count stable's rows and not yet the canary's: a split that does not match
 its weights, which the sample-ratio test halts on (found by the 14-day scheduled-retraining
 replay). The groups are recorded together once both have answered, and a failed group is
-recorded too.
+recorded too. Each group carries the size of its whole call: a canary group of one application
+from a batch call is not a single-application call (the latency SLO judges only those).
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ class _Rollout:
 
 @dataclass
 class _Live:
-    recorded: list[tuple[str, int, bool]] = field(default_factory=list)
+    recorded: list[tuple[str, int, bool, int]] = field(default_factory=list)
 
-    def record_batch(self, rollout_id: str, variant: str, n: int, *, ok: bool, **_: Any) -> None:
-        self.recorded.append((variant, n, ok))
+    def record_batch(
+        self, rollout_id: str, variant: str, n: int, *, ok: bool, call_size: int, **_: Any
+    ) -> None:
+        self.recorded.append((variant, n, ok, call_size))
 
 
 @dataclass
@@ -108,4 +111,14 @@ async def test_a_split_request_is_recorded_only_when_every_group_has_answered(ca
     backend.release_canary.set()
     results = await asyncio.wait_for(task, timeout=5)
     assert len(results) == 4
-    assert sorted(controller.live.recorded) == sorted([("stable", 3, True), ("canary", 1, not canary_fails)])
+    assert sorted(controller.live.recorded) == sorted(
+        [("stable", 3, True, 4), ("canary", 1, not canary_fails, 4)]
+    )
+
+
+async def test_a_single_application_call_is_recorded_as_one() -> None:
+    backend, controller = _Backend(), _Controller()
+    backend.release_canary.set()
+    core = _core(backend, controller)
+    await asyncio.wait_for(core.score(MODEL, [Application(entity_id="c1", features={})]), timeout=5)
+    assert controller.live.recorded == [("canary", 1, True, 1)]

@@ -49,10 +49,18 @@ def test_a_healthy_canary_passes_and_the_record_is_json() -> None:
     assert verdict.action == "pass"
     assert not verdict.reasons
     doc = json.loads(json.dumps(verdict.to_dict(), allow_nan=False))
-    assert {t["metric"] for t in doc["tests"]} == {"error_rate", "approval_rate", "default_rate", "auc"}
+    assert {t["metric"] for t in doc["tests"]} == {
+        "error_rate",
+        "approval_rate",
+        "default_rate",
+        "auc",
+        "latency_slo",
+        "latency_ratio",
+    }
     auc = next(t for t in doc["tests"] if t["metric"] == "auc")
     assert auc["n_canary"] == 1000
-    assert auc["alpha_spent"] == pytest.approx(0.05 * 0.2 / 0.8)
+    # gating shares: error rate, default rate, AUC 0.2 each; calibration 0.1 x 2; latency 0.1 x 2
+    assert auc["alpha_spent"] == pytest.approx(0.05 * 0.2 / 1.0)
     assert doc["calibration"]["labeled"] == 1000
     assert doc["expected"]["canary"]["n"] == 1000
 

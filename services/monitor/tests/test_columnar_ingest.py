@@ -23,7 +23,7 @@ from finpredict.monitor.config import DEFAULT_RULES_FILE
 from finpredict.monitor.engine import Engine
 from finpredict.monitor.ingest import decode_request
 from finpredict.monitor.profiles import ProfileCache
-from finpredict.monitor.records import IngestBatch, predictions_frame
+from finpredict.monitor.records import IngestBatch, OutcomeIn, predictions_frame
 from finpredict.monitor.rules import load_rules
 from finpredict.monitor.service import record_from_proto
 from finpredict.testkit.monitor import MODEL, StartMonitor, stub
@@ -44,6 +44,15 @@ def _encode(records: list[pb.PredictionRecord]) -> bytes:
     return pb.IngestPredictionsRequest(records=records).SerializeToString()
 
 
+def _length(n: int) -> bytes:
+    """``n`` as a protobuf varint."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes([*out, n])
+
+
 def _by_protobuf(data: bytes) -> pl.DataFrame:
     return predictions_frame(
         [record_from_proto(r) for r in pb.IngestPredictionsRequest.FromString(data).records]
@@ -62,6 +71,8 @@ def test_a_request_decodes_column_by_column_as_protobuf_does() -> None:
             score=math.inf,
             reason_codes=[types_pb2.ReasonCode(code="R1", feature="f", contribution=1e-5, description="é")],
         ),
+        pb.PredictionRecord(request_id="e", variant="canary", rollout_id="r0ll0ut"),
+        pb.PredictionRecord(request_id="f", variant="treatment", experiment_id="exp€r"),
     ]
     edge[2].time.seconds, edge[2].time.nanos = 1_700_000_000, 999_999_600  # rounds up a second
     edge[3].time.seconds = 300_000_000_000  # past the year 9000: the epoch, refused by validation
@@ -88,6 +99,14 @@ def test_a_request_decodes_column_by_column_as_protobuf_does() -> None:
     refused = [pb.PredictionRecord(request_id="r", review=pb.REVIEW_KIND_REFUSED)]
     for records in (mixed, refused):
         assert isinstance(decode_request(_encode(records)), pb.IngestPredictionsRequest)
+    # a field number the reader does not know (a field added to the contract later), in the record
+    # or in a message inside it, is never skipped: protobuf's path decides what to keep of it
+    record = _records(1, "u")[0].SerializeToString()
+    model = types_pb2.ModelRef(name=MODEL, version=1).SerializeToString() + b"\xa0\x06\x01"  # field 100
+    for piece in (record + b"\xa0\x06\x01", record + b"\x1a" + bytes([len(model)]) + model):
+        data = b"\x0a" + _length(len(piece)) + piece
+        assert isinstance(decode_request(data), pb.IngestPredictionsRequest)
+        assert pb.IngestPredictionsRequest.FromString(data).records[0].request_id == "u-0"
     with pytest.raises(DecodeError):
         decode_request(b"\xff\xff\xff\xff garbage")
 
@@ -124,6 +143,46 @@ def test_validation_column_by_column_refuses_what_record_by_record_does(
     assert "records[13].score" in by_records.ingest([record_from_proto(r) for r in records], 10)[3]
     stored = [e.store.read_predictions().sort("request_id") for e in engines]
     assert_frame_equal(stored[0], stored[1])
+
+
+def test_an_outcome_names_the_arm_that_served_its_prediction_after_restarts_and_on_older_data(
+    engines: tuple[Engine, Engine], tmp_path: Path
+) -> None:
+    """The arm a prediction was logged with (variant, rollout id, experiment id), read column by
+    column, comes back with its outcome: live, after a restart from the logs and from a snapshot.
+    Logs and snapshots written before the ids existed still load (no rollout, no experiment)."""
+    engine = engines[0]
+    old, new = _records(2, "old"), _records(3, "new")
+    new[0].variant, new[0].rollout_id = "canary", "rollout-1"
+    new[1].variant, new[1].experiment_id = "treatment", "exp-1"
+    new[2].variant, new[2].rollout_id = "stable", "rollout-2"
+    for batch in (old, new):
+        frame = decode_request(_encode(batch))
+        assert isinstance(frame, pl.DataFrame)
+        assert engine.ingest_batches([IngestBatch(frame=frame)])[0][0] == len(batch)
+    for f in (engine.data_dir / "predictions").rglob("*.parquet"):  # the old batch as stored before
+        stored = pl.read_parquet(f)
+        if stored["request_id"].str.starts_with("old").all():
+            stored.drop("rollout_id", "experiment_id").write_parquet(f)
+
+    def arm(e: Engine, request_id: str) -> tuple[str, str, str]:
+        counts, _ = e.record_outcomes([OutcomeIn(request_id, "", True, datetime.now(UTC), None)])
+        (x,) = counts.labelled
+        return x.variant, x.rollout_id, x.experiment_id
+
+    def restarted() -> Engine:
+        return Engine(engine.data_dir, ProfileCache(tmp_path / "profiles"), load_rules(DEFAULT_RULES_FILE))
+
+    assert arm(engine, "new-0") == ("canary", "rollout-1", "")
+    from_logs = restarted()
+    assert arm(from_logs, "new-1") == ("treatment", "", "exp-1")
+    assert arm(from_logs, "old-0") == (old[0].variant, "", "")
+    from_logs.snapshot()
+    assert arm(restarted(), "new-2") == ("stable", "rollout-2", "")
+    snapshot = engine.data_dir / "snapshot"
+    index = snapshot / (snapshot / "CURRENT").read_text().strip() / "index.parquet"
+    pl.read_parquet(index).drop("variant", "rollout_id", "experiment_id").write_parquet(index)
+    assert arm(restarted(), "old-1") == ("", "", "")  # a snapshot of an earlier release: none known
 
 
 def test_a_group_commit_deduplicates_across_batches_and_writes_one_file_per_partition(

@@ -125,12 +125,12 @@ def test_cli_policy_shows_checks_and_sets_the_promotion_policy(reg: Registry) ->
     code, text = run(reg, "policy", "show", model, "--version", "1", token=READER_TOKEN)
     assert code == 0, text
     assert "the registry's default" in text
-    for rule in ("auc_roc", ">= 0.82", "ece", "latency_p99_ms", "<= 50", "demographic_parity_diff"):
+    for rule in ("auc_roc", ">= 0.82", "ece", "compute_p99_ms", "<= 50", "demographic_parity_diff"):
         assert rule in text
     assert "required lineage: git_commit, data_md5, dvc_lock_sha256, reference_profile" in text
     assert "may not become production" in text
     assert "auc_roc=0.75 (the registry requires >= 0.82)" in text
-    assert "missing required gate(s): ece, latency_p99_ms, demographic_parity_diff" in text
+    assert "missing required gate(s): ece, compute_p99_ms, demographic_parity_diff" in text
     assert "hand-off: off" in text
 
     code, text = run(reg, "policy", "set", model, "--gate", "auc_roc>=0.7", token=WRITER_TOKEN)

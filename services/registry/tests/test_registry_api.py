@@ -173,9 +173,9 @@ def test_register_alias_rollback_history_search_lineage_round_trip(registry: Reg
     assert lin.artifact_sha256 == sha256(artifact[::-1])
     assert [g.name for g in lin.gate_results] == [
         "auc_roc",
+        "compute_p99_ms",
         "demographic_parity_diff",
         "ece",
-        "latency_p99_ms",
     ]
     assert dict(lin.metrics) == {"auc_roc": 0.85}
     assert v1_now.feature_schema == schema
@@ -238,7 +238,7 @@ def test_promoting_a_gate_failing_version_is_refused_and_changes_nothing(
     good = register(admin, model, b"good", **promotable())
     failing = [gate("auc_roc", 0.6, 0.82), gate("ece", 0.09, 0.05, ge=False)]
     passing = [
-        gate("latency_p99_ms", 10, 50, ge=False),
+        gate("compute_p99_ms", 10, 50, ge=False),
         gate("demographic_parity_diff", 0.01, 0.05, ge=False),
     ]
     bad = register(admin, model, b"bad", **promotable(gate_results=failing + passing))
@@ -253,11 +253,11 @@ def test_promoting_a_gate_failing_version_is_refused_and_changes_nothing(
     assert code_of(exc) == grpc.StatusCode.FAILED_PRECONDITION
     assert "auc_roc=0.6 (the registry requires >= 0.82)" in details_of(exc)
     assert "ece=0.09 (the registry requires <= 0.05)" in details_of(exc)
-    assert "latency_p99_ms" not in details_of(exc)
+    assert "compute_p99_ms" not in details_of(exc)
     with pytest.raises(grpc.RpcError) as exc:
         set_alias(admin, model, "production", gateless.version)
     assert code_of(exc) == grpc.StatusCode.FAILED_PRECONDITION
-    assert "missing required gate(s): auc_roc, ece, latency_p99_ms, demographic_parity_diff" in details_of(
+    assert "missing required gate(s): auc_roc, ece, compute_p99_ms, demographic_parity_diff" in details_of(
         exc
     )
     assert aliases(admin, model) == state
@@ -309,7 +309,7 @@ def test_policy_changes_need_admin_are_audited_and_hold_for_every_move_of_produc
     assert [(g.name, g.comparator, g.threshold) for g in default.gates] == [
         ("auc_roc", types_pb2.COMPARATOR_GREATER_OR_EQUAL, 0.82),
         ("ece", types_pb2.COMPARATOR_LESS_OR_EQUAL, 0.05),
-        ("latency_p99_ms", types_pb2.COMPARATOR_LESS_OR_EQUAL, 50.0),
+        ("compute_p99_ms", types_pb2.COMPARATOR_LESS_OR_EQUAL, 50.0),
         ("demographic_parity_diff", types_pb2.COMPARATOR_LESS_OR_EQUAL, 0.05),
     ]
     assert list(default.required_lineage) == [

@@ -7,17 +7,21 @@ gate                       passes when  value
 =========================  ==========  ====================================================
 auc_roc                    >= 0.82     AUC-ROC on the out-of-time test split
 ece                        <= 0.05     10 equal-width bins on [0, 1], weighted by count
-latency_p99_ms             <= 50       p99 of measured single-row predictions (dict -> p),
-                                       best of ``latency_rounds`` rounds
+compute_p99_ms             <= 50       p99 of in-process single-row compute (dict -> p),
+                                       pooled over ``compute_rounds`` rounds
 demographic_parity_diff    <= 0.05     max - min approval rate (p < threshold) by group
 =========================  ==========  ====================================================
 
-The latency gate is the 99th percentile (numpy ``linear`` interpolation) of the wall time of
-``latency_rows`` single-row predictions, each timed from the request's feature dict through
-:func:`finpredict.features.records_to_matrix` to ``inplace_predict`` with one thread. The
-measurement is repeated ``latency_rounds`` times and the round with the lowest p99 is the gate
-value (other processes on a shared machine only ever add time; every round's p99 is reported in
-the gate detail, the worst as ``latency_p99_ms_worst_round``).
+The compute gate is the 99th percentile (numpy ``linear`` interpolation) of the wall time of
+single-row predictions computed in this process, each timed from the request's feature dict
+through :func:`finpredict.features.records_to_matrix` to ``inplace_predict`` with one thread:
+``compute_rows`` rows per round for ``compute_rounds`` rounds, every timing of every round
+pooled (never the best round). It is the model's own cost of scoring one application, not
+prediction latency: no server, network, batching or queueing is in it, and no request rate is
+applied. It must fit in the 50 ms serving budget; the serving p99 itself is judged where it is
+observed (the gateway's canary analysis against the stable, and the
+``FinpredictVariantP99AboveSlo`` alert in ``infra/prometheus/rules/alerts.yml``). The gate
+detail states the rows, the rounds and each round's p99.
 
 Writes ``reports/metrics.json``, ``reports/gates.json``, ``reports/plots/*.json`` (ROC,
 calibration, confusion matrix) and ``reports/wandb.json`` (the tracked run), then exits
@@ -87,22 +91,24 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 @dataclass(frozen=True)
-class Latency:
-    """Single-row prediction latencies (ms) of each measurement round."""
+class ComputeTimes:
+    """In-process single-row compute times (ms), one list per measurement round."""
 
     rounds: list[list[float]]
+
+    @property
+    def pooled(self) -> list[float]:
+        """Every timing of every round: what the gate's percentiles are taken over."""
+        return [t for r in self.rounds for t in r]
 
     @property
     def p99_by_round(self) -> list[float]:
         return [_percentile(r, 99) for r in self.rounds]
 
-    @property
-    def best_round(self) -> list[float]:
-        return self.rounds[int(np.argmin(self.p99_by_round))]
 
-
-def measure_latency_ms(model_dir: Path, inputs: pl.DataFrame, n: int, rounds: int = 3) -> Latency:
-    """Times ``n`` single-row predictions per round, each from a feature dict to a probability.
+def measure_compute_ms(model_dir: Path, inputs: pl.DataFrame, n: int, rounds: int = 3) -> ComputeTimes:
+    """Times ``n`` single-row predictions per round in this process, each from a feature dict to
+    a probability.
 
     The model is loaded as the server loads it (verified manifest, ``nthread=1``). Each
     prediction is timed on its own (``perf_counter``) from the request's feature dict through
@@ -120,7 +126,22 @@ def measure_latency_ms(model_dir: Path, inputs: pl.DataFrame, n: int, rounds: in
             loaded.booster.inplace_predict(x)
             times.append((time.perf_counter() - t0) * 1000.0)
         out.append(times)
-    return Latency(out)
+    return ComputeTimes(out)
+
+
+def compute_gate(times: ComputeTimes, threshold: float) -> Gate:
+    """The ``compute_p99_ms`` gate: the p99 of every timing of every round (never the best
+    round), its detail stating how many rows and rounds were timed and each round's p99."""
+    pooled = times.pooled
+    return Gate(
+        "compute_p99_ms",
+        _percentile(pooled, 99),
+        threshold,
+        "<=",
+        f"p99 of {len(pooled)} in-process single-row predictions (feature dict -> probability, "
+        f"nthread=1, no server), pooled over {len(times.rounds)} rounds of {len(times.rounds[0])} rows; "
+        f"p99 by round {[round(v, 2) for v in times.p99_by_round]} ms",
+    )
 
 
 def format_gate_table(gates: list[Gate]) -> str:
@@ -153,27 +174,18 @@ def main(argv: list[str] | None = None) -> None:
     cal = m.calibration(y, p, 10)
     rates = m.approval_rates(p, groups, threshold)
     dpd = m.demographic_parity_difference(p, groups, threshold)
-    latency = measure_latency_ms(
+    compute = measure_compute_ms(
         MODEL_DIR,
         pl.read_parquet(FEATURES_DIR / "test_inputs.parquet"),
-        int(ev["latency_rows"]),
-        int(ev.get("latency_rounds", 3)),
+        int(ev["compute_rows"]),
+        int(ev.get("compute_rounds", 3)),
     )
-    lat = latency.best_round
-    p50, p99 = _percentile(lat, 50), _percentile(lat, 99)
+    compute_p99 = compute_gate(compute, float(gp["compute_p99_ms_max"]))
     cm = m.confusion(y, p, threshold)
     gates = [
         Gate("auc_roc", auc, float(gp["auc_roc_min"]), ">=", f"AUC-ROC on the test split ({len(y)} rows)"),
         Gate("ece", cal.ece, float(gp["ece_max"]), "<=", "10 equal-width bins on [0,1], weighted by count"),
-        Gate(
-            "latency_p99_ms",
-            p99,
-            float(gp["latency_p99_ms_max"]),
-            "<=",
-            f"p99 of {len(lat)} single-row predictions (feature dict -> probability, nthread=1); "
-            f"best of {len(latency.rounds)} rounds, p99 by round "
-            f"{[round(v, 2) for v in latency.p99_by_round]} ms",
-        ),
+        compute_p99,
         Gate(
             "demographic_parity_diff",
             dpd,
@@ -185,9 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     metrics: dict[str, float] = {
         "auc_roc": auc,
         "ece": cal.ece,
-        "latency_p50_ms": p50,
-        "latency_p99_ms": p99,
-        "latency_p99_ms_worst_round": max(latency.p99_by_round),
+        "compute_p50_ms": _percentile(compute.pooled, 50),
+        "compute_p99_ms": compute_p99.value,
         "demographic_parity_diff": dpd,
         "approval_rate": m.approval_rate(p, threshold),
         "default_rate_test": m.default_rate(y),

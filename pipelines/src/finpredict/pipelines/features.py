@@ -8,7 +8,7 @@ The features are computed by :func:`finpredict.features.transform` - the module 
 server imports - so training and serving share one code path. Each split is written to
 ``data/features/<split>.parquet`` with the model features, the label, the protected attribute,
 the timestamp and the id; ``<split>_inputs.parquet`` keeps the raw input columns of the training
-set (for the reference profile) and the test set (for the single-row latency gate and the skew
+set (for the reference profile) and the test set (for the single-row compute gate and the skew
 check), row-aligned with ``<split>.parquet``.
 """
 

@@ -4,11 +4,14 @@
 //! Only what the monitor stores is read (`finpredict.monitor.v1.PredictionRecord`: request_id=1,
 //! entity_id=2, model=3 {name=1, version=2}, variant=4, features=5 map<string, FeatureValue
 //! {number=1 | category=2}>, score=6, threshold=7, latency_ms=8, trace_id=9, time=10 {seconds=1,
-//! nanos=2}, reason_codes=11 {code=1, feature=2, contribution=3, description=4}); a record with a
-//! review kind (12) is left to protobuf; unknown fields are skipped (review_detail=13 only checked). Fields are read in order into the same record, so a repeated field or message
+//! nanos=2}, reason_codes=11 {code=1, feature=2, contribution=3, description=4}, rollout_id=14,
+//! experiment_id=15); a record with a review kind (12) is left to protobuf; review_detail=13 is
+//! only checked. Fields are read in order into the same record, so a repeated field or message
 //! merges as protobuf does (the last value wins). Anything this reader is not sure of (malformed
-//! bytes, groups, invalid UTF-8, a feature sent both as a number and as a category) gives `None`:
-//! the caller then decodes the request with protobuf itself, which has the final word.
+//! bytes, groups, invalid UTF-8, a feature sent both as a number and as a category, and any field
+//! number it does not know, in any of these messages: a field added to the contract later is never
+//! dropped silently) gives `None`: the caller then decodes the request with protobuf itself, which
+//! has the final word.
 
 use numpy::IntoPyArray;
 use pyo3::prelude::*;
@@ -78,21 +81,12 @@ impl<'a> Reader<'a> {
         }
         Some((field, (t & 7) as u8))
     }
+}
 
-    fn skip(&mut self, wire: u8) -> Option<()> {
-        match wire {
-            0 => self.varint().map(|_| ()),
-            1 => self.fixed64().map(|_| ()),
-            2 => self.bytes().map(|_| ()),
-            5 => {
-                let end = self.pos.checked_add(4)?;
-                self.buf.get(self.pos..end)?;
-                self.pos = end;
-                Some(())
-            }
-            _ => None, // groups (3, 4) and invalid wire types: leave it to protobuf
-        }
-    }
+/// A field this reader does not know: the whole request is left to protobuf (which keeps or
+/// stores what it knows of it), rather than the field being skipped and lost.
+fn unknown<T>() -> Option<T> {
+    None
 }
 
 fn text(b: &[u8]) -> Option<&str> {
@@ -123,6 +117,8 @@ struct Record<'a> {
     threshold: f64,
     latency_ms: f64,
     trace_id: &'a str,
+    rollout_id: &'a str,
+    experiment_id: &'a str,
     seconds: i64,
     nanos: i64,
     reasons: Vec<(&'a str, &'a str, f64, &'a str)>,
@@ -139,7 +135,7 @@ fn model_ref<'a>(r: &mut Reader<'a>, rec: &mut Record<'a>) -> Option<()> {
                 expect(w, 0)?;
                 rec.version = r.varint()? as i64;
             }
-            (_, w) => r.skip(w)?,
+            _ => return unknown(),
         }
     }
     Some(())
@@ -156,7 +152,7 @@ fn timestamp(r: &mut Reader<'_>, rec: &mut Record<'_>) -> Option<()> {
                 expect(w, 0)?;
                 rec.nanos = i64::from(r.varint()? as i32);
             }
-            (_, w) => r.skip(w)?,
+            _ => return unknown(),
         }
     }
     Some(())
@@ -182,7 +178,7 @@ fn reason<'a>(r: &mut Reader<'a>) -> Option<(&'a str, &'a str, f64, &'a str)> {
                 expect(w, 2)?;
                 out.3 = text(r.bytes()?)?;
             }
-            (_, w) => r.skip(w)?,
+            _ => return unknown(),
         }
     }
     Some(out)
@@ -199,7 +195,7 @@ fn feature_value<'a>(r: &mut Reader<'a>, value: &mut Value<'a>) -> Option<()> {
                 expect(w, 2)?;
                 *value = Value::Category(text(r.bytes()?)?);
             }
-            (_, w) => r.skip(w)?,
+            _ => return unknown(),
         }
     }
     Some(())
@@ -355,10 +351,19 @@ fn record<'a>(r: &mut Reader<'a>, row: usize, features: &mut Features<'a>) -> Op
                     return None;
                 }
             }
-            (13, 2) => {
+            (13, w) => {
+                expect(w, 2)?;
                 text(r.bytes()?)?; // review_detail: not stored, but a string all the same
             }
-            (_, w) => r.skip(w)?,
+            (14, w) => {
+                expect(w, 2)?;
+                rec.rollout_id = text(r.bytes()?)?;
+            }
+            (15, w) => {
+                expect(w, 2)?;
+                rec.experiment_id = text(r.bytes()?)?;
+            }
+            _ => return unknown(),
         }
     }
     Some(rec)
@@ -380,7 +385,7 @@ fn batch(data: &[u8]) -> Option<Batch<'_>> {
                 let row = records.len();
                 records.push(record(&mut Reader::new(r.bytes()?), row, &mut features)?);
             }
-            (_, w) => r.skip(w)?,
+            _ => return unknown(),
         }
     }
     let n = records.len();
@@ -411,7 +416,7 @@ fn strings<'py, 'a>(
 
 /// The records of a serialized `IngestPredictionsRequest` as columns, or None when they are to be
 /// decoded by protobuf (see the module documentation). The dict holds `n`; lists of str
-/// `request_id`, `entity_id`, `model`, `variant`, `trace_id`; int64 arrays `version`, `seconds`,
+/// `request_id`, `entity_id`, `model`, `variant`, `trace_id`, `rollout_id`, `experiment_id`; int64 arrays `version`, `seconds`,
 /// `nanos`; float64 arrays `score`, `threshold`, `latency_ms`; `reason_codes`, a list of
 /// `(row, code, feature, contribution, description)`; and `features`, a list of `(name, column)`
 /// where a column is a float64 array (NaN: missing) or a list of str or None.
@@ -432,6 +437,8 @@ pub fn decode_prediction_batch<'py>(
     out.set_item("model", strings(py, recs, |r| r.model)?)?;
     out.set_item("variant", strings(py, recs, |r| r.variant)?)?;
     out.set_item("trace_id", strings(py, recs, |r| r.trace_id)?)?;
+    out.set_item("rollout_id", strings(py, recs, |r| r.rollout_id)?)?;
+    out.set_item("experiment_id", strings(py, recs, |r| r.experiment_id)?)?;
     let ints = |get: fn(&Record<'_>) -> i64| recs.iter().map(get).collect::<Vec<i64>>();
     let floats = |get: fn(&Record<'_>) -> f64| recs.iter().map(get).collect::<Vec<f64>>();
     out.set_item("version", ints(|r| r.version).into_pyarray(py))?;

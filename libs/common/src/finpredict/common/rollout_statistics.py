@@ -3,11 +3,12 @@
 A rollout analysis (``finpredict.rollout.v1.Decision``) carries the window's figures
 (``metrics``), how many gateway replicas' measurements it merged (``replicas``) and the
 statistics' record as JSON (``statistics``: each always-valid sequential test's estimate,
-confidence sequence, statistic against its bound and sample sizes; the sample-ratio check; the
+confidence sequence, margin, statistic against its bound and sample sizes; the sample-ratio check; the
 training/serving skew with its worst feature; prediction consistency; the label-free estimates;
-calibration). :func:`decision_statistics` turns them into the line ``finpredict rollout status``
+calibration; the latency tests' stable share over the SLO and whether both variants are over
+it). :func:`decision_statistics` turns them into the line ``finpredict rollout status``
 and the demo's report show next to each decision. A test that rejected is marked ``REJECTS``,
-a failed check ``FAILS``.
+a failed check ``FAILS``, a hold (both variants over the latency SLO) ``HOLDS``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def _test(t: Mapping[str, Any]) -> str | None:
         return None
     line = (
         f"{t['metric']} {_f(t['estimate'], '+.4f')} CS [{_f(t.get('lower'), '+.4f')}, "
-        f"{_f(t.get('upper'), '+.4f')}] stat {_f(t.get('statistic'), '.2f')}/{_f(t.get('bound'), '.2f')}"
+        f"{_f(t.get('upper'), '+.4f')}] margin {_f(t.get('margin'), 'g')} "
+        f"stat {_f(t.get('statistic'), '.2f')}/{_f(t.get('bound'), '.2f')}"
         f" n {t.get('n_canary', 0)}/{t.get('n_stable', 0)}"
     )
     return line + (" REJECTS" if t.get("reject") else "")
@@ -75,6 +77,19 @@ def _calibration(c: Mapping[str, Any]) -> str:
     )
 
 
+def _latency(latency: Mapping[str, Any], tests: list[Mapping[str, Any]]) -> str | None:
+    """Stable's share of single-application calls over the SLO (and a hold), or why the latency
+    tests did not judge yet (their lines are left out while they have no estimate)."""
+    share = latency.get("stable_share_over_slo")
+    if share is None:
+        return None
+    line = f"stable over the latency SLO {share:.1%}" + (" HOLDS" if latency.get("hold") else "")
+    slo = next((t for t in tests if t.get("metric") == "latency_slo"), None)
+    if slo is not None and slo.get("estimate") is None:
+        line += f" (latency not judged yet: {slo.get('n_canary', 0)} canary single-application calls)"
+    return line
+
+
 def summarize(statistics: Mapping[str, Any], metrics: Mapping[str, float], replicas: int) -> str:
     """The line for an analysis: replicas merged, the window's score drift against stable, then
     the statistics' record (``statistics`` as recorded; empty for other decisions)."""
@@ -104,6 +119,9 @@ def summarize(statistics: Mapping[str, Any], metrics: Mapping[str, float], repli
             parts.append(line)
         if statistics.get("calibration"):
             parts.append(_calibration(statistics["calibration"]))
+        line = _latency(statistics.get("latency") or {}, statistics.get("tests", []))
+        if line:
+            parts.append(line)
         if statistics.get("alpha") is not None:
             parts.append(f"alpha {statistics['alpha']:g}")
     return SEP.join(parts)

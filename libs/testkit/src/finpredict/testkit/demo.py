@@ -25,10 +25,12 @@ ROWS = 20_000
 SHIFT_DAY = 10
 STEPS = (5.0, 25.0, 100.0)  # the demo: 1 -> 5 -> 25 -> 100
 # The training pipeline's params for every version (the monitor's retraining run included): less
-# data, and the latency gate's best of 10 rounds (not 3) of single-row predictions, so that a
-# loaded CI machine does not fail it by accident. The gates themselves are not loosened: the
-# registry promotes only versions within its default policy (p99 <= 50 ms among them).
-PARAMS: dict[str, object] = {"data.rows": ROWS, "evaluate.latency_rounds": 10}
+# data, and the compute gate pooled over 10 rounds (not 3) of single-row predictions: a longer
+# measurement, so that a burst of load from other work on a CI machine is a smaller share of its
+# timings (every timing counts: never the best round). The gates themselves are not loosened:
+# the registry promotes only versions within its default policy (compute p99 <= 50 ms among
+# them).
+PARAMS: dict[str, object] = {"data.rows": ROWS, "evaluate.compute_rounds": 10}
 
 
 def own_stack(tmp: Path, profile: str = "embedded") -> Stack:

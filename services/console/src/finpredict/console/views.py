@@ -338,8 +338,8 @@ def thresholds(r: ropb.Rollout) -> list[tuple[str, str]]:
     t = r.thresholds
     return [
         ("max error-rate increase", number(t.max_error_rate_increase)),
-        ("max p99 latency (ms)", number(t.max_p99_latency_ms, 1)),
-        ("max p99 latency ratio", number(t.max_p99_latency_ratio, 2)),
+        ("max p99 latency per application (ms)", number(t.max_p99_latency_ms, 1)),
+        ("max p99 latency ratio to stable", number(t.max_p99_latency_ratio, 2)),
         ("max score PSI", number(t.max_score_psi)),
         ("max score KL", number(t.max_score_kl)),
         ("max AUC drop", number(t.max_auc_drop)),

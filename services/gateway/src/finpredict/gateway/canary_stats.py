@@ -1,10 +1,12 @@
 """The rollout's statistics: what each analysis adds to :func:`~finpredict.gateway.analysis.analyze`.
 
 Delayed labels reach the analysis through the gateway's ``RecordOutcomes``: the monitor answers
-with the predictions it matched (version, score, threshold), and the replica that forwarded them
-counts each into its open window of the variant that served that version
-(:meth:`~finpredict.gateway.live.LiveRollouts.record_outcomes`), published and merged like every
-other count; the default-rate and AUC tests and the calibration check judge them since the start.
+with the predictions it matched (score, threshold, and the rollout id and variant the gateway
+logged each with), and the replica that forwarded them counts each into its open window of that
+rollout's variant (:meth:`~finpredict.gateway.live.LiveRollouts.record_outcomes`; a prediction
+served before the rollout, or by another, counts in none), published and merged like every other
+count; the default-rate and AUC tests and the calibration check judge them since the start. The
+AUC test's non-inferiority margin is the rollout's ``max_auc_drop`` (:func:`stat_limits`).
 
 A rollout keeps its counts since it started (``Rollout.strata``, in the shared state, so a new
 leader carries on from them): one :class:`~finpredict.gateway.stats.Stratum` per canary weight,
@@ -22,10 +24,17 @@ so it rolls back only without a reference profile (the fallback), or while stabl
 still fits stable's own profile: no population shift then explains a canary scoring unlike
 stable on the same traffic (:func:`model_checks`, :func:`population_shift`).
 
-Which decides (:func:`combine`): a breach found by the window analysis (errors, latency, and in
-the fallback score drift) rolls back with its own reason; then a sample-ratio mismatch halts (the
+Latency is judged here too, not on the window's raw p99s: the single-application calls each
+variant made since the start (:attr:`VariantWindow.latency_counts`, counted into the strata) go to
+the statistics' latency tests (:mod:`finpredict.gateway.stats.latency`: the canary's share of calls
+slower than the SLO, and than the ratio x stable's p99, against 1 %, each with its share of the
+rollout's alpha); when both variants are over the SLO the step holds instead of rolling back.
+
+Which decides (:func:`combine`): a breach found by the window analysis (errors, and in the
+fallback score drift) rolls back with its own reason; then a sample-ratio mismatch halts (the
 split is broken, so no comparison can be trusted; :func:`halts`); then a statistics rollback
-(skew naming the worst feature, consistency, the estimate, a sequential test); then a window that
+(skew naming the worst feature, consistency, the estimate, a sequential test, latency); then a
+hold (both variants over the latency SLO: ``wait``, whatever the window says); then a window that
 would advance waits while the model checks lack the canary rows to judge (not enough evidence is
 never a pass); then the score drift against stable where it still decides; otherwise the window
 analysis's ``wait`` or ``advance``.
@@ -46,13 +55,14 @@ from finpredict.gateway.stats.skew import SCORE_COLUMN
 
 
 def arm_counts(window: VariantWindow) -> ArmCounts:
-    """A variant's window as the statistics count it (the score grids are the same), with the
-    delayed labels that arrived during the window (whenever their prediction was served)."""
+    """A variant's window as the statistics count it (the score and latency grids are the same),
+    with the delayed labels that arrived during the window (whenever their prediction was served)."""
     counts = ArmCounts(
         requests=window.requests,
         errors=window.errors,
         approved=window.approved,
         score_counts=window.score_counts.astype(np.int64),
+        latency_counts=window.latency_counts.astype(np.int64),
     )
     counts.merge(window.outcomes)
     return counts
@@ -137,8 +147,11 @@ def stat_limits(thresholds: Thresholds) -> StatLimits:
     """The statistics' limits of a rollout: the shared ones from its thresholds, the rest default."""
     return StatLimits(
         error_rate_margin=thresholds.max_error_rate_increase,
+        auc_margin=thresholds.max_auc_drop,
         max_psi=thresholds.max_score_psi,
         min_labeled=thresholds.min_labeled,
+        max_latency_ms=thresholds.max_p99_latency_ms,
+        max_latency_ratio=thresholds.max_p99_latency_ratio,
     )
 
 
@@ -158,6 +171,8 @@ def combine(
     unless the statistics roll back)."""
     if window.action != "rollback" and stats.action == "rollback":
         return Verdict("rollback", "; ".join(stats.reasons), window.metrics)
+    if window.action != "rollback" and stats.action == "hold":
+        return Verdict("wait", "; ".join(stats.holds), window.metrics)
     if window.action != "advance" or checks is None or checks["mode"] != "reference":
         return window
     if stats.skew is not None and not stats.skew.judged:

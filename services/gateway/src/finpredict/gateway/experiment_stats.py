@@ -2,15 +2,16 @@
 
 Each replica counts what it routes to each arm of a running experiment (:class:`LiveExperiments`:
 requests, errors, scores on the statistics' grid, approvals) and the delayed labels of those
-arms' predictions: the monitor's answer to ``RecordOutcomes`` names the version, score and
-threshold each matched outcome's prediction was served with, and the label goes to the arm of
-that version (an arm that shares its version with another arm gets no labels: they could be
-either's). The counts are published with the rollouts' windows (``window_stats``, keyed by the
-experiment's id, window :data:`EXPERIMENT_WINDOW`, this process as the source) and kept after the
-experiment stops. Any replica asked (``GetExperiment``) sums every source's row with its own live
-counts and judges them with :func:`finpredict.gateway.stats.compare_arms`: each arm against the
-first (the control), per-arm rates with always-valid confidence intervals, the effects with
-theirs, the sample-ratio check and a stopping recommendation.
+arms' predictions: the monitor's answer to ``RecordOutcomes`` names the score and threshold each
+matched outcome's prediction was served with and the experiment id and arm the gateway logged it
+with, and the label goes to that arm (two arms of one version each get their own; a prediction
+served outside the experiment counts in none). The counts are published with the rollouts'
+windows (``window_stats``, keyed by the experiment's id, window :data:`EXPERIMENT_WINDOW`, this
+process as the source) and kept after the experiment stops. Any replica asked
+(``GetExperiment``) sums every source's row with its own live counts and judges them with
+:func:`finpredict.gateway.stats.compare_arms`: each arm against the first (the control), per-arm
+rates with always-valid confidence intervals, the effects with theirs, the sample-ratio check and
+a stopping recommendation.
 """
 
 from __future__ import annotations
@@ -67,17 +68,16 @@ class LiveExperiments:
     def record_outcomes(
         self,
         experiment: Experiment,
-        version: int,
+        arm: str,
         scores: Sequence[float],
         defaulted: Sequence[bool],
         threshold: float,
     ) -> bool:
-        """Delayed labels of predictions ``version`` served: counted for the experiment's arm of that
-        version; False (nothing counted) when no arm, or more than one, has it."""
-        arms = [a for a in experiment.arms if a.version == version]
-        if len(arms) != 1:
+        """Delayed labels of predictions the experiment's ``arm`` served: counted for it; False
+        (nothing counted) when the experiment has no such arm."""
+        if all(a.name != arm for a in experiment.arms):
             return False
-        self._arm(experiment.id, arms[0].name).add_outcomes(scores, defaulted, threshold)
+        self._arm(experiment.id, arm).add_outcomes(scores, defaulted, threshold)
         return True
 
     def counts(self, experiment_id: str) -> dict[str, ArmCounts]:

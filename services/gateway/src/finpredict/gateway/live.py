@@ -9,7 +9,8 @@ leader to merge. The inputs of the scored requests wait here (references, about
 counts them on their version's reference profile (:mod:`finpredict.gateway.inputs`) in a worker
 thread, before each publication and analysis. Delayed labels come in through
 :meth:`LiveRollouts.record_outcomes` (the predictions the monitor matched to outcomes this replica
-forwarded) and go to the open window of the variant that served their version, or to a running
+forwarded) and go to the arm that served their prediction, by the rollout or experiment id the
+prediction was logged with: the open window of that rollout's variant, or that running
 experiment's arm (:mod:`finpredict.gateway.experiment_stats`, whose per-arm counts are published
 with the windows). Nothing here touches the database.
 """
@@ -79,14 +80,18 @@ class LiveRollouts:
         threshold: float | None = None,
         inputs: Sequence[Mapping[str, types_pb2.FeatureValue]] = (),
         columns: ProfileColumns | None = None,
+        call_size: int | None = None,
     ) -> None:
-        """Records ``n`` requests of ``variant``; ``inputs``: the feature maps of the scored ones (as
-        many as ``scores``), counted later on their version's profile (``columns``; None: the
-        version has no reference profile)."""
+        """Records ``n`` requests of ``variant`` from one call of ``call_size`` applications (default
+        ``n``; :meth:`~finpredict.gateway.analysis.VariantWindow.record_batch`); ``inputs``: the
+        feature maps of the scored ones (as many as ``scores``), counted later on their version's
+        profile (``columns``; None: the version has no reference profile)."""
         window = self._windows.get(rollout_id)
         if window is None:
             return
-        window.side(variant).record_batch(n, ok=ok, latency_ms=latency_ms, scores=scores, threshold=threshold)
+        window.side(variant).record_batch(
+            n, ok=ok, latency_ms=latency_ms, scores=scores, threshold=threshold, call_size=call_size
+        )
         window.changed = True
         if columns is None or not ok or not inputs:
             return
@@ -105,30 +110,29 @@ class LiveRollouts:
         labelled: Sequence[monitor_pb2.LabelledPrediction],
         experiments: Mapping[str, Experiment],
     ) -> None:
-        """Counts delayed labels (predictions the monitor just matched to outcomes): into the open
-        window of the model's active rollout, on the variant that served the version, and into
-        the model's running experiment (``experiments``: by model), on the arm of the version.
-        A label of another version, or of a model with neither, is not counted anywhere."""
-        groups: dict[tuple[str, int, float], tuple[list[float], list[bool]]] = {}
+        """Counts delayed labels (predictions the monitor just matched to outcomes) for the arm that
+        served each prediction, by the ids it was logged with: into the open window of its rollout
+        (``rollout_id``, while active) on its variant, or into its experiment's arm
+        (``experiment_id``, one of the running ``experiments``, by model). A label of a prediction
+        served outside an active rollout or a running experiment (before it started, by another
+        rollout of the same version, or logged without the ids) is not counted anywhere."""
+        running = {e.id: e for e in experiments.values()}
+        groups: dict[tuple[str, str, str, float], tuple[list[float], list[bool]]] = {}
         for row in labelled:
-            scores, defaulted = groups.setdefault(
-                (row.model.name, row.model.version, row.threshold), ([], [])
-            )
+            key = (row.rollout_id, row.experiment_id, row.variant, row.threshold)
+            scores, defaulted = groups.setdefault(key, ([], []))
             scores.append(row.score)
             defaulted.append(row.defaulted)
-        for (model, version, threshold), (scores, defaulted) in groups.items():
+        for (rollout_id, experiment_id, variant, threshold), (scores, defaulted) in groups.items():
             counted = False
-            rollout = self._active.get(model)
-            window = self._windows.get(rollout.id) if rollout is not None else None
-            if rollout is not None and window is not None:
-                variant = {rollout.stable_version: "stable", rollout.candidate_version: "canary"}.get(version)
-                if variant is not None:
-                    window.side(variant).record_outcomes(scores, defaulted, threshold)
-                    window.changed = counted = True
-            experiment = experiments.get(model)
+            window = self._windows.get(rollout_id) if rollout_id else None
+            if window is not None and variant in ("stable", "canary"):
+                window.side(variant).record_outcomes(scores, defaulted, threshold)
+                window.changed = counted = True
+            experiment = running.get(experiment_id) if experiment_id else None
             if experiment is not None:
                 counted = (
-                    self.experiments.record_outcomes(experiment, version, scores, defaulted, threshold)
+                    self.experiments.record_outcomes(experiment, variant, scores, defaulted, threshold)
                     or counted
                 )
             metrics.OUTCOMES_ANALYSED_TOTAL.labels("counted" if counted else "ignored").inc(len(scores))

@@ -10,7 +10,8 @@ of a request, so a retried call never counts twice. When the monitor cannot be r
 client gets ``UNAVAILABLE`` (retry with the same outcomes); nothing is buffered or dropped.
 
 The monitor's answer lists the outcomes it matched, with the version, score and threshold their
-prediction was served with; they go to ``on_labelled`` (the rollout and experiment analysis:
+prediction was served with and the arm that served it (variant, rollout or experiment id); they
+go to ``on_labelled`` (the rollout and experiment analysis:
 :meth:`finpredict.gateway.live.LiveRollouts.record_outcomes`).
 """
 

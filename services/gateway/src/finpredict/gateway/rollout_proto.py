@@ -56,6 +56,8 @@ def variant_metrics(name: str, version: int, w: VariantWindow) -> pb.VariantMetr
         p50_latency_ms=w.latency_ms(0.5),
         p99_latency_ms=w.latency_ms(0.99),
         mean_score=w.mean_score,
+        calls=w.calls,
+        batch_p99_latency_ms=w.batch_latency_ms(0.99),
     )
 
 

@@ -103,6 +103,7 @@ class Measure:
     scored: Scored | None = None
     apps: Sequence[Application] = ()
     info: VersionInfo | None = None
+    call_size: int = 0  # applications in the whole call (0: n); one is what the latency SLO judges
 
 
 class ScoringCore:
@@ -188,6 +189,7 @@ class ScoringCore:
                     top_k,
                     started,
                     measures,
+                    len(applications),
                 )
                 for route, idx in groups.items()
             ),
@@ -219,15 +221,17 @@ class ScoringCore:
         top_k: int,
         started: float,
         measures: list[Measure],
+        call_size: int,
     ) -> list[Result]:
-        """Scores one route's group; its measurements go to ``measures`` (recorded by the caller)."""
+        """Scores one route's group of a call of ``call_size`` applications; its measurements go to
+        ``measures`` (recorded by the caller)."""
         rows = [ms_pb.FeatureRow(features=a.features) for a in apps]
         served_route = route
         try:
             scored = await self.backend.predict(model, route.version, rows, explain=explain, top_k=top_k)
         except BackendError as exc:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            measures.append(Measure(route, len(apps), ok=False, elapsed_ms=elapsed_ms))
+            measures.append(Measure(route, len(apps), ok=False, elapsed_ms=elapsed_ms, call_size=call_size))
             rollout = self.controller.active(model) if route.variant == "canary" else None
             if rollout is None:
                 raise
@@ -250,7 +254,16 @@ class ScoringCore:
             return self._results(apps, scored, served_route)
         elapsed_ms = (time.perf_counter() - started) * 1000
         measures.append(
-            Measure(route, len(apps), ok=True, elapsed_ms=elapsed_ms, scored=scored, apps=apps, info=info)
+            Measure(
+                route,
+                len(apps),
+                ok=True,
+                elapsed_ms=elapsed_ms,
+                scored=scored,
+                apps=apps,
+                info=info,
+                call_size=call_size,
+            )
         )
         return self._results(apps, scored, served_route)
 
@@ -272,6 +285,7 @@ class ScoringCore:
                 m.n,
                 ok=ok,
                 latency_ms=m.elapsed_ms,
+                call_size=m.call_size or m.n,
                 scores=[p.score for p in scored.predictions] if scored is not None else (),
                 threshold=scored.threshold if scored is not None else None,
                 inputs=[a.features for a in m.apps] if columns is not None else (),
@@ -307,6 +321,9 @@ class ScoringCore:
                     entity_id=res.entity_id,
                     model=types_pb2.ModelRef(name=model, version=res.version),
                     variant=res.route.arm or res.route.variant,
+                    # the arm that served it: its delayed label is credited to that arm only
+                    rollout_id=res.route.rollout_id,
+                    experiment_id=res.route.experiment_id,
                     features=logged_features(app),
                     score=res.prediction.score,
                     threshold=res.threshold,
@@ -340,6 +357,8 @@ class ScoringCore:
                 entity_id=app.entity_id,
                 model=types_pb2.ModelRef(name=model, version=route.version),
                 variant=route.arm or route.variant,
+                rollout_id=route.rollout_id,
+                experiment_id=route.experiment_id,
                 features=app.features,
                 trace_id=current_trace_id(),
                 time=now,

@@ -3,8 +3,8 @@
 * **Decoding.** A request's bytes are read by drift_core's ``decode_prediction_batch`` straight into
   the columns the monitor stores (:func:`decode_request`), with no Python object per record or
   feature; the few requests it leaves to protobuf (malformed bytes, an edge case for the review
-  queue, a feature sent both as a number and as a category) are decoded as messages and validated
-  record by record, as before.
+  queue, a feature sent both as a number and as a category, a field number it does not know) are
+  decoded as messages and validated record by record, as before.
   :class:`ColumnarIngestInterceptor` hands the method its request bytes for that.
 * **Group commit.** :class:`GroupCommit` queues the batches of every stream; while one group is
   being written and folded, the batches that arrive wait and form the next group, which is
@@ -78,6 +78,8 @@ def frame_from_columns(cols: dict[str, Any]) -> pl.DataFrame:
         pl.Series("trace_id", cols["trace_id"], dtype=pl.String),
         pl.Series("time", us, dtype=pl.Int64).cast(_TIME),
         pl.Series("reason_codes", reasons, dtype=pl.String),
+        pl.Series("rollout_id", cols["rollout_id"], dtype=pl.String),
+        pl.Series("experiment_id", cols["experiment_id"], dtype=pl.String),
     ]
     for name, column in sorted(cols["features"], key=lambda f: f[0]):
         if isinstance(column, np.ndarray):

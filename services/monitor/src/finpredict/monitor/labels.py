@@ -2,9 +2,10 @@
 outcomes attached to the hour cell of their prediction, whichever of the two arrives first.
 
 The index is also the request-id dedup set of ingest. It holds, per version and hour, the columns
-an outcome needs (score, threshold, time, whether it is labelled) in compact arrays, and two maps
+an outcome needs (score, threshold, time, whether it is labelled, and the arm that served it: the
+variant with its rollout or experiment id, interned per block) in compact arrays, and two maps
 from a 64-bit digest of the request id (and of entity id + prediction time) to a row
-(:class:`~finpredict.monitor.digest_map.DigestMap`): about 57 bytes a prediction, dropped hour by
+(:class:`~finpredict.monitor.digest_map.DigestMap`): about 61 bytes a prediction, dropped hour by
 hour with the retention period (:meth:`prune`). The digests themselves live only in the maps (the
 snapshot reads them back from there, :meth:`LabelIndex.predictions_frame`).
 
@@ -33,6 +34,10 @@ from finpredict.monitor.records import OutcomeIn
 from finpredict.monitor.windows import VersionKey, VersionState
 
 Result = Literal["matched", "waiting", "duplicate"]
+# The arm that served a prediction: (variant, rollout id, experiment id), as logged.
+Assignment = tuple[str, str, str]
+ASSIGNMENT_COLUMNS = ("variant", "rollout_id", "experiment_id")
+NO_ASSIGNMENT: Assignment = ("", "", "")
 _ROW_BITS = BLOCK_SHIFT
 _ROW_MASK = (1 << _ROW_BITS) - 1
 
@@ -57,9 +62,43 @@ class Block:
     scores: array[float] = field(default_factory=lambda: array("d"))
     thresholds: array[float] = field(default_factory=lambda: array("d"))
     labelled: bytearray = field(default_factory=bytearray)
+    # each row's arm, as a code into ``assignments`` (the block's distinct arms; 0: none known)
+    arms: array[int] = field(default_factory=lambda: array("I"))
+    assignments: list[Assignment] = field(default_factory=lambda: [NO_ASSIGNMENT])
+    _codes: dict[Assignment, int] = field(default_factory=lambda: {NO_ASSIGNMENT: 0})
 
     def __len__(self) -> int:
         return len(self.labelled)
+
+    def add_arms(self, part: pl.DataFrame) -> None:
+        """Appends the arms of the rows of ``part`` (its :data:`ASSIGNMENT_COLUMNS`; one that is
+        absent, as in records stored before it existed, or null reads as empty)."""
+        if not any(c in part.columns for c in ASSIGNMENT_COLUMNS):
+            self.arms.extend(array("I", [0]) * part.height)
+            return
+        keys = part.select(
+            *(
+                pl.col(c).cast(pl.String).fill_null("") if c in part.columns else pl.lit("").alias(c)
+                for c in ASSIGNMENT_COLUMNS
+            )
+        )
+        distinct = keys.unique(maintain_order=True)
+        if distinct.height == 1:  # the usual batch: one arm
+            self.arms.extend(array("I", [self._code(distinct.row(0))]) * part.height)
+            return
+        codes = np.zeros(part.height, dtype=np.uint32)
+        groups = keys.with_row_index("_row").group_by(*ASSIGNMENT_COLUMNS, maintain_order=True)
+        for *arm, rows in groups.agg(pl.col("_row")).iter_rows():
+            codes[rows] = self._code(tuple(arm))
+        self.arms.frombytes(codes.tobytes())
+
+    def _code(self, arm: tuple[object, ...]) -> int:
+        key: Assignment = (str(arm[0]), str(arm[1]), str(arm[2]))
+        code = self._codes.get(key)
+        if code is None:
+            code = self._codes[key] = len(self.assignments)
+            self.assignments.append(key)
+        return code
 
 
 @dataclass
@@ -127,6 +166,7 @@ class LabelIndex:
         b.scores.frombytes(part["score"].to_numpy().astype(np.float64).tobytes())
         b.thresholds.frombytes(part["threshold"].to_numpy().astype(np.float64).tobytes())
         b.labelled.extend(bytes(part.height))
+        b.add_arms(part)
         self.ids.set_many(rids if rids is not None else [digest(r) for r in part["request_id"]], codes)
         entities = [
             (digest(f"{ent}\x00{t_us}"), code)
@@ -192,13 +232,14 @@ class LabelIndex:
             return "duplicate", None
         return "matched", self._cell(code)
 
-    def served(self, o: OutcomeIn) -> tuple[VersionKey, float, float] | None:
-        """The version, score and threshold of the prediction ``o`` is matched to (None: none stored)."""
+    def served(self, o: OutcomeIn) -> tuple[VersionKey, float, float, Assignment] | None:
+        """The version, score, threshold and arm of the prediction ``o`` is matched to (None: none
+        stored)."""
         code = self._locate(o)[2]
         if code is None:
             return None
         b, row = self.blocks[code >> _ROW_BITS], code & _ROW_MASK
-        return b.key, b.scores[row], b.thresholds[row]
+        return b.key, b.scores[row], b.thresholds[row], b.assignments[b.arms[row]]
 
     def _cell(self, code: int) -> tuple[VersionKey, datetime]:
         b = self.blocks[code >> _ROW_BITS]
@@ -273,6 +314,12 @@ class LabelIndex:
             parts: list[np.ndarray] = [np.frombuffer(get(b), dtype=dtype) for _, b in blocks]
             return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
+        # each row's arm: its block's code, offset to the block's arms in the table of every block's
+        table = [arm for _, b in blocks for arm in b.assignments]
+        first_arm = np.cumsum([0] + [len(b.assignments) for _, b in blocks], dtype=np.int64)[:-1]
+        arm_rows = pl.Series(
+            column(lambda b: b.arms, np.uint32).astype(np.int64) + np.repeat(first_arm, sizes)
+        )
         bids = np.array([bid for bid, _ in blocks], dtype=np.uint64)  # ascending: created in order
         starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.uint64)])[:-1].astype(np.uint64)
 
@@ -299,6 +346,10 @@ class LabelIndex:
                 "score": column(lambda b: b.scores, np.float64),
                 "threshold": column(lambda b: b.thresholds, np.float64),
                 "labelled": column(lambda b: b.labelled, np.uint8),
+                **{
+                    name: pl.Series([arm[i] for arm in table], dtype=pl.String).gather(arm_rows)
+                    for i, name in enumerate(ASSIGNMENT_COLUMNS)
+                },
             }
         )
 
@@ -314,6 +365,7 @@ class LabelIndex:
             b.scores.frombytes(part["score"].to_numpy().astype(np.float64).tobytes())
             b.thresholds.frombytes(part["threshold"].to_numpy().astype(np.float64).tobytes())
             b.labelled.extend(part["labelled"].to_numpy().astype(np.uint8).tobytes())
+            b.add_arms(part)  # absent from snapshots written before the arms were kept: none known
             codes = np.arange(bid << _ROW_BITS | start, bid << _ROW_BITS | len(b), dtype=np.uint64)
             rids = part["rid"].to_numpy().astype(np.uint64)
             self.ids.update(rids[rids != 0], codes[rids != 0])

@@ -61,6 +61,9 @@ class Prediction:
     features: dict[str, float | str | None]
     # the reason codes the client received: (code, feature, contribution, description)
     reason_codes: tuple[tuple[str, str, float, str], ...] = ()
+    # the rollout or experiment whose arm (``variant``) served it (empty: none)
+    rollout_id: str = ""
+    experiment_id: str = ""
 
 
 @dataclass
@@ -88,7 +91,8 @@ class OutcomeIn:
 
 @dataclass(frozen=True)
 class Labelled:
-    """An outcome matched to its prediction, with what the prediction served."""
+    """An outcome matched to its prediction, with what the prediction served and the arm that
+    served it (``variant`` of the rollout ``rollout_id`` or the experiment ``experiment_id``)."""
 
     request_id: str
     model: str
@@ -96,6 +100,9 @@ class Labelled:
     score: float
     threshold: float
     defaulted: bool
+    variant: str = ""
+    rollout_id: str = ""
+    experiment_id: str = ""
 
 
 @dataclass
@@ -181,6 +188,8 @@ def predictions_frame(preds: Sequence[Prediction]) -> pl.DataFrame:
         pl.Series("trace_id", [p.trace_id for p in preds], dtype=pl.String),
         pl.Series("time", [p.time for p in preds], dtype=pl.Datetime("us", "UTC")),
         pl.Series("reason_codes", [reason_codes_json(p.reason_codes) for p in preds], dtype=pl.String),
+        pl.Series("rollout_id", [p.rollout_id for p in preds], dtype=pl.String),
+        pl.Series("experiment_id", [p.experiment_id for p in preds], dtype=pl.String),
     ]
     names: dict[str, None] = {}
     for p in preds:
@@ -212,6 +221,8 @@ def prediction_from_row(row: dict[str, Any]) -> Prediction:
         time=row["time"],
         features={k.removeprefix(FEATURE_PREFIX): v for k, v in row.items() if k.startswith(FEATURE_PREFIX)},
         reason_codes=tuple(reason_codes_from_json(row.get("reason_codes"))),
+        rollout_id=row.get("rollout_id") or "",  # absent from records stored before they existed
+        experiment_id=row.get("experiment_id") or "",
     )
 
 

@@ -108,6 +108,8 @@ def record_from_proto(r: pb.PredictionRecord) -> Prediction:
         time=_event_time(r.time),
         features=features,
         reason_codes=tuple((c.code, c.feature, c.contribution, c.description) for c in r.reason_codes),
+        rollout_id=r.rollout_id,
+        experiment_id=r.experiment_id,
     )
 
 
@@ -138,6 +140,8 @@ def row_to_record(row: dict[str, Any]) -> pb.PredictionRecord:
             types_pb2.ReasonCode(code=c, feature=f, contribution=v, description=d)
             for c, f, v, d in reason_codes_from_json(row.get("reason_codes"))
         ],
+        rollout_id=row.get("rollout_id") or "",  # absent from records stored before they existed
+        experiment_id=row.get("experiment_id") or "",
     )
 
 
@@ -519,6 +523,9 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
                     score=x.score,
                     threshold=x.threshold,
                     defaulted=x.defaulted,
+                    variant=x.variant,
+                    rollout_id=x.rollout_id,
+                    experiment_id=x.experiment_id,
                 )
                 for x in counts.labelled
             ],

@@ -54,6 +54,9 @@ PREDICTION_COLUMNS: dict[str, pl.DataType] = {
     "trace_id": pl.String(),
     "time": pl.Datetime("us", "UTC"),
     "reason_codes": pl.String(),  # JSON (see records.reason_codes_json); absent in older files
+    # the rollout / experiment whose arm (variant) served the prediction; absent in older files
+    "rollout_id": pl.String(),
+    "experiment_id": pl.String(),
 }
 OUTCOME_COLUMNS: dict[str, pl.DataType] = {
     "request_id": pl.String(),

@@ -23,7 +23,7 @@ __all__ = ["HEAD_REVISION", "MIGRATIONS_DIR", "create_db_engine", "migrate", "re
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest migration; a test checks it is Alembic's head. A database already there is not
 # touched (and Alembic is not even imported: faster restarts).
-HEAD_REVISION = "0003_promotion_policies"
+HEAD_REVISION = "0004_compute_gate"
 _MIGRATION_LOCK = 0x7265_6769  # PostgreSQL advisory lock: one registry replica migrates at a time
 
 

@@ -149,7 +149,7 @@ DEFAULT_POLICY = Policy(
     gates=(
         PolicyGate("auc_roc", COMPARATOR_GE, 0.82),
         PolicyGate("ece", COMPARATOR_LE, 0.05),
-        PolicyGate("latency_p99_ms", COMPARATOR_LE, 50.0),
+        PolicyGate("compute_p99_ms", COMPARATOR_LE, 50.0),
         PolicyGate("demographic_parity_diff", COMPARATOR_LE, 0.05),
     ),
     required_lineage=tuple(LINEAGE_REQUIREMENTS),

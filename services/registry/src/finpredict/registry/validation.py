@@ -22,7 +22,7 @@ GATE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 TAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 # what may start a training run, as the lineage's trigger names it (the monitor's retraining jobs)
-TRIGGER_KINDS = ("manual:", "schedule:", "alert:")
+TRIGGER_KINDS = ("manual", "schedule", "alert")
 EXTERNAL_SCHEMES = ("s3://", "gs://", "https://", "wandb-artifact://")
 MAX_TEXT = 10_000
 MAX_REASON = 2_000
@@ -202,11 +202,7 @@ def header(h: registry_pb2.VersionHeader) -> list[GateRow]:
         raise InvalidArgumentError(
             "header.lineage.wandb_link_status", "is set by the registry, leave it empty"
         )
-    if (
-        lin.trigger
-        and lin.trigger not in ("manual", "schedule")
-        and not lin.trigger.startswith(TRIGGER_KINDS)
-    ):
+    if lin.trigger and not _valid_trigger(lin.trigger):
         raise InvalidArgumentError(
             "header.lineage.trigger",
             "must be 'manual', 'manual:<reason>', 'schedule', 'schedule:<date>' or 'alert:<id>'",
@@ -297,3 +293,14 @@ def hand_off(field: str, h: registry_pb2.HandOff) -> pol.HandOff:
         min_requests_per_step=int(h.min_requests_per_step),
         thresholds=tuple(sorted(limits)),
     )
+
+
+def _valid_trigger(trigger: str) -> bool:
+    """``manual`` or ``schedule`` alone, or ``<kind>:<what>`` with something after the colon: a
+    reason (``manual:``), a date (``schedule:``) or an alert id without spaces (``alert:``)."""
+    kind, colon, what = trigger.partition(":")
+    if not colon:
+        return kind in ("manual", "schedule")
+    if kind not in TRIGGER_KINDS or not what.strip() or not what.isprintable():
+        return False
+    return kind == "manual" or not any(c.isspace() for c in what)

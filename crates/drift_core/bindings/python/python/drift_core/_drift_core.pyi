@@ -180,12 +180,13 @@ def js(p: Sequence[float] | npt.ArrayLike, q: Sequence[float] | npt.ArrayLike) -
 
 def decode_prediction_batch(data: bytes) -> dict[str, Any] | None:
     """The records of a serialized ``finpredict.monitor.v1.IngestPredictionsRequest`` as columns
-    (``n``; lists of str ``request_id``, ``entity_id``, ``model``, ``variant``, ``trace_id``; int64
-    arrays ``version``, ``seconds``, ``nanos``; float64 arrays ``score``, ``threshold``,
-    ``latency_ms``; ``reason_codes``: ``(row, code, feature, contribution, description)`` tuples;
-    ``features``: ``(name, column)``, a float64 array with NaN for missing or a list of str or
-    None), or None when the request is left to protobuf (malformed, a review kind, a feature sent
-    both as a number and as a category)."""
+    (``n``; lists of str ``request_id``, ``entity_id``, ``model``, ``variant``, ``trace_id``,
+    ``rollout_id``, ``experiment_id``; int64 arrays ``version``, ``seconds``, ``nanos``; float64
+    arrays ``score``, ``threshold``, ``latency_ms``; ``reason_codes``: ``(row, code, feature,
+    contribution, description)`` tuples; ``features``: ``(name, column)``, a float64 array with NaN
+    for missing or a list of str or None), or None when the request is left to protobuf (malformed,
+    a review kind, a feature sent both as a number and as a category, a field number the reader
+    does not know)."""
 
 def num_threads() -> int:
     """Worker threads of drift_core's own pool (DRIFT_CORE_NUM_THREADS, default: cores)."""

@@ -211,8 +211,9 @@ def render_html(data: DemoReport) -> str:
             "versions",
             "Versions and quality gates",
             "Gates from the case study: AUC-ROC >= 0.82, ECE <= 0.05, p99 latency <= 50 ms, "
-            "demographic parity difference <= 0.05. The registry refuses to promote a version "
-            "whose gates failed.",
+            "demographic parity difference <= 0.05. The pipeline checks the latency budget as the "
+            "model's in-process compute (compute_p99_ms); the served p99 is judged by the canary "
+            "analysis. The registry refuses to promote a version whose gates failed.",
             _versions(data.versions),
         ),
         (

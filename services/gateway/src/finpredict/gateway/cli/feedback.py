@@ -9,6 +9,7 @@ recorded as the actor. Recording the same feedback again is safe: it comes back 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated
 
 import grpc
@@ -17,7 +18,7 @@ import typer
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.scoring.v1 import scoring_pb2 as spb
 from finpredict.api.scoring.v1 import scoring_pb2_grpc
-from finpredict.common.feedback import MAX_REASON, VERDICT_VALUES
+from finpredict.common.feedback import VERDICT_VALUES, feedback_problem
 from finpredict.gateway.cli._common import (
     TargetOption,
     TokenOption,
@@ -29,6 +30,12 @@ from finpredict.gateway.cli._common import (
 )
 
 LABELS = {"defaulted": True, "repaid": False}
+FLAGS = {
+    "request_id": "--request-id",
+    "verdict": "--verdict",
+    "corrected_label": "--label",
+    "reason": "--reason",
+}
 
 
 def group() -> None:
@@ -62,13 +69,14 @@ def record(
         usage(f"--verdict: one of {', '.join(VERDICT_VALUES)} (got {verdict!r})")
     if label is not None and label not in LABELS:
         usage(f"--label: defaulted or repaid (got {label!r})")
-    if label is not None and verdict != "overridden":
-        usage("--label: only with --verdict overridden (a confirmed or disputed decision keeps its outcome)")
-    if len(reason) > MAX_REASON:
-        usage(f"--reason: at most {MAX_REASON} characters")
     fb = types_pb2.Feedback(request_id=request_id, verdict=VERDICT_VALUES[verdict], reason=reason)
     if label is not None:
         fb.corrected_label = LABELS[label]
+    # the services' own check, its field named as the flag that set it
+    problem = feedback_problem("feedback", fb, datetime.now(UTC))
+    if problem is not None:
+        field, _, detail = problem.partition(": ")
+        usage(f"{FLAGS.get(field.removeprefix('feedback.'), field)}: {detail}")
     conn = connection(target, token)
     with open_channel(conn) as (channel, md):
         try:

@@ -45,9 +45,10 @@ def steps_line(r: pb.Rollout) -> str:
 
 def thresholds_line(t: pb.AnalysisThresholds) -> str:
     return (
-        f"error rate increase ≤ {t.max_error_rate_increase:g}, p99 ≤ {t.max_p99_latency_ms:g} ms, "
-        f"p99 ratio ≤ {t.max_p99_latency_ratio:g}, score PSI ≤ {t.max_score_psi:g}, "
-        f"score KL ≤ {t.max_score_kl:g}, AUC drop reported against {t.max_auc_drop:g}"
+        f"error rate increase ≤ {t.max_error_rate_increase:g}, p99 per application ≤ "
+        f"{t.max_p99_latency_ms:g} ms and ≤ {t.max_p99_latency_ratio:g}x stable's (tested), "
+        f"score PSI ≤ {t.max_score_psi:g}, "
+        f"score KL ≤ {t.max_score_kl:g}, AUC drop ≤ {t.max_auc_drop:g} (always-valid test)"
     )
 
 
@@ -82,7 +83,8 @@ def render_rollout(r: pb.Rollout) -> RenderableType:
 
     if r.metrics:
         metrics = Table(
-            "variant", "version", "requests", "error rate", "p50 ms", "p99 ms", "mean score",
+            "variant", "version", "requests", "error rate", "single calls", "p50 ms", "p99 ms",
+            "batch p99 ms", "mean score",
             title=f"current analysis window (all gateways: {r.window_replicas} sent traffic)",
             title_justify="left",
         )  # fmt: skip
@@ -92,8 +94,10 @@ def render_rollout(r: pb.Rollout) -> RenderableType:
                 f"v{m.version}",
                 str(m.requests),
                 f"{m.error_rate:.2%}",
+                str(m.calls),
                 f"{m.p50_latency_ms:.1f}",
                 f"{m.p99_latency_ms:.1f}",
+                f"{m.batch_p99_latency_ms:.1f}",
                 f"{m.mean_score:.4f}",
             )
         parts.append(metrics)
@@ -132,11 +136,12 @@ def _num(value: Any, spec: str = ".4f") -> str:
 
 def statistics_view(doc: Mapping[str, Any], which: str) -> RenderableType:
     """The statistics an analysis decision recorded (``finpredict.gateway.stats.StatsVerdict.to_dict``):
-    each sequential test's effect, confidence sequence, statistic against its bound, sample sizes
-    and alpha spent; the sample-ratio check; the label-free estimates."""
+    each sequential test's effect (canary minus stable; for the latency tests the canary's share of
+    single-application calls over the limit), confidence sequence, statistic against its bound,
+    sample sizes and alpha spent; the sample-ratio check; the label-free estimates; a latency hold."""
     table = Table(
         "test",
-        "canary - stable",
+        "effect",
         "always-valid CI",
         "statistic / bound",
         "n stable / canary",
@@ -177,6 +182,8 @@ def statistics_view(doc: Mapping[str, Any], which: str) -> RenderableType:
         lines.append(Text(f"label-free estimate: {figures}"))
     for reason in doc.get("reasons", []):
         lines.append(Text.assemble(("statistics: ", "bold red"), reason))
+    for reason in doc.get("holds") or []:
+        lines.append(Text.assemble(("holds: ", "bold yellow"), reason))
     return Group(*lines)
 
 

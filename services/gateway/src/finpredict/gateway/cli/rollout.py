@@ -57,10 +57,16 @@ def start(
         float | None, typer.Option(help="Largest canary minus stable error rate.", show_default=False)
     ] = None,
     max_p99_latency_ms: Annotated[
-        float | None, typer.Option(help="Absolute p99 latency SLO (ms).", show_default=False)
+        float | None,
+        typer.Option(
+            help="Per-application p99 latency SLO (ms), tested on single-application calls "
+            "(both variants over it: the step holds).",
+            show_default=False,
+        ),
     ] = None,
     max_p99_latency_ratio: Annotated[
-        float | None, typer.Option(help="Largest canary p99 / stable p99.", show_default=False)
+        float | None,
+        typer.Option(help="Largest canary p99 / stable p99 (tested, per application).", show_default=False),
     ] = None,
     max_score_psi: Annotated[
         float | None, typer.Option(help="Largest PSI of canary against stable scores.", show_default=False)
@@ -71,7 +77,7 @@ def start(
     max_auc_drop: Annotated[
         float | None,
         typer.Option(
-            help="AUC drop each window is reported against (the always-valid AUC test decides).",
+            help="Largest tolerated AUC drop: the margin of the always-valid AUC test on delayed labels.",
             show_default=False,
         ),
     ] = None,

@@ -28,12 +28,21 @@ Estimate = tuple[float, float]  # (effect, variance)
 NAN_ESTIMATE: Estimate = (math.nan, math.nan)
 
 
+def rate(x: int, n: int) -> Estimate:
+    """``x/n`` and its variance ``q (1 - q) / n`` on the smoothed rate ``q = (x + 1) / (n + 2)``
+    (NaN without rows)."""
+    if n <= 0:
+        return NAN_ESTIMATE
+    q = (x + 1) / (n + 2)
+    return x / n, q * (1 - q) / n
+
+
 def rate_difference(x_c: int, n_c: int, x_s: int, n_s: int) -> Estimate:
     """``x_c/n_c - x_s/n_s`` and its smoothed unpooled variance (NaN without rows on either side)."""
     if n_c <= 0 or n_s <= 0:
         return NAN_ESTIMATE
-    q_c, q_s = (x_c + 1) / (n_c + 2), (x_s + 1) / (n_s + 2)
-    return x_c / n_c - x_s / n_s, q_c * (1 - q_c) / n_c + q_s * (1 - q_s) / n_s
+    (r_c, v_c), (r_s, v_s) = rate(x_c, n_c), rate(x_s, n_s)
+    return r_c - r_s, v_c + v_s
 
 
 @dataclass(frozen=True)

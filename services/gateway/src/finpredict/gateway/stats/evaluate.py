@@ -6,11 +6,14 @@ variant's live inputs against its own profile. The verdict is
 
 * ``halt``: the split does not match the weights (every comparison is void; alert),
 * ``rollback``: a gating test rejected or a limit is breached; ``reasons`` say which, with figures,
+* ``hold``: nothing rolls back, but both variants are over the latency SLO (the platform is slow,
+  not the candidate: :mod:`.latency`); ``holds`` says so, with figures, and the step waits,
 * ``pass``: nothing objects (whether to advance is the controller's schedule).
 
 Order of the checks: sample ratio, training/serving skew, prediction consistency, label-free
 estimate, the sequential tests (error rate, approval rate, and with labels default rate and
-AUC), calibration. All are computed every time so the record is complete.
+AUC), the latency tests (the SLO and the ratio to stable's p99), calibration. All are computed
+every time so the record is complete.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from finpredict.gateway.stats.estimate import (
     calibration_check,
     expected_performance,
 )
+from finpredict.gateway.stats.latency import LatencyVerdict, latency_tests
 from finpredict.gateway.stats.limits import StatLimits
 from finpredict.gateway.stats.sequential import Evidence, TestDecision, Worse, decide, json_safe
 from finpredict.gateway.stats.skew import (
@@ -39,7 +43,7 @@ from finpredict.gateway.stats.skew import (
 )
 from finpredict.gateway.stats.srm import SrmResult, sample_ratio_mismatch
 
-StatsAction = Literal["pass", "rollback", "halt"]
+StatsAction = Literal["pass", "rollback", "halt", "hold"]
 LABEL_METRICS = ("default_rate", "auc")
 METHOD = {
     "error_rate": "normal-mixture CS of the rate difference, stratified by step",
@@ -70,6 +74,8 @@ class StatsVerdict:
     calibration: CalibrationCheck | None
     alpha: float
     checks: list[str] = field(default_factory=list)  # which checks drove a rollback
+    latency: LatencyVerdict | None = None  # its tests are in ``tests`` too
+    holds: list[str] = field(default_factory=list)  # why the step holds (action "hold")
 
     def to_dict(self) -> dict[str, Any]:
         """The record of this analysis (strict JSON: non-finite figures are None)."""
@@ -84,6 +90,8 @@ class StatsVerdict:
             "consistency": self.consistency.to_dict() if self.consistency else None,
             "expected": {k: v.to_dict() for k, v in self.expected.items()},
             "calibration": self.calibration.to_dict() if self.calibration else None,
+            "latency": self.latency.to_dict() if self.latency else None,
+            "holds": self.holds,
         }
         return dict(json_safe(doc))
 
@@ -201,6 +209,10 @@ def evaluate(evidence: CanaryEvidence, limits: StatLimits | None = None) -> Stat
     for t in tests:
         if t.reject:
             fail(t.metric, "worse than stable: " + t.describe())
+    latency = latency_tests(strata, limits)
+    for metric, reason in latency.reasons(limits).items():
+        fail(metric, reason)
+    tests += latency.tests
     calibration = None
     if canary.labeled:
         calibration = calibration_check(
@@ -218,7 +230,19 @@ def evaluate(evidence: CanaryEvidence, limits: StatLimits | None = None) -> Stat
         )
         if canary.labeled >= limits.min_labeled and breach:
             fail("calibration", calibration.reason)
-    action: StatsAction = "halt" if srm.mismatch else ("rollback" if reasons else "pass")
+    holds = [latency.hold] if latency.hold else []
+    action: StatsAction = "halt" if srm.mismatch else "rollback" if reasons else "hold" if holds else "pass"
     return StatsVerdict(
-        action, reasons, tests, srm, skew, consistency, expected, calibration, limits.alpha, checks
+        action,
+        reasons,
+        tests,
+        srm,
+        skew,
+        consistency,
+        expected,
+        calibration,
+        limits.alpha,
+        checks,
+        latency,
+        holds,
     )

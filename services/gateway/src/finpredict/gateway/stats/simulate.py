@@ -15,7 +15,14 @@ about 10 % default, AUC 0.79). Stable scores ``sigmoid(eta)`` (calibrated). A ca
 * ``miscalibrated``: scores pushed toward 0.5, ``sigmoid(eta / MISCALIBRATION_TEMPERATURE)``: the
   same ranking (the same AUC), a validation profile that agrees with it, but a default rate
   claimed far above the truth: the label-free estimate (its expected AUC, if the scores were
-  calibrated, is well below stable's) and, once labels arrive, the calibration check object.
+  calibrated, is well below stable's) and, once labels arrive, the calibration check object;
+* ``slow``: the same model, ``SLOW_FACTOR`` times slower: about 5 % of its calls over the 50 ms
+  SLO (stable: none) and most over 1.5x stable's p99; the latency tests object.
+
+Every request is a call that scores one application, with a latency drawn from a log-normal
+distribution (median ``LATENCY_MEDIAN_MS``, p99 about 23 ms; the same for both arms unless the
+candidate is ``slow``), from a generator of its own (the other draws are those of a simulation
+without latencies).
 
 Each analysis interval ("look") draws ``requests_per_look`` applicants per rollout, splits them
 by the look's canary weight, fails 0.2 % of requests on both arms, approves scores below
@@ -38,17 +45,28 @@ import numpy.typing as npt
 
 import drift_core
 from finpredict import metrics
-from finpredict.gateway.stats.counts import SCORE_BUCKETS, ArmCounts, Stratum, bucket_of, pooled
+from finpredict.gateway.stats.counts import (
+    LATENCY_BUCKETS,
+    SCORE_BUCKETS,
+    ArmCounts,
+    Stratum,
+    bucket_of,
+    latency_bucket,
+    pooled,
+)
 from finpredict.gateway.stats.evaluate import CanaryEvidence, evaluate
 from finpredict.gateway.stats.limits import StatLimits
 from finpredict.gateway.stats.skew import SCORE_COLUMN
 
-Kind = Literal["identical", "unit_shift", "halved_odds", "auc_loss", "miscalibrated"]
-KINDS: tuple[Kind, ...] = ("identical", "unit_shift", "halved_odds", "auc_loss", "miscalibrated")
+Kind = Literal["identical", "unit_shift", "halved_odds", "auc_loss", "miscalibrated", "slow"]
+KINDS: tuple[Kind, ...] = ("identical", "unit_shift", "halved_odds", "auc_loss", "miscalibrated", "slow")
 FEATURES = ("debt_service_coverage", "utilization", "income")
 ERROR_RATE = 0.002
 AUC_LOSS_SHARE = 0.07  # share of rows scored on another applicant's risk (-0.020 AUC)
 MISCALIBRATION_TEMPERATURE = 2.0  # the miscalibrated candidate's log-odds are divided by this
+LATENCY_MEDIAN_MS = 8.0
+LATENCY_SIGMA = 0.45  # of log latency: p99 = median x exp(2.326 sigma), about 23 ms
+SLOW_FACTOR = 3.0  # the slow candidate's latencies are this multiple of stable's
 F64 = npt.NDArray[np.float64]
 
 
@@ -73,6 +91,7 @@ class SimResult:
     look: npt.NDArray[np.int64]  # first stopping look, -1 if never
     canary_requests: npt.NDArray[np.int64]  # canary requests seen when stopped
     canary_labeled: npt.NDArray[np.int64]  # canary labelled rows at the last analysis
+    canary_calls: npt.NDArray[np.int64]  # canary calls with a latency at the last analysis
     checks: Counter[str] = field(default_factory=Counter)  # what stopped each rollout
 
     @property
@@ -163,11 +182,15 @@ def _per_rollout(index: npt.NDArray[np.intp], mask: Mask, rollouts: int) -> Ints
 
 
 def _hist(
-    rollout: npt.NDArray[np.intp], buckets: npt.NDArray[np.intp], mask: npt.NDArray[np.bool_], rollouts: int
+    rollout: npt.NDArray[np.intp],
+    buckets: npt.NDArray[np.intp],
+    mask: npt.NDArray[np.bool_],
+    rollouts: int,
+    size: int = SCORE_BUCKETS,
 ) -> npt.NDArray[np.int64]:
-    flat = rollout[mask] * SCORE_BUCKETS + buckets[mask]
-    counts = np.bincount(flat, minlength=rollouts * SCORE_BUCKETS)
-    return counts.reshape(rollouts, SCORE_BUCKETS).astype(np.int64)
+    flat = rollout[mask] * size + buckets[mask]
+    counts = np.bincount(flat, minlength=rollouts * size)
+    return counts.reshape(rollouts, size).astype(np.int64)
 
 
 @dataclass
@@ -182,6 +205,7 @@ class _ArmLook:
     repaid: npt.NDArray[np.int64]
     labeled_approved: npt.NDArray[np.int64]
     labeled_approved_defaults: npt.NDArray[np.int64]
+    latency: npt.NDArray[np.int64]
 
 
 def _arm_look(
@@ -192,6 +216,7 @@ def _arm_look(
     y: npt.NDArray[np.bool_],
     threshold: float,
     rollouts: int,
+    latency_ms: F64,
 ) -> _ArmLook:
     buckets = bucket_of(scores)
     scored = arm & ok
@@ -205,6 +230,7 @@ def _arm_look(
         _hist(rollout, buckets, scored & ~y, rollouts),
         _per_rollout(rollout, approved, rollouts),
         _per_rollout(rollout, approved & y, rollouts),
+        _hist(rollout, latency_bucket(latency_ms), arm, rollouts, LATENCY_BUCKETS),
     )
 
 
@@ -213,6 +239,7 @@ def _add_requests(arm: ArmCounts, look: _ArmLook, r: int) -> None:
     arm.errors += int(look.errors[r])
     arm.approved += int(look.approved[r])
     arm.score_counts += look.scores[r]
+    arm.latency_counts += look.latency[r]
 
 
 def _add_labels(arm: ArmCounts, look: _ArmLook, r: int) -> None:
@@ -236,6 +263,7 @@ def simulate(kind: Kind, settings: SimSettings | None = None, limits: StatLimits
     settings = settings or SimSettings()
     limits = limits or StatLimits()
     rng = np.random.default_rng(settings.seed)
+    latency_rng = np.random.default_rng(settings.seed + 2)
     stable_profile, canary_profile = profiles(kind, settings)
     rollouts, n = settings.rollouts, settings.requests_per_look
     stratum_of = _strata_index(settings.weights)
@@ -258,8 +286,10 @@ def simulate(kind: Kind, settings: SimSettings | None = None, limits: StatLimits
         p_stable = _sigmoid(eta)
         p_canary = candidate_scores(kind, x, eta, rng)
         thr = settings.threshold
-        c_look = _arm_look(rollout, to_canary, ok, p_canary, y, thr, rollouts)
-        s_look = _arm_look(rollout, ~to_canary, ok, p_stable, y, thr, rollouts)
+        latency = latency_rng.lognormal(math.log(LATENCY_MEDIAN_MS), LATENCY_SIGMA, size)
+        c_latency = latency * SLOW_FACTOR if kind == "slow" else latency
+        c_look = _arm_look(rollout, to_canary, ok, p_canary, y, thr, rollouts, c_latency)
+        s_look = _arm_look(rollout, ~to_canary, ok, p_stable, y, thr, rollouts, latency)
         pending.append((stratum_of[t], c_look, s_look))
         labels_due = pending.popleft() if len(pending) > settings.label_lag else None
         canary_seen += c_look.requests
@@ -287,9 +317,10 @@ def simulate(kind: Kind, settings: SimSettings | None = None, limits: StatLimits
                 strata[r], cw.report() if cw.n_rows else None, sw.report() if sw.n_rows else None
             )
             verdict = evaluate(inputs, limits)
-            if verdict.action != "pass":
+            if verdict.action in ("rollback", "halt"):
                 stopped[r], halted[r] = True, verdict.action == "halt"
                 look_at[r], stop_samples[r] = t, canary_seen[r]
                 checks.update(verdict.checks)
     labeled = np.array([pooled(s, "canary").labeled for s in strata], dtype=np.int64)
-    return SimResult(kind, settings, stopped, halted, look_at, stop_samples, labeled, checks)
+    calls = np.array([pooled(s, "canary").calls for s in strata], dtype=np.int64)
+    return SimResult(kind, settings, stopped, halted, look_at, stop_samples, labeled, calls, checks)

@@ -287,7 +287,7 @@ class GateResult(_message.Message):
     PASSED_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Gate name, e.g. "auc_roc", "ece", "latency_p99_ms", "demographic_parity_diff"."""
+    """Gate name, e.g. "auc_roc", "ece", "compute_p99_ms", "demographic_parity_diff"."""
     value: _builtins.float
     """Measured value."""
     threshold: _builtins.float

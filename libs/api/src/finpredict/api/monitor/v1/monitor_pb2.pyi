@@ -168,12 +168,14 @@ class PredictionRecord(_message.Message):
     REASON_CODES_FIELD_NUMBER: _builtins.int
     REVIEW_FIELD_NUMBER: _builtins.int
     REVIEW_DETAIL_FIELD_NUMBER: _builtins.int
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Request id (duplicates are ignored)."""
     entity_id: _builtins.str
     """Entity id."""
     variant: _builtins.str
-    """Routing variant ("stable", "canary", "shadow", "experiment:<arm>")."""
+    """Routing variant ("stable", "canary", "shadow", or the name of the experiment arm)."""
     score: _builtins.float
     """Probability of default."""
     threshold: _builtins.float
@@ -191,6 +193,15 @@ class PredictionRecord(_message.Message):
     review_detail: _builtins.str
     """What happened, for the review queue (the validation error naming the field; the canary's
     failure).
+    """
+    rollout_id: _builtins.str
+    """The rollout whose split routed the request (its id; empty outside a rollout): with `variant`
+    ("stable", "canary") the rollout arm that served it, which its delayed label is credited to.
+    """
+    experiment_id: _builtins.str
+    """The A/B experiment whose split routed the request (its id; empty outside an experiment): with
+    `variant` (the arm's name) the experiment arm that served it, which its delayed label is
+    credited to.
     """
     @_builtins.property
     def model(self) -> _types_pb2.ModelRef:
@@ -227,10 +238,12 @@ class PredictionRecord(_message.Message):
         reason_codes: _abc.Iterable[_types_pb2.ReasonCode] | None = ...,
         review: Global___ReviewKind.ValueType = ...,
         review_detail: _builtins.str = ...,
+        rollout_id: _builtins.str = ...,
+        experiment_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_id", b"entity_id", "features", b"features", "latency_ms", b"latency_ms", "model", b"model", "reason_codes", b"reason_codes", "request_id", b"request_id", "review", b"review", "review_detail", b"review_detail", "score", b"score", "threshold", b"threshold", "time", b"time", "trace_id", b"trace_id", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_id", b"entity_id", "experiment_id", b"experiment_id", "features", b"features", "latency_ms", b"latency_ms", "model", b"model", "reason_codes", b"reason_codes", "request_id", b"request_id", "review", b"review", "review_detail", b"review_detail", "rollout_id", b"rollout_id", "score", b"score", "threshold", b"threshold", "time", b"time", "trace_id", b"trace_id", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -378,8 +391,8 @@ class RecordOutcomesResponse(_message.Message):
     @_builtins.property
     def labelled(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelledPrediction]:
         """The outcomes this call matched to their prediction, each with what the prediction served
-        (the gateway counts them into its rollout and experiment analysis by version). Outcomes
-        matched later, when their prediction arrives, are not listed.
+        and the rollout or experiment arm that served it (the gateway counts them into that arm's
+        analysis). Outcomes matched later, when their prediction arrives, are not listed.
         """
 
     def __init__(
@@ -410,6 +423,9 @@ class LabelledPrediction(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
     DEFAULTED_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id the score was answered with."""
     score: _builtins.float
@@ -418,6 +434,16 @@ class LabelledPrediction(_message.Message):
     """The decision threshold served with it."""
     defaulted: _builtins.bool
     """Whether the applicant defaulted."""
+    variant: _builtins.str
+    """The routing variant the prediction was logged with (PredictionRecord.variant: "stable",
+    "canary", an experiment arm's name).
+    """
+    rollout_id: _builtins.str
+    """The rollout whose arm served it (PredictionRecord.rollout_id; empty: none, or a prediction
+    logged before the field existed).
+    """
+    experiment_id: _builtins.str
+    """The experiment whose arm served it (PredictionRecord.experiment_id; empty: none)."""
     @_builtins.property
     def model(self) -> _types_pb2.ModelRef:
         """The model version that served it."""
@@ -430,10 +456,13 @@ class LabelledPrediction(_message.Message):
         score: _builtins.float = ...,
         threshold: _builtins.float = ...,
         defaulted: _builtins.bool = ...,
+        variant: _builtins.str = ...,
+        rollout_id: _builtins.str = ...,
+        experiment_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["defaulted", b"defaulted", "model", b"model", "request_id", b"request_id", "score", b"score", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["defaulted", b"defaulted", "experiment_id", b"experiment_id", "model", b"model", "request_id", b"request_id", "rollout_id", b"rollout_id", "score", b"score", "threshold", b"threshold", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -75,16 +75,24 @@ class AnalysisThresholds(_message.Message):
     max_error_rate_increase: _builtins.float
     """Largest allowed canary error rate minus stable error rate."""
     max_p99_latency_ms: _builtins.float
-    """Absolute p99 latency SLO in milliseconds."""
+    """Per-application p99 latency SLO in milliseconds, tested on the calls that score one
+    application: the canary rolls back once an always-valid test shows more than 1 % of its calls
+    slower, unless stable's are too (then the step holds: the platform is slow, not the candidate).
+    Batch calls are timed per call and reported, not judged against it.
+    """
     max_p99_latency_ratio: _builtins.float
-    """Largest allowed canary p99 / stable p99."""
+    """Limit relative to stable: the canary rolls back once an always-valid test shows more than 1 %
+    of its single-application calls slower than this multiple of stable's p99 of the same step.
+    """
     max_score_psi: _builtins.float
     """Largest allowed PSI of canary scores against stable scores."""
     max_score_kl: _builtins.float
     """Largest allowed KL of canary scores against stable scores."""
     max_auc_drop: _builtins.float
-    """AUC drop against which each window's AUCs are reported when delayed labels exist. It decides
-    nothing: the always-valid AUC and default-rate tests over every label since the start decide.
+    """Largest tolerated AUC drop: the non-inferiority margin of the always-valid AUC test over every
+    delayed label since the start, which rolls back once the canary's AUC is surely below stable's
+    minus this (its bound, statistic, sample sizes and alpha are in the decision's statistics).
+    Unset (0): any AUC loss the test establishes rolls back.
     """
     def __init__(
         self,
@@ -117,6 +125,8 @@ class VariantMetrics(_message.Message):
     P50_LATENCY_MS_FIELD_NUMBER: _builtins.int
     P99_LATENCY_MS_FIELD_NUMBER: _builtins.int
     MEAN_SCORE_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    BATCH_P99_LATENCY_MS_FIELD_NUMBER: _builtins.int
     variant: _builtins.str
     """"stable" or "canary"."""
     version: _builtins.int
@@ -126,11 +136,15 @@ class VariantMetrics(_message.Message):
     error_rate: _builtins.float
     """Error rate."""
     p50_latency_ms: _builtins.float
-    """p50 latency in milliseconds."""
+    """p50 latency in milliseconds of the calls that scored one application."""
     p99_latency_ms: _builtins.float
-    """p99 latency in milliseconds."""
+    """p99 latency in milliseconds of the calls that scored one application."""
     mean_score: _builtins.float
     """Mean score."""
+    calls: _builtins.int
+    """Calls that scored one application (the ones the p50 and p99 are of)."""
+    batch_p99_latency_ms: _builtins.float
+    """p99 latency in milliseconds of the batch calls, per call."""
     def __init__(
         self,
         *,
@@ -141,10 +155,12 @@ class VariantMetrics(_message.Message):
         p50_latency_ms: _builtins.float = ...,
         p99_latency_ms: _builtins.float = ...,
         mean_score: _builtins.float = ...,
+        calls: _builtins.int = ...,
+        batch_p99_latency_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_rate", b"error_rate", "mean_score", b"mean_score", "p50_latency_ms", b"p50_latency_ms", "p99_latency_ms", b"p99_latency_ms", "requests", b"requests", "variant", b"variant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_p99_latency_ms", b"batch_p99_latency_ms", "calls", b"calls", "error_rate", b"error_rate", "mean_score", b"mean_score", "p50_latency_ms", b"p50_latency_ms", "p99_latency_ms", b"p99_latency_ms", "requests", b"requests", "variant", b"variant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
