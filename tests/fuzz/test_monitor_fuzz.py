@@ -236,6 +236,8 @@ def test_monitor_rejects_bad_records_naming_the_field(
             "outcomes[0].observed_at",
         ),
         ("TriggerRetraining", pb.TriggerRetrainingRequest(model=MODEL, reason="a\x00b"), "reason"),
+        ("TriggerRetraining", pb.TriggerRetrainingRequest(model=MODEL, reason="   "), "reason"),
+        ("TriggerRetraining", pb.TriggerRetrainingRequest(model=MODEL, reason="a\nforged: b"), "reason"),
         ("TriggerRetraining", pb.TriggerRetrainingRequest(model="--help"), "model"),
     ],
 )

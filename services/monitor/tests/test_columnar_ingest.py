@@ -44,15 +44,6 @@ def _encode(records: list[pb.PredictionRecord]) -> bytes:
     return pb.IngestPredictionsRequest(records=records).SerializeToString()
 
 
-def _length(n: int) -> bytes:
-    """``n`` as a protobuf varint."""
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    return bytes([*out, n])
-
-
 def _by_protobuf(data: bytes) -> pl.DataFrame:
     return predictions_frame(
         [record_from_proto(r) for r in pb.IngestPredictionsRequest.FromString(data).records]
@@ -104,7 +95,7 @@ def test_a_request_decodes_column_by_column_as_protobuf_does() -> None:
     record = _records(1, "u")[0].SerializeToString()
     model = types_pb2.ModelRef(name=MODEL, version=1).SerializeToString() + b"\xa0\x06\x01"  # field 100
     for piece in (record + b"\xa0\x06\x01", record + b"\x1a" + bytes([len(model)]) + model):
-        data = b"\x0a" + _length(len(piece)) + piece
+        data = _encode([pb.PredictionRecord.FromString(piece)])  # protobuf keeps unknown fields
         assert isinstance(decode_request(data), pb.IngestPredictionsRequest)
         assert pb.IngestPredictionsRequest.FromString(data).records[0].request_id == "u-0"
     with pytest.raises(DecodeError):
@@ -224,3 +215,21 @@ def test_concurrent_streams_store_each_record_once(start_monitor: StartMonitor, 
         timeout=30,
     )
     assert sum(w.count for w in report.windows) == 600
+
+
+def test_the_columnar_reader_knows_every_field_of_the_contract() -> None:
+    """drift_core's record reader (records.rs) reads these field numbers and sends any other to the
+    protobuf path: a field added to the contract fails here until the reader is taught it, instead of
+    turning every batch of a newer gateway into the slow path at run time."""
+    from google.protobuf import timestamp_pb2
+
+    read_by_records_rs = {
+        pb.IngestPredictionsRequest: {1},
+        pb.PredictionRecord: set(range(1, 16)),
+        types_pb2.ModelRef: {1, 2},
+        types_pb2.FeatureValue: {1, 2},
+        types_pb2.ReasonCode: {1, 2, 3, 4},
+        timestamp_pb2.Timestamp: {1, 2},
+    }
+    for message, numbers in read_by_records_rs.items():
+        assert {f.number for f in message.DESCRIPTOR.fields} == numbers, message.DESCRIPTOR.full_name

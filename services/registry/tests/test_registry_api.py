@@ -689,6 +689,9 @@ def test_bad_requests_are_refused_naming_the_field(
         ({"metrics": {"auc": float("nan")}}, "header.metrics"),
         ({"gate_results": [gate("auc", 0.5, 0.7), gate("auc", 0.5, 0.7)]}, "header.gate_results[1].name"),
         ({"lineage": pb.Lineage(trigger="whenever")}, "header.lineage.trigger"),
+        ({"lineage": pb.Lineage(trigger="alert:")}, "header.lineage.trigger"),
+        ({"lineage": pb.Lineage(trigger="manual:   ")}, "header.lineage.trigger"),
+        ({"lineage": pb.Lineage(trigger="alert:id\nforged: line")}, "header.lineage.trigger"),
         ({"lineage": pb.Lineage(wandb_link_status="linked")}, "header.lineage.wandb_link_status"),
     ],
 )

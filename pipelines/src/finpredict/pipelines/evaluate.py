@@ -106,7 +106,7 @@ class ComputeTimes:
         return [_percentile(r, 99) for r in self.rounds]
 
 
-def measure_compute_ms(model_dir: Path, inputs: pl.DataFrame, n: int, rounds: int = 3) -> ComputeTimes:
+def measure_compute_ms(model_dir: Path, inputs: pl.DataFrame, n: int, rounds: int) -> ComputeTimes:
     """Times ``n`` single-row predictions per round in this process, each from a feature dict to
     a probability.
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         MODEL_DIR,
         pl.read_parquet(FEATURES_DIR / "test_inputs.parquet"),
         int(ev["compute_rows"]),
-        int(ev.get("compute_rounds", 3)),
+        int(ev["compute_rounds"]),
     )
     compute_p99 = compute_gate(compute, float(gp["compute_p99_ms_max"]))
     cm = m.confusion(y, p, threshold)

@@ -91,7 +91,6 @@ class StoryConfig:
     replay_per_hour: int = 200
     retrain_timeout_s: float = 900.0
     label_delay_s: float = 3.0
-    compute_gate_retries: int = 1  # re-measure when the compute gate alone fails (a busy machine)
     probe_interval_s: float = 0.02  # the single calls timed by the client: 50 a second
     serve_rate: float = 400.0  # applications per second while v1 serves (the rollouts go faster)
 

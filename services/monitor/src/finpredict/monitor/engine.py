@@ -433,8 +433,21 @@ class Engine:
                 touched.add(hit)
             served = self.labels.served(o) if result == "matched" else None
             if served is not None:
-                (model, version), score, threshold, arm = served  # arm: variant, rollout, experiment
-                labelled.append(Labelled(o.request_id, model, version, score, threshold, o.defaulted, *arm))
+                (model, version), score, threshold, arm = served
+                variant, rollout_id, experiment_id = arm
+                labelled.append(
+                    Labelled(
+                        o.request_id,
+                        model,
+                        version,
+                        score,
+                        threshold,
+                        o.defaulted,
+                        variant=variant,
+                        rollout_id=rollout_id,
+                        experiment_id=experiment_id,
+                    )
+                )
         counts: dict[str, int] = {r: results.count(r) for r in ("matched", "waiting", "duplicate")}
         for name, n in counts.items():
             m.OUTCOMES.labels(name).inc(n)

@@ -65,7 +65,10 @@ class Block:
     # each row's arm, as a code into ``assignments`` (the block's distinct arms; 0: none known)
     arms: array[int] = field(default_factory=lambda: array("I"))
     assignments: list[Assignment] = field(default_factory=lambda: [NO_ASSIGNMENT])
-    _codes: dict[Assignment, int] = field(default_factory=lambda: {NO_ASSIGNMENT: 0})
+    # derived from ``assignments`` (the code of each), kept for appending
+    _codes: dict[Assignment, int] = field(
+        default_factory=lambda: {NO_ASSIGNMENT: 0}, init=False, repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return len(self.labelled)
@@ -82,13 +85,12 @@ class Block:
                 for c in ASSIGNMENT_COLUMNS
             )
         )
-        distinct = keys.unique(maintain_order=True)
-        if distinct.height == 1:  # the usual batch: one arm
-            self.arms.extend(array("I", [self._code(distinct.row(0))]) * part.height)
+        groups = keys.with_row_index("_row").group_by(*ASSIGNMENT_COLUMNS, maintain_order=True).agg("_row")
+        if groups.height == 1:  # the usual batch: one arm
+            self.arms.extend(array("I", [self._code(groups.row(0)[:3])]) * part.height)
             return
         codes = np.zeros(part.height, dtype=np.uint32)
-        groups = keys.with_row_index("_row").group_by(*ASSIGNMENT_COLUMNS, maintain_order=True)
-        for *arm, rows in groups.agg(pl.col("_row")).iter_rows():
+        for *arm, rows in groups.iter_rows():
             codes[rows] = self._code(tuple(arm))
         self.arms.frombytes(codes.tobytes())
 

@@ -18,6 +18,7 @@ from finpredict.api.common.v1 import types_pb2
 from finpredict.api.monitor.v1 import monitor_pb2 as pb
 from finpredict.api.monitor.v1 import monitor_pb2_grpc as pb_grpc
 from finpredict.common.config import ConfigError, env_var_name
+from finpredict.common.triggers import valid_trigger
 from finpredict.monitor.alerting import AlertmanagerClient, Watchers
 from finpredict.monitor.analyst import Analyst
 from finpredict.monitor.config import MonitorSettings
@@ -598,15 +599,19 @@ class MonitorService(pb_grpc.MonitorServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"reason: at most {MAX_REASON} characters, without NUL characters",
             )
+        trigger = f"manual:{request.reason or 'unspecified'}"
+        if not valid_trigger(trigger):  # the registry would refuse the trained version's lineage
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "reason: printable text, not only spaces (it names the training run's trigger)",
+            )
         if not self.retrainer.enabled:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "retraining is disabled: FINPREDICT_MONITOR_RETRAIN_COMMAND is empty",
             )
         # one job per model at a time: a trigger while one runs is answered with that job's id
-        job, _ = self.retrainer.start(
-            request.model, f"manual:{request.reason or 'unspecified'}", request.reason
-        )
+        job, _ = self.retrainer.start(request.model, trigger, request.reason)
         return pb.TriggerRetrainingResponse(job_id=job.id)
 
     async def ScheduleRetraining(  # noqa: N802 (gRPC method name)

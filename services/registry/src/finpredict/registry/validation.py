@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from finpredict.api.common.v1 import types_pb2
 from finpredict.api.registry.v1 import registry_pb2
+from finpredict.common.triggers import valid_trigger
 from finpredict.registry import policy as pol
 from finpredict.registry.policy import COMPARATOR_GE, COMPARATOR_LE, Policy, PolicyGate
 from finpredict.registry.repo import GateRow
@@ -21,8 +22,6 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 GATE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 TAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-# what may start a training run, as the lineage's trigger names it (the monitor's retraining jobs)
-TRIGGER_KINDS = ("manual", "schedule", "alert")
 EXTERNAL_SCHEMES = ("s3://", "gs://", "https://", "wandb-artifact://")
 MAX_TEXT = 10_000
 MAX_REASON = 2_000
@@ -202,7 +201,7 @@ def header(h: registry_pb2.VersionHeader) -> list[GateRow]:
         raise InvalidArgumentError(
             "header.lineage.wandb_link_status", "is set by the registry, leave it empty"
         )
-    if lin.trigger and not _valid_trigger(lin.trigger):
+    if lin.trigger and not valid_trigger(lin.trigger):
         raise InvalidArgumentError(
             "header.lineage.trigger",
             "must be 'manual', 'manual:<reason>', 'schedule', 'schedule:<date>' or 'alert:<id>'",
@@ -293,14 +292,3 @@ def hand_off(field: str, h: registry_pb2.HandOff) -> pol.HandOff:
         min_requests_per_step=int(h.min_requests_per_step),
         thresholds=tuple(sorted(limits)),
     )
-
-
-def _valid_trigger(trigger: str) -> bool:
-    """``manual`` or ``schedule`` alone, or ``<kind>:<what>`` with something after the colon: a
-    reason (``manual:``), a date (``schedule:``) or an alert id without spaces (``alert:``)."""
-    kind, colon, what = trigger.partition(":")
-    if not colon:
-        return kind in ("manual", "schedule")
-    if kind not in TRIGGER_KINDS or not what.strip() or not what.isprintable():
-        return False
-    return kind == "manual" or not any(c.isspace() for c in what)

@@ -192,21 +192,23 @@ def rollout_v2(story: Story) -> None:
     v1, v2 = story.result.versions["v1"], story.result.versions["v2"]
     story.con.print(gate_table(story, v2, f"v{v2}: trained on the next month"))
     warm = story.warm_up(v2, story.pools["none"])
+    traffic.phase = "v2 rollout"
+    traffic.rate = None
+    traffic.resume()
+    rollout = start_rollout(story, v2)
+    t = rollout.thresholds  # the gateway's defaults, as the rollout recorded them
     story.say(
         f"canary analysis every {cfg.analysis_interval_s:g} s once each variant has "
         f"{cfg.min_requests_per_step} requests in the window; each variant's inputs and scores are "
         f"judged against its own training profile (training/serving skew per feature and score "
-        f"consistency, PSI 0.25 beyond stable's own shift), errors +1%, and latency with the "
-        f"default limits: p99 per application 50 ms and 1.5x stable's, tested on the "
+        f"consistency, PSI {t.max_score_psi:g} beyond stable's own shift), errors "
+        f"+{t.max_error_rate_increase:.0%}, and latency with the default limits: p99 per application "
+        f"{t.max_p99_latency_ms:g} ms and {t.max_p99_latency_ratio:g}x stable's, tested on the "
         f"single-application calls (the {cfg.traffic_batch}-application batches are timed per "
         f"call and reported, not judged against a per-application SLO; both variants over the "
         f"SLO hold the step: the platform, not the candidate); v{v2} pre-loaded on the model "
         f"server ({warm * 1000:.0f} ms)"
     )
-    traffic.phase = "v2 rollout"
-    traffic.rate = None
-    traffic.resume()
-    rollout = start_rollout(story, v2)
     final = watch_rollout(story, rollout, lambda r: r.state in ENDED, cfg.rollout_timeout_s)
     story.result.rollouts["v2"] = final
     production = story.p.production()

@@ -19,7 +19,7 @@ every time so the record is complete.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import drift_core
@@ -75,7 +75,11 @@ class StatsVerdict:
     alpha: float
     checks: list[str] = field(default_factory=list)  # which checks drove a rollback
     latency: LatencyVerdict | None = None  # its tests are in ``tests`` too
-    holds: list[str] = field(default_factory=list)  # why the step holds (action "hold")
+
+    @property
+    def holds(self) -> list[str]:
+        """Why the step holds (action ``hold``): both variants over the latency SLO."""
+        return [self.latency.hold] if self.latency is not None and self.latency.hold else []
 
     def to_dict(self) -> dict[str, Any]:
         """The record of this analysis (strict JSON: non-finite figures are None)."""
@@ -154,7 +158,7 @@ def sequential_tests(strata: Sequence[Stratum], limits: StatLimits) -> list[Test
             alpha=limits.alpha_for(metric),
             limits=limits,
         )
-        out.append(d if metric in limits.gating() or not d.reject else replace(d, reject=False))
+        out.append(limits.judged(d))
     return out
 
 
@@ -230,8 +234,9 @@ def evaluate(evidence: CanaryEvidence, limits: StatLimits | None = None) -> Stat
         )
         if canary.labeled >= limits.min_labeled and breach:
             fail("calibration", calibration.reason)
-    holds = [latency.hold] if latency.hold else []
-    action: StatsAction = "halt" if srm.mismatch else "rollback" if reasons else "hold" if holds else "pass"
+    action: StatsAction = (
+        "halt" if srm.mismatch else "rollback" if reasons else "hold" if latency.hold else "pass"
+    )
     return StatsVerdict(
         action,
         reasons,
@@ -244,5 +249,4 @@ def evaluate(evidence: CanaryEvidence, limits: StatLimits | None = None) -> Stat
         limits.alpha,
         checks,
         latency,
-        holds,
     )

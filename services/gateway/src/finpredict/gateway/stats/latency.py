@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -108,19 +108,20 @@ class LatencyVerdict:
 
 def _share_test(metric: str, slow: int, calls: int, stable_calls: int, limits: StatLimits) -> TestDecision:
     judged = calls >= limits.min_latency_calls
-    d = decide(
-        metric,
-        Evidence.of([comparisons.rate(slow, calls)]) if judged else Evidence(),
-        margin=limits.latency_share,
-        worse="higher",
-        alpha=limits.alpha_for(metric),
-        tau=limits.taus["latency"],
-        n_stable=stable_calls,
-        n_canary=calls,
-        method=METHOD[metric],
-        boundary=limits.boundary,
+    return limits.judged(
+        decide(
+            metric,
+            Evidence.of([comparisons.rate(slow, calls)]) if judged else Evidence(),
+            margin=limits.latency_share,
+            worse="higher",
+            alpha=limits.alpha_for(metric),
+            tau=limits.taus["latency"],
+            n_stable=stable_calls,
+            n_canary=calls,
+            method=METHOD[metric],
+            boundary=limits.boundary,
+        )
     )
-    return d if metric in limits.gating() or not d.reject else replace(d, reject=False)
 
 
 def latency_tests(strata: Sequence[Stratum], limits: StatLimits) -> LatencyVerdict:

@@ -17,9 +17,9 @@ minimum number of rows, not significance tests: the simulation measures what the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from finpredict.gateway.stats.sequential import Boundary
+from finpredict.gateway.stats.sequential import Boundary, TestDecision
 
 DEFAULT_MAX_AUC_DROP = 0.0
 """The AUC test's default non-inferiority margin: any AUC loss the always-valid test establishes
@@ -89,3 +89,9 @@ class StatLimits:
         if metric not in gating:
             return self.alpha
         return self.alpha * self.shares[metric] / sum(self.shares[m] for m in gating)
+
+    def judged(self, decision: TestDecision) -> TestDecision:
+        """``decision`` as it counts here: a report-only test's rejection rolls nothing back."""
+        if decision.metric in self.gating() or not decision.reject:
+            return decision
+        return replace(decision, reject=False)

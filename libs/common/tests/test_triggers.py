@@ -1,10 +1,10 @@
-"""What may name a training run's trigger in its lineage (the registry's header check)."""
+"""What may name a training run's trigger in its lineage (the monitor builds it, the registry checks it)."""
 
 from __future__ import annotations
 
 import pytest
 
-from finpredict.registry.validation import _valid_trigger
+from finpredict.common.triggers import valid_trigger
 
 
 @pytest.mark.parametrize(
@@ -12,7 +12,7 @@ from finpredict.registry.validation import _valid_trigger
     ["manual", "schedule", "manual:quarterly refresh", "schedule:2026-12-05", "alert:7f3c2a-psi"],
 )
 def test_the_platforms_triggers_are_accepted(trigger: str) -> None:
-    assert _valid_trigger(trigger)
+    assert valid_trigger(trigger)
 
 
 @pytest.mark.parametrize(
@@ -31,4 +31,4 @@ def test_the_platforms_triggers_are_accepted(trigger: str) -> None:
     ],
 )
 def test_a_trigger_the_message_does_not_describe_is_refused(trigger: str) -> None:
-    assert not _valid_trigger(trigger)
+    assert not valid_trigger(trigger)
